@@ -1,0 +1,303 @@
+#!/usr/bin/env python3
+"""confluent-kafka-python (librdkafka) compatibility checks against rafka.
+
+Consumer groups are not supported by the broker: consumers use assign()/seek()
+with explicit partitions, never subscribe() and never commit.
+"""
+
+import sys
+import time
+from contextlib import closing
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from harness import expect, expect_eq, run_suite, wait_until  # noqa: E402
+
+from confluent_kafka import (OFFSET_BEGINNING, OFFSET_END, TIMESTAMP_CREATE_TIME,  # noqa: E402
+                             Consumer, KafkaError, KafkaException, Producer, TopicPartition)
+from confluent_kafka.admin import (AdminClient, ConfigResource, NewPartitions,  # noqa: E402
+                                   NewTopic, ResourceType)
+
+TIMEOUT = 30  # seconds, for any single client operation
+PARTITIONS = 3
+PER_PARTITION = 40
+CODECS = ["none", "gzip", "snappy", "lz4", "zstd"]
+BASE_TS = (int(time.time()) - 3600) * 1000  # explicit CreateTime: an hour ago
+
+
+# -- message model -----------------------------------------------------------
+class Msg:
+    __slots__ = ("partition", "key", "value", "headers", "ts")
+
+    def __init__(self, partition, key, value, headers, ts):
+        self.partition, self.key, self.value, self.headers, self.ts = partition, key, value, headers, ts
+
+
+def make_messages(tag, partitions=PARTITIONS, per_partition=PER_PARTITION, ts_base=BASE_TS):
+    """Deterministic keyed messages: some null values, null keys, empty/null/no headers."""
+    msgs = []
+    for p in range(partitions):
+        for i in range(per_partition):
+            key = None if i % 9 == 4 else f"key-{p}-{i}".encode()
+            value = None if i % 5 == 2 else (f"value-{tag}-{p}-{i}|" * (1 + i % 4)).encode()
+            headers = [] if i % 6 == 5 else [("idx", str(i).encode()), ("tag", tag.encode())]
+            if i % 3 == 0:
+                headers.append(("empty", b""))
+            if i % 4 == 1:
+                headers.append(("null", None))
+            msgs.append(Msg(p, key, value, headers, ts_base + p * 100_000 + i * 1000))
+    return msgs
+
+
+def by_partition(items, part_of):
+    out = {}
+    for item in items:
+        out.setdefault(part_of(item), []).append(item)
+    return out
+
+
+# -- clients -----------------------------------------------------------------
+def admin_client(bootstrap):
+    return AdminClient({"bootstrap.servers": bootstrap})
+
+
+def new_consumer(bootstrap):
+    # group.id is mandatory in confluent-kafka but unused: assign() only, no commits.
+    return Consumer({"bootstrap.servers": bootstrap, "group.id": "rafka-compat-unused",
+                     "enable.auto.commit": False, "enable.auto.offset.store": False,
+                     "enable.partition.eof": True, "auto.offset.reset": "error"})
+
+
+def admin_call(bootstrap, method, *args, key=None, **kwargs):
+    """Run AdminClient.<method> and wait for its result (the client must outlive its futures)."""
+    admin = admin_client(bootstrap)
+    futures = getattr(admin, method)(*args, request_timeout=TIMEOUT, **kwargs)
+    return (futures if key is None else futures[key]).result(timeout=TIMEOUT)
+
+
+def create_topic(bootstrap, topic, partitions):
+    admin_call(bootstrap, "create_topics", [NewTopic(topic, num_partitions=partitions, replication_factor=1)],
+               key=topic, operation_timeout=TIMEOUT)
+    return wait_for_topic(bootstrap, topic, partitions)
+
+
+def wait_for_topic(bootstrap, topic, partitions):
+    """Wait until Metadata lists `topic` with `partitions` partitions, each with a leader."""
+    admin = admin_client(bootstrap)
+
+    def ready():
+        md = admin.list_topics(timeout=5).topics.get(topic)  # all-topics request: never auto-creates
+        if md is None or md.error is not None or len(md.partitions) != partitions:
+            return None
+        return md if all(pm.leader >= 0 for pm in md.partitions.values()) else None
+
+    return wait_until(ready, TIMEOUT, interval=0.2, what=f"topic {topic} with {partitions} partitions")
+
+
+def produce(bootstrap, topic, msgs, **conf):
+    """Produce `msgs` to their explicit partitions; return one (error, partition, offset) per message."""
+    config = {"bootstrap.servers": bootstrap, "acks": "all", "linger.ms": 5,
+              "enable.idempotence": False, "message.timeout.ms": TIMEOUT * 1000}
+    config.update(conf)
+    producer = Producer(config)
+    reports = [None] * len(msgs)
+
+    def on_delivery(idx):
+        def cb(err, m):
+            reports[idx] = (err, m.partition(), m.offset())
+        return cb
+
+    for idx, m in enumerate(msgs):
+        producer.produce(topic, value=m.value, key=m.key, partition=m.partition,
+                         headers=m.headers or None, timestamp=m.ts, on_delivery=on_delivery(idx))
+        producer.poll(0)
+    remaining = producer.flush(TIMEOUT)
+    expect_eq(remaining, 0, "messages still undelivered after flush")
+    return reports
+
+
+def check_delivered(reports, msgs, first_offset=0, offsets=True):
+    """Every report succeeded on the requested partition; offsets dense from `first_offset`."""
+    errors = [(i, r[0]) for i, r in enumerate(reports) if r is None or r[0] is not None]
+    expect(not errors, f"{len(errors)} failed deliveries, first: {errors[:3]}")
+    expect_eq([r[1] for r in reports], [m.partition for m in msgs], "delivered partitions")
+    if offsets:
+        for p, reps in by_partition(reports, lambda r: r[1]).items():
+            got = [r[2] for r in reps]
+            expect_eq(got, list(range(first_offset, first_offset + len(got))), f"partition {p} acked offsets")
+
+
+def poll_until(consumer, done, timeout=TIMEOUT):
+    """Consume until done(messages, eof_partitions) holds; raise on errors or at the deadline."""
+    msgs, eofs = [], set()
+    deadline = time.monotonic() + timeout
+    while not done(msgs, eofs):
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"consumer timed out: {len(msgs)} messages, EOF on partitions {sorted(eofs)}")
+        for m in consumer.consume(num_messages=500, timeout=0.2):
+            if m.error() is None:
+                msgs.append(m)
+            elif m.error().code() == KafkaError._PARTITION_EOF:
+                eofs.add(m.partition())
+            else:
+                raise KafkaException(m.error())
+    return msgs
+
+
+def read_all(bootstrap, topic, partitions):
+    """Read `partitions` of `topic` from OFFSET_BEGINNING up to their high watermarks."""
+    with closing(new_consumer(bootstrap)) as c:
+        c.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in partitions])
+        return poll_until(c, lambda _m, eofs: eofs >= set(partitions))
+
+
+def verify(consumed, expected, first_offset=0):
+    """Consumed messages match `expected` per partition: dense offsets, keys, values, headers, timestamps."""
+    got_by_p = by_partition(consumed, lambda m: m.partition())
+    exp_by_p = by_partition(expected, lambda m: m.partition)
+    expect_eq(sorted(got_by_p), sorted(exp_by_p), "partitions with data")
+    for p, exp in exp_by_p.items():
+        got = got_by_p[p]
+        offsets = [m.offset() for m in got]
+        expect_eq(offsets, list(range(first_offset, first_offset + len(exp))), f"partition {p} offsets")
+        for g, e in zip(got, exp):
+            where = f"partition {p} offset {g.offset()}"
+            expect_eq(g.key(), e.key, f"{where} key")
+            expect_eq(g.value(), e.value, f"{where} value")
+            expect_eq(list(g.headers() or []), e.headers, f"{where} headers")
+            expect_eq(g.timestamp(), (TIMESTAMP_CREATE_TIME, e.ts), f"{where} timestamp")
+
+
+# -- checks ------------------------------------------------------------------
+def check_admin_basics(bootstrap, R):
+    with R.check("admin: create topic with 3 partitions, list_topics shows 3 partitions with leaders"):
+        create_topic(bootstrap, "cfk-admin", PARTITIONS)
+
+    with R.check("admin: creating an existing topic fails with TOPIC_ALREADY_EXISTS (36)"):
+        expect_admin_error(KafkaError.TOPIC_ALREADY_EXISTS, bootstrap, "create_topics",
+                           [NewTopic("cfk-admin", 1, 1)], key="cfk-admin")
+
+    with R.check("admin: invalid topic name 'bad topic!' fails with INVALID_TOPIC_EXCEPTION (17)"):
+        expect_admin_error(KafkaError.TOPIC_EXCEPTION, bootstrap, "create_topics",
+                           [NewTopic("bad topic!", 1, 1)], key="bad topic!")
+
+    with R.check("admin: create_partitions grows cfk-admin from 3 to 5 partitions"):
+        admin_call(bootstrap, "create_partitions", [NewPartitions("cfk-admin", 5)], key="cfk-admin")
+        wait_for_topic(bootstrap, "cfk-admin", 5)
+
+    with R.check("admin: describe_configs on a topic succeeds"):
+        res = ConfigResource(ResourceType.TOPIC, "cfk-admin")
+        configs = admin_call(bootstrap, "describe_configs", [res], key=res)
+        expect(isinstance(configs, dict), f"unexpected result {configs!r}")
+
+    with R.check("admin: describe_cluster lists this broker and a cluster id"):
+        desc = admin_call(bootstrap, "describe_cluster")
+        expect(desc.cluster_id, f"empty cluster_id: {desc.cluster_id!r}")
+        expect_eq([f"{n.host}:{n.port}" for n in desc.nodes], [bootstrap], "cluster nodes")
+
+
+def expect_admin_error(code, *call, **kwargs):
+    try:
+        admin_call(*call, **kwargs)
+    except KafkaException as exc:
+        err = exc.args[0]
+        expect_eq(err.code(), code, f"error code (error: {err})")
+        return
+    raise AssertionError(f"operation succeeded, expected error code {code}")
+
+
+def check_codecs(bootstrap, R):
+    for codec in CODECS:
+        topic, msgs = f"cfk-codec-{codec}", make_messages(codec)
+        with R.check(f"produce acks=all compression={codec}: delivery reports OK, dense offsets"):
+            create_topic(bootstrap, topic, PARTITIONS)
+            check_delivered(produce(bootstrap, topic, msgs, **{"compression.type": codec}), msgs)
+        with R.check(f"consume compression={codec} from OFFSET_BEGINNING, then seek to a middle offset"), \
+                closing(new_consumer(bootstrap)) as c:
+            c.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in range(PARTITIONS)])
+            verify(poll_until(c, lambda _m, eofs: eofs >= set(range(PARTITIONS))), msgs)
+            mid = PER_PARTITION // 2 + 1  # lands inside a (compressed) batch
+            c.seek(TopicPartition(topic, 1, mid))
+            expected = [m for m in msgs if m.partition == 1][mid:]
+            verify(poll_until(c, lambda got, _e: len(got) >= len(expected)), expected, first_offset=mid)
+
+
+def check_acks(bootstrap, R):
+    msgs = make_messages("acks", partitions=1, per_partition=100)
+    with R.check("produce acks=1: delivered at dense offsets and read back"):
+        check_delivered(produce(bootstrap, "cfk-acks1", msgs, acks="1"), msgs)
+        verify(read_all(bootstrap, "cfk-acks1", [0]), msgs)
+
+    with R.check("produce acks=0: messages eventually readable"):
+        check_delivered(produce(bootstrap, "cfk-acks0", msgs, acks="0"), msgs, offsets=False)
+        wait_until(lambda: len(read_all(bootstrap, "cfk-acks0", [0])) >= len(msgs), TIMEOUT,
+                   what="acks=0 messages to become readable")
+        verify(read_all(bootstrap, "cfk-acks0", [0]), msgs)
+
+
+def check_auto_create(bootstrap, R):
+    with R.check("auto-create: producing to an unknown topic creates it with 1 partition"):
+        msgs = [Msg(0, b"k", b"v", [], BASE_TS)]
+        check_delivered(produce(bootstrap, "cfk-auto-created", msgs), msgs)
+        wait_for_topic(bootstrap, "cfk-auto-created", 1)
+
+
+def check_offsets(bootstrap, R):
+    topic = "cfk-codec-none"  # written by check_codecs
+    msgs = by_partition(make_messages("none"), lambda m: m.partition)
+    with R.check("get_watermark_offsets returns (0, count) per partition"), \
+            closing(new_consumer(bootstrap)) as c:
+        for p in range(PARTITIONS):
+            got = c.get_watermark_offsets(TopicPartition(topic, p), timeout=TIMEOUT, cached=False)
+            expect_eq(got, (0, PER_PARTITION), f"partition {p} watermarks")
+
+    with R.check("offsets_for_times (ListOffsets by timestamp) returns correct offsets"), \
+            closing(new_consumer(bootstrap)) as c:
+        first, last = msgs[1][0].ts, msgs[1][-1].ts
+        cases = [(first - 1, 0), (first, 0), (msgs[1][7].ts, 7),
+                 (msgs[1][7].ts + 1, 8), (last, PER_PARTITION - 1), (last + 1, OFFSET_END)]
+        for ts, want in cases:
+            [tp] = c.offsets_for_times([TopicPartition(topic, 1, ts)], timeout=TIMEOUT)
+            expect(tp.error is None, f"timestamp {ts}: partition error {tp.error}")
+            expect_eq(tp.offset, want, f"offset for timestamp {ts} (first message at {first})")
+
+
+def check_delete(bootstrap, R):
+    with R.check("admin: delete_topics removes the topic from list_topics"):
+        create_topic(bootstrap, "cfk-delete-me", 2)
+        admin_call(bootstrap, "delete_topics", ["cfk-delete-me"], key="cfk-delete-me", operation_timeout=TIMEOUT)
+        admin = admin_client(bootstrap)
+        wait_until(lambda: "cfk-delete-me" not in admin.list_topics(timeout=5).topics, TIMEOUT,
+                   interval=0.2, what="cfk-delete-me to disappear from Metadata")
+
+
+def check_durability(broker, R):
+    bootstrap, topic = broker.bootstrap, "cfk-durability"
+    first = make_messages("dur1", partitions=2, per_partition=200)
+    second = make_messages("dur2", partitions=2, per_partition=200, ts_base=BASE_TS + 500_000)
+    with R.check("durability: acks=all messages acknowledged before kill -9 are all readable exactly once, in order"):
+        create_topic(bootstrap, topic, 2)
+        check_delivered(produce(bootstrap, topic, first), first)
+        broker.kill9()
+        verify(read_all(bootstrap, topic, [0, 1]), first)
+
+    with R.check("durability: acknowledged messages survive a graceful restart (SIGTERM)"):
+        check_delivered(produce(bootstrap, topic, second), second, first_offset=200)
+        code = broker.restart()
+        expect(code in (0, -15), f"broker exit code after SIGTERM was {code} (-9 means it ignored SIGTERM)")
+        verify(read_all(bootstrap, topic, [0, 1]), first + second)
+
+
+def main(broker, R):
+    bootstrap = broker.bootstrap
+    check_admin_basics(bootstrap, R)
+    check_codecs(bootstrap, R)
+    check_acks(bootstrap, R)
+    check_auto_create(bootstrap, R)
+    check_offsets(bootstrap, R)
+    check_delete(bootstrap, R)
+    check_durability(broker, R)
+
+
+if __name__ == "__main__":
+    run_suite("confluent", main)

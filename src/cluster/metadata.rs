@@ -1,0 +1,116 @@
+//! The controller group's state: topics and which Raft group serves each partition.
+//! Pure data and deterministic transitions; persisted by the state machine.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::raft::command::{Command, ControllerRefusal};
+use crate::raft::{GroupId, NodeId, CONTROLLER_GROUP};
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ClusterState {
+    pub topics: BTreeMap<String, TopicState>,
+    /// Next partition group id; ids are never reused, so a deleted topic's data
+    /// can never be mistaken for a new one's.
+    pub next_group: GroupId,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TopicState {
+    pub id: [u8; 16],
+    pub partitions: Vec<PartitionAssignment>,
+    pub configs: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PartitionAssignment {
+    pub group: GroupId,
+    pub replicas: Vec<NodeId>,
+}
+
+impl ClusterState {
+    /// Applies a controller command; returns the partition groups it created.
+    pub fn apply(&mut self, command: &Command) -> Result<Vec<GroupId>, ControllerRefusal> {
+        match command {
+            Command::CreateTopic { name, topic_id, replicas, configs } => {
+                if self.topics.contains_key(name) {
+                    return Err(ControllerRefusal::TopicExists);
+                }
+                let partitions = self.assign_groups(replicas);
+                let groups = partitions.iter().map(|p| p.group).collect();
+                self.topics.insert(
+                    name.clone(),
+                    TopicState { id: *topic_id, partitions, configs: configs.clone() },
+                );
+                Ok(groups)
+            }
+            Command::DeleteTopic { name } => {
+                let topic = self.topics.remove(name).ok_or(ControllerRefusal::UnknownTopic)?;
+                Ok(topic.partitions.iter().map(|p| p.group).collect())
+            }
+            Command::CreatePartitions { name, replicas } => {
+                let current = self.topics.get(name).ok_or(ControllerRefusal::UnknownTopic)?.partitions.len();
+                if replicas.len() <= current {
+                    return Err(ControllerRefusal::PartitionsCannotShrink { current });
+                }
+                let added = self.assign_groups(&replicas[current..]);
+                let groups = added.iter().map(|p| p.group).collect();
+                if let Some(topic) = self.topics.get_mut(name) {
+                    topic.partitions.extend(added);
+                }
+                Ok(groups)
+            }
+            Command::Append { .. } => Ok(Vec::new()),
+        }
+    }
+
+    fn assign_groups(&mut self, replicas: &[Vec<NodeId>]) -> Vec<PartitionAssignment> {
+        replicas
+            .iter()
+            .map(|nodes| {
+                self.next_group = self.next_group.max(CONTROLLER_GROUP) + 1;
+                PartitionAssignment { group: self.next_group, replicas: nodes.clone() }
+            })
+            .collect()
+    }
+
+    /// Every partition this cluster has: `(topic, partition index, assignment)`.
+    pub fn partitions(&self) -> impl Iterator<Item = (&str, i32, &PartitionAssignment)> {
+        self.topics.iter().flat_map(|(name, topic)| {
+            topic
+                .partitions
+                .iter()
+                .enumerate()
+                .map(move |(index, assignment)| (name.as_str(), index as i32, assignment))
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn create(name: &str, partitions: usize) -> Command {
+        Command::CreateTopic {
+            name: name.into(),
+            topic_id: [1; 16],
+            replicas: vec![vec![1]; partitions],
+            configs: BTreeMap::new(),
+        }
+    }
+
+    #[test]
+    fn groups_are_unique_and_never_reused() {
+        let mut state = ClusterState::default();
+        assert_eq!(state.apply(&create("a", 2)), Ok(vec![1, 2]));
+        assert_eq!(state.apply(&create("a", 1)), Err(ControllerRefusal::TopicExists));
+        assert_eq!(state.apply(&Command::DeleteTopic { name: "a".into() }), Ok(vec![1, 2]));
+        assert_eq!(state.apply(&create("a", 1)), Ok(vec![3]));
+        let grow = Command::CreatePartitions { name: "a".into(), replicas: vec![vec![1]; 3] };
+        assert_eq!(state.apply(&grow), Ok(vec![4, 5]));
+        let shrink = Command::CreatePartitions { name: "a".into(), replicas: vec![vec![1]; 2] };
+        assert_eq!(state.apply(&shrink), Err(ControllerRefusal::PartitionsCannotShrink { current: 3 }));
+        assert_eq!(state.partitions().count(), 3);
+    }
+}

@@ -1,0 +1,116 @@
+//! Broker configuration: one file from `configs/` plus `RAFKA_*` environment overrides.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// Prefix of the environment variables that override file keys (`RAFKA_DATA_DIR`, ...).
+pub const ENV_PREFIX: &str = "RAFKA";
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct BrokerConfig {
+    pub node_id: u64,
+    pub listener: SocketAddr,
+    /// `host:port` announced to clients in Metadata; defaults to `listener`.
+    #[serde(default)]
+    pub advertised_listener: Option<String>,
+    #[serde(default = "default_cluster_id")]
+    pub cluster_id: String,
+    pub raft_address: String,
+    /// Node id -> Raft address of the voters that bootstrap the cluster.
+    pub initial_members: BTreeMap<String, String>,
+    pub data_dir: PathBuf,
+    pub rtt_millis: u64,
+    pub election_rtt: u64,
+    pub heartbeat_rtt: u64,
+    pub snapshot_entries: u64,
+    pub auto_create_topics: bool,
+    pub default_partitions: i32,
+    pub default_replication_factor: i16,
+    pub message_max_bytes: usize,
+    pub socket_request_max_bytes: usize,
+    pub max_connections: usize,
+}
+
+fn default_cluster_id() -> String {
+    "rafka".to_string()
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot load configuration: {0}")]
+    Load(#[from] config::ConfigError),
+    #[error("invalid configuration: {0}")]
+    Invalid(String),
+}
+
+impl BrokerConfig {
+    /// Reads `path`, then applies `RAFKA_<KEY>` environment overrides.
+    pub fn load(path: &std::path::Path) -> Result<Self, ConfigError> {
+        let loaded: BrokerConfig = config::Config::builder()
+            .add_source(config::File::from(path))
+            .add_source(
+                config::Environment::with_prefix(ENV_PREFIX)
+                    .prefix_separator("_")
+                    .try_parsing(true),
+            )
+            .build()?
+            .try_deserialize()?;
+        loaded.validate()?;
+        Ok(loaded)
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        if self.default_partitions < 1 {
+            return Err(ConfigError::Invalid("default_partitions must be >= 1".into()));
+        }
+        if self.heartbeat_rtt == 0 || self.election_rtt <= self.heartbeat_rtt {
+            return Err(ConfigError::Invalid(
+                "election_rtt must be greater than heartbeat_rtt (>= 1)".into(),
+            ));
+        }
+        self.initial_member_ids()?;
+        Ok(())
+    }
+
+    pub fn initial_member_ids(&self) -> Result<Vec<u64>, ConfigError> {
+        self.initial_members
+            .keys()
+            .map(|id| {
+                id.parse::<u64>()
+                    .map_err(|_| ConfigError::Invalid(format!("initial_members key {id:?} is not a node id")))
+            })
+            .collect()
+    }
+
+    pub fn advertised_listener(&self) -> String {
+        self.advertised_listener
+            .clone()
+            .unwrap_or_else(|| self.listener.to_string())
+    }
+
+    pub fn heartbeat_interval(&self) -> Duration {
+        Duration::from_millis(self.rtt_millis * self.heartbeat_rtt)
+    }
+
+    pub fn election_timeout(&self) -> Duration {
+        Duration::from_millis(self.rtt_millis * self.election_rtt)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shipped_single_node_config_loads() {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("configs/single-node.toml");
+        let cfg = BrokerConfig::load(&path).expect("shipped config must load");
+        assert_eq!(cfg.node_id, 1);
+        assert_eq!(cfg.initial_member_ids().unwrap(), vec![1]);
+        assert!(cfg.election_timeout() > cfg.heartbeat_interval());
+    }
+}

@@ -1,0 +1,114 @@
+//! Broker errors and the one place they become Kafka error codes.
+
+use kafka_protocol::error::ResponseError;
+
+use crate::raft::command::ControllerRefusal;
+use crate::storage::batch::BatchError;
+use crate::storage::StorageError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum BrokerError {
+    #[error("unknown topic or partition")]
+    UnknownTopicOrPartition,
+    #[error("invalid topic name: {0}")]
+    InvalidTopic(String),
+    #[error("topic already exists")]
+    TopicAlreadyExists,
+    #[error("invalid partitions: {0}")]
+    InvalidPartitions(String),
+    #[error("invalid replication factor: {0}")]
+    InvalidReplicationFactor(String),
+    #[error("invalid config: {0}")]
+    InvalidConfig(String),
+    #[error("invalid request: {0}")]
+    InvalidRequest(String),
+    #[error("this node is not the partition leader")]
+    NotLeader,
+    #[error("this node is not the controller leader")]
+    NotController,
+    #[error("no leader is available: {0}")]
+    LeaderNotAvailable(String),
+    #[error("offset {offset} is outside [{log_start}, {high_watermark}]")]
+    OffsetOutOfRange { offset: i64, log_start: i64, high_watermark: i64 },
+    #[error("timed out: {0}")]
+    Timeout(String),
+    #[error(transparent)]
+    Batch(#[from] BatchError),
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+}
+
+impl From<ControllerRefusal> for BrokerError {
+    fn from(refusal: ControllerRefusal) -> Self {
+        match refusal {
+            ControllerRefusal::TopicExists => BrokerError::TopicAlreadyExists,
+            ControllerRefusal::UnknownTopic => BrokerError::UnknownTopicOrPartition,
+            ControllerRefusal::PartitionsCannotShrink { .. } => BrokerError::InvalidPartitions(refusal.to_string()),
+        }
+    }
+}
+
+impl BrokerError {
+    pub fn response_error(&self) -> ResponseError {
+        match self {
+            BrokerError::UnknownTopicOrPartition => ResponseError::UnknownTopicOrPartition,
+            BrokerError::InvalidTopic(_) => ResponseError::InvalidTopicException,
+            BrokerError::TopicAlreadyExists => ResponseError::TopicAlreadyExists,
+            BrokerError::InvalidPartitions(_) => ResponseError::InvalidPartitions,
+            BrokerError::InvalidReplicationFactor(_) => ResponseError::InvalidReplicationFactor,
+            BrokerError::InvalidConfig(_) => ResponseError::InvalidConfig,
+            BrokerError::InvalidRequest(_) => ResponseError::InvalidRequest,
+            BrokerError::NotLeader => ResponseError::NotLeaderOrFollower,
+            BrokerError::NotController => ResponseError::NotController,
+            BrokerError::LeaderNotAvailable(_) => ResponseError::LeaderNotAvailable,
+            BrokerError::OffsetOutOfRange { .. } => ResponseError::OffsetOutOfRange,
+            BrokerError::Timeout(_) => ResponseError::RequestTimedOut,
+            BrokerError::Batch(BatchError::Corrupt(_)) => ResponseError::CorruptMessage,
+            BrokerError::Batch(BatchError::TooLarge { .. }) => ResponseError::MessageTooLarge,
+            BrokerError::Batch(BatchError::UnsupportedMagic(_)) => ResponseError::UnsupportedForMessageFormat,
+            BrokerError::Storage(_) => ResponseError::KafkaStorageError,
+        }
+    }
+
+    pub fn code(&self) -> i16 {
+        self.response_error().code()
+    }
+}
+
+/// The error code field of a response: 0 or the error's code.
+pub fn code_of<T>(result: &Result<T, BrokerError>) -> i16 {
+    result.as_ref().err().map_or(0, BrokerError::code)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn maps_to_the_codes_kafka_clients_expect() {
+        let cases: Vec<(BrokerError, i16)> = vec![
+            (BrokerError::OffsetOutOfRange { offset: 9, log_start: 0, high_watermark: 1 }, 1),
+            (BrokerError::Batch(BatchError::Corrupt("crc".into())), 2),
+            (BrokerError::UnknownTopicOrPartition, 3),
+            (BrokerError::LeaderNotAvailable("electing".into()), 5),
+            (BrokerError::NotLeader, 6),
+            (BrokerError::Timeout("commit".into()), 7),
+            (BrokerError::Batch(BatchError::TooLarge { size: 2, max: 1 }), 10),
+            (BrokerError::InvalidTopic("a b".into()), 17),
+            (BrokerError::NotController, 41),
+            (BrokerError::InvalidRequest("x".into()), 42),
+            (BrokerError::Batch(BatchError::UnsupportedMagic(1)), 43),
+            (BrokerError::TopicAlreadyExists, 36),
+            (BrokerError::InvalidPartitions("0".into()), 37),
+            (BrokerError::InvalidReplicationFactor("9".into()), 38),
+            (BrokerError::InvalidConfig("x".into()), 40),
+            (BrokerError::Storage(StorageError::Encoding("x".into())), 56),
+            (BrokerError::from(ControllerRefusal::TopicExists), 36),
+            (BrokerError::from(ControllerRefusal::UnknownTopic), 3),
+        ];
+        for (error, code) in cases {
+            assert_eq!(error.code(), code, "{error}");
+        }
+        assert_eq!(code_of::<()>(&Ok(())), 0);
+    }
+}

@@ -1,0 +1,22 @@
+//! # Layout
+//!
+//! A Kafka-wire-compatible broker whose partitions are replicated by Raft.
+//! Modules follow the data flow of a request:
+//!
+//! - [`server`]: accepts TCP connections, frames requests, answers them in order.
+//! - [`protocol`]: sans-io codec (`kafka-protocol`) and one handler per Kafka API.
+//! - [`cluster`]: topics and partition assignments (the controller group's state),
+//!   and routing of reads and writes to the partition groups this node runs.
+//! - [`raft`]: openraft type config, the replicated command, log store, state
+//!   machine, snapshots and network.
+//! - [`storage`]: the RocksDB key layout, record batch validation and partition reads.
+//! - [`error`]: broker errors and their single mapping to Kafka error codes.
+//! - [`config`]: configuration files plus environment overrides.
+
+pub mod cluster;
+pub mod config;
+pub mod error;
+pub mod protocol;
+pub mod raft;
+pub mod server;
+pub mod storage;

@@ -1,0 +1,56 @@
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::Context;
+use clap::Parser;
+use rafka::cluster::Cluster;
+use rafka::config::BrokerConfig;
+use tokio_util::sync::CancellationToken;
+use tracing_subscriber::EnvFilter;
+
+/// A Kafka-wire-compatible broker whose partitions are replicated by Raft.
+#[derive(Parser)]
+#[command(version)]
+struct Args {
+    /// Configuration file; every key can be overridden by RAFKA_<KEY>.
+    #[arg(long, short, default_value = "configs/single-node.toml")]
+    config: PathBuf,
+}
+
+fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")))
+        .with_writer(std::io::stderr)
+        .init();
+    let args = Args::parse();
+    let cfg = BrokerConfig::load(&args.config).with_context(|| format!("loading {}", args.config.display()))?;
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?
+        .block_on(run(Arc::new(cfg)))
+}
+
+async fn run(cfg: Arc<BrokerConfig>) -> anyhow::Result<()> {
+    let shutdown = CancellationToken::new();
+    let listener = tokio::net::TcpListener::bind(cfg.listener)
+        .await
+        .with_context(|| format!("binding {}", cfg.listener))?;
+    let cluster = Cluster::start(Arc::clone(&cfg), shutdown.clone()).await.context("starting raft groups")?;
+    tracing::info!(node_id = cfg.node_id, listener = %cfg.listener, data_dir = %cfg.data_dir.display(), "broker ready");
+    let server = tokio::spawn(rafka::server::serve(listener, Arc::clone(&cluster), shutdown.clone()));
+    wait_for_signal().await?;
+    tracing::info!("shutting down");
+    shutdown.cancel();
+    let _ = server.await;
+    cluster.shutdown().await;
+    Ok(())
+}
+
+async fn wait_for_signal() -> anyhow::Result<()> {
+    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        result = tokio::signal::ctrl_c() => result?,
+        _ = terminate.recv() => {}
+    }
+    Ok(())
+}

@@ -1,0 +1,47 @@
+//! ApiVersions: the versions of every API this broker speaks.
+
+use kafka_protocol::error::ResponseError;
+use kafka_protocol::messages::api_versions_response::ApiVersion;
+use kafka_protocol::messages::ApiVersionsResponse;
+use kafka_protocol::protocol::VersionRange;
+
+use super::SUPPORTED_APIS;
+
+pub const VERSIONS: VersionRange = VersionRange { min: 0, max: 3 };
+
+pub fn handle() -> ApiVersionsResponse {
+    let api_keys = SUPPORTED_APIS
+        .iter()
+        .map(|(key, range)| {
+            ApiVersion::default()
+                .with_api_key(*key as i16)
+                .with_min_version(range.min)
+                .with_max_version(range.max)
+        })
+        .collect();
+    ApiVersionsResponse::default().with_api_keys(api_keys)
+}
+
+/// The answer to an ApiVersions request of a version we do not speak (KIP-511):
+/// UNSUPPORTED_VERSION with our ranges, encoded as v0 so any client can read it
+/// and retry with a version both sides know.
+pub fn unsupported_version() -> ApiVersionsResponse {
+    handle().with_error_code(ResponseError::UnsupportedVersion.code())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kafka_protocol::messages::ApiKey;
+
+    #[test]
+    fn advertises_what_modern_clients_need() {
+        let response = handle();
+        let range = |key: ApiKey| response.api_keys.iter().find(|v| v.api_key == key as i16).map(|v| (v.min_version, v.max_version));
+        assert_eq!(range(ApiKey::Produce), Some((3, 9)));
+        assert_eq!(range(ApiKey::Fetch), Some((4, 12)));
+        assert_eq!(range(ApiKey::Metadata), Some((1, 12)));
+        assert_eq!(range(ApiKey::ApiVersions), Some((0, 3)));
+        assert_eq!(unsupported_version().error_code, 35);
+    }
+}

@@ -1,0 +1,109 @@
+//! DescribeConfigs: topic overrides over broker defaults, and broker settings.
+
+use kafka_protocol::messages::describe_configs_request::DescribeConfigsResource;
+use kafka_protocol::messages::describe_configs_response::{DescribeConfigsResourceResult, DescribeConfigsResult};
+use kafka_protocol::messages::{DescribeConfigsRequest, DescribeConfigsResponse};
+use kafka_protocol::protocol::VersionRange;
+
+use super::{error_message, str_bytes};
+use crate::cluster::Cluster;
+use crate::config::BrokerConfig;
+use crate::error::{code_of, BrokerError};
+
+pub const VERSIONS: VersionRange = VersionRange { min: 1, max: 4 };
+
+const RESOURCE_TOPIC: i8 = 2;
+const RESOURCE_BROKER: i8 = 4;
+const SOURCE_TOPIC_OVERRIDE: i8 = 1;
+const SOURCE_STATIC_BROKER: i8 = 4;
+const SOURCE_DEFAULT: i8 = 5;
+
+/// `(name, value, source)` of one config entry.
+type Entry = (String, String, i8);
+
+pub fn handle(cluster: &Cluster, request: DescribeConfigsRequest) -> DescribeConfigsResponse {
+    let results = request
+        .resources
+        .into_iter()
+        .map(|resource| {
+            let result = describe(cluster, &resource);
+            let configs = result
+                .as_ref()
+                .map(|entries| {
+                    entries
+                        .iter()
+                        .filter(|(name, _, _)| wanted(&resource, name))
+                        .map(|(name, value, source)| {
+                            DescribeConfigsResourceResult::default()
+                                .with_name(str_bytes(name.clone()))
+                                .with_value(Some(str_bytes(value.clone())))
+                                .with_config_source(*source)
+                                .with_read_only(*source != SOURCE_TOPIC_OVERRIDE)
+                        })
+                        .collect()
+                })
+                .unwrap_or_default();
+            DescribeConfigsResult::default()
+                .with_error_code(code_of(&result))
+                .with_error_message(error_message(&result))
+                .with_resource_type(resource.resource_type)
+                .with_resource_name(resource.resource_name)
+                .with_configs(configs)
+        })
+        .collect();
+    DescribeConfigsResponse::default().with_results(results)
+}
+
+fn wanted(resource: &DescribeConfigsResource, name: &str) -> bool {
+    resource
+        .configuration_keys
+        .as_ref()
+        .is_none_or(|keys| keys.iter().any(|key| key.as_str() == name))
+}
+
+fn describe(cluster: &Cluster, resource: &DescribeConfigsResource) -> Result<Vec<Entry>, BrokerError> {
+    let name = resource.resource_name.as_str();
+    match resource.resource_type {
+        RESOURCE_TOPIC => {
+            let metadata = cluster.metadata();
+            let topic = metadata.topics.get(name).ok_or(BrokerError::UnknownTopicOrPartition)?;
+            let mut entries = topic_defaults(cluster.config());
+            for (key, value) in &topic.configs {
+                entries.retain(|(name, _, _)| name != key);
+                entries.push((key.clone(), value.clone(), SOURCE_TOPIC_OVERRIDE));
+            }
+            entries.sort();
+            Ok(entries)
+        }
+        RESOURCE_BROKER if name.is_empty() || name == cluster.node_id().to_string() => Ok(broker_configs(cluster.config())),
+        RESOURCE_BROKER => Err(BrokerError::InvalidRequest(format!("broker {name} is not this node"))),
+        other => Err(BrokerError::InvalidRequest(format!("resource type {other} is not supported"))),
+    }
+}
+
+fn topic_defaults(cfg: &BrokerConfig) -> Vec<Entry> {
+    [
+        ("cleanup.policy", "delete".to_string()),
+        ("compression.type", "producer".to_string()),
+        ("max.message.bytes", cfg.message_max_bytes.to_string()),
+        ("message.timestamp.type", "CreateTime".to_string()),
+        ("min.insync.replicas", "1".to_string()),
+    ]
+    .into_iter()
+    .map(|(name, value)| (name.to_string(), value, SOURCE_DEFAULT))
+    .collect()
+}
+
+fn broker_configs(cfg: &BrokerConfig) -> Vec<Entry> {
+    [
+        ("auto.create.topics.enable", cfg.auto_create_topics.to_string()),
+        ("broker.id", cfg.node_id.to_string()),
+        ("default.replication.factor", cfg.default_replication_factor.to_string()),
+        ("message.max.bytes", cfg.message_max_bytes.to_string()),
+        ("num.partitions", cfg.default_partitions.to_string()),
+        ("socket.request.max.bytes", cfg.socket_request_max_bytes.to_string()),
+    ]
+    .into_iter()
+    .map(|(name, value)| (name.to_string(), value, SOURCE_STATIC_BROKER))
+    .collect()
+}

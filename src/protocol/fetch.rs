@@ -1,0 +1,115 @@
+//! Fetch: committed record batches from the partition store, long-polling until
+//! `min_bytes` are available or `max_wait_ms` passes.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
+use kafka_protocol::messages::fetch_response::{FetchableTopicResponse, PartitionData};
+use kafka_protocol::messages::{FetchRequest, FetchResponse};
+use kafka_protocol::protocol::VersionRange;
+use tokio::time::Instant;
+
+use crate::cluster::Cluster;
+use crate::error::{code_of, BrokerError};
+
+pub const VERSIONS: VersionRange = VersionRange { min: 4, max: 12 };
+
+/// Caps a client's wait so that a connection is never parked for long.
+const MAX_WAIT_CAP: Duration = Duration::from_secs(30);
+
+pub async fn handle(cluster: &Cluster, request: FetchRequest) -> FetchResponse {
+    let wait = Duration::from_millis(request.max_wait_ms.max(0) as u64).min(MAX_WAIT_CAP);
+    let deadline = Instant::now() + wait;
+    let min_bytes = request.min_bytes.max(0) as usize;
+    let max_bytes = if request.max_bytes > 0 { request.max_bytes as usize } else { usize::MAX };
+    // Subscribe before reading so an append between the read and the wait still wakes us.
+    let mut appends = cluster.appends();
+    loop {
+        appends.borrow_and_update();
+        let (topics, bytes, failed) = read_topics(cluster, &request.topics, max_bytes);
+        if bytes >= min_bytes || failed || Instant::now() >= deadline {
+            // Session id 0: no fetch session is created; the client keeps sending full fetches.
+            return FetchResponse::default().with_responses(topics);
+        }
+        tokio::select! {
+            changed = appends.changed() => {
+                if changed.is_err() {
+                    return FetchResponse::default().with_responses(topics);
+                }
+            }
+            _ = tokio::time::sleep_until(deadline) => {}
+        }
+    }
+}
+
+/// Reads every requested partition; returns the responses, the bytes read and
+/// whether any partition failed (errors are answered at once, without waiting).
+fn read_topics(cluster: &Cluster, topics: &[FetchTopic], max_bytes: usize) -> (Vec<FetchableTopicResponse>, usize, bool) {
+    let mut remaining = max_bytes;
+    let mut total = 0;
+    let mut failed = false;
+    let responses = topics
+        .iter()
+        .map(|topic| {
+            let name = topic.topic.0.as_str();
+            let partitions = topic
+                .partitions
+                .iter()
+                .map(|partition| {
+                    let budget = remaining.min(partition.partition_max_bytes.max(0) as usize);
+                    let result = read_partition(cluster, name, partition, budget);
+                    failed |= result.is_err();
+                    if let Ok((_, _, records)) = &result {
+                        remaining = remaining.saturating_sub(records.len());
+                        total += records.len();
+                    }
+                    partition_data(partition.partition, result)
+                })
+                .collect();
+            FetchableTopicResponse::default().with_topic(topic.topic.clone()).with_partitions(partitions)
+        })
+        .collect();
+    (responses, total, failed)
+}
+
+/// `(high watermark, log start offset, records)` of one partition from `fetch_offset`.
+fn read_partition(
+    cluster: &Cluster,
+    topic: &str,
+    partition: &FetchPartition,
+    max_bytes: usize,
+) -> Result<(i64, i64, Bytes), BrokerError> {
+    let handle = cluster.led_partition(topic, partition.partition)?;
+    let offsets = handle.offsets();
+    let offset = partition.fetch_offset;
+    if offset < offsets.log_start_offset || offset > offsets.next_offset {
+        return Err(BrokerError::OffsetOutOfRange {
+            offset,
+            log_start: offsets.log_start_offset,
+            high_watermark: offsets.next_offset,
+        });
+    }
+    let records = if max_bytes == 0 || offset == offsets.next_offset {
+        Bytes::new()
+    } else {
+        handle.log.read(offset, offsets.next_offset, max_bytes)?
+    };
+    Ok((offsets.next_offset, offsets.log_start_offset, records))
+}
+
+fn partition_data(index: i32, result: Result<(i64, i64, Bytes), BrokerError>) -> PartitionData {
+    let code = code_of(&result);
+    if let Err(err @ BrokerError::Storage(_)) = &result {
+        tracing::error!(partition = index, error = %err, "fetch failed on stored data");
+    }
+    let (high_watermark, log_start, records) = result.unwrap_or((-1, -1, Bytes::new()));
+    PartitionData::default()
+        .with_partition_index(index)
+        .with_error_code(code)
+        .with_high_watermark(high_watermark)
+        .with_last_stable_offset(high_watermark)
+        .with_log_start_offset(log_start)
+        .with_preferred_read_replica(kafka_protocol::messages::BrokerId(-1))
+        .with_records(Some(records))
+}

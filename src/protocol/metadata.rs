@@ -1,0 +1,83 @@
+//! Metadata: brokers, topics and each partition's Raft leader.
+
+use kafka_protocol::messages::metadata_response::{MetadataResponseBroker, MetadataResponsePartition, MetadataResponseTopic};
+use kafka_protocol::messages::{BrokerId, MetadataRequest, MetadataResponse, TopicName};
+use kafka_protocol::protocol::VersionRange;
+
+use super::str_bytes;
+use crate::cluster::metadata::TopicState;
+use crate::cluster::topics::validate_topic_name;
+use crate::cluster::Cluster;
+use crate::error::BrokerError;
+
+pub const VERSIONS: VersionRange = VersionRange { min: 1, max: 12 };
+
+pub async fn handle(cluster: &Cluster, version: i16, request: MetadataRequest) -> MetadataResponse {
+    let brokers = cluster
+        .brokers()
+        .into_iter()
+        .map(|(id, host, port)| {
+            MetadataResponseBroker::default()
+                .with_node_id(BrokerId(id as i32))
+                .with_host(str_bytes(host))
+                .with_port(port)
+        })
+        .collect();
+    // Before v4 a request could not opt out of auto-creation.
+    let may_create = cluster.config().auto_create_topics && (version < 4 || request.allow_auto_topic_creation);
+    let names: Vec<String> = match request.topics {
+        None => cluster.metadata().topics.keys().cloned().collect(),
+        Some(topics) => topics.into_iter().filter_map(|t| t.name.map(|n| n.0.to_string())).collect(),
+    };
+    let mut topics = Vec::with_capacity(names.len());
+    for name in names {
+        topics.push(describe_topic(cluster, &name, may_create).await);
+    }
+    MetadataResponse::default()
+        .with_brokers(brokers)
+        .with_cluster_id(Some(str_bytes(cluster.config().cluster_id.clone())))
+        .with_controller_id(BrokerId(cluster.controller_leader().map_or(-1, |id| id as i32)))
+        .with_topics(topics)
+}
+
+async fn describe_topic(cluster: &Cluster, name: &str, may_create: bool) -> MetadataResponseTopic {
+    let response = MetadataResponseTopic::default().with_name(Some(TopicName(str_bytes(name))));
+    if let Err(err) = validate_topic_name(name) {
+        return response.with_error_code(err.code());
+    }
+    if may_create && !cluster.metadata().topics.contains_key(name) {
+        if let Err(err) = cluster.ensure_topic(name).await {
+            tracing::warn!(topic = name, error = %err, "auto-creation failed");
+            return response.with_error_code(err.code());
+        }
+    }
+    let metadata = cluster.metadata();
+    let Some(topic) = metadata.topics.get(name) else {
+        return response.with_error_code(BrokerError::UnknownTopicOrPartition.code());
+    };
+    response
+        .with_topic_id(uuid::Uuid::from_bytes(topic.id))
+        .with_partitions(describe_partitions(cluster, topic))
+}
+
+fn describe_partitions(cluster: &Cluster, topic: &TopicState) -> Vec<MetadataResponsePartition> {
+    topic
+        .partitions
+        .iter()
+        .enumerate()
+        .map(|(index, assignment)| {
+            let replicas: Vec<BrokerId> = assignment.replicas.iter().map(|id| BrokerId(*id as i32)).collect();
+            let leader = cluster.partition_by_group(assignment.group).and_then(|handle| handle.leader());
+            let partition = MetadataResponsePartition::default()
+                .with_partition_index(index as i32)
+                .with_leader_epoch(-1)
+                .with_replica_nodes(replicas.clone());
+            match leader {
+                Some(leader) => partition.with_leader_id(BrokerId(leader as i32)).with_isr_nodes(replicas),
+                None => partition
+                    .with_leader_id(BrokerId(-1))
+                    .with_error_code(BrokerError::LeaderNotAvailable(String::new()).code()),
+            }
+        })
+        .collect()
+}

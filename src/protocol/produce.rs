@@ -1,0 +1,82 @@
+//! Produce: validate each partition's batches, replicate them through the
+//! partition's Raft group and answer once they are committed.
+
+use bytes::Bytes;
+use futures::future::join_all;
+use kafka_protocol::error::ResponseError;
+use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
+use kafka_protocol::messages::produce_response::{PartitionProduceResponse, TopicProduceResponse};
+use kafka_protocol::messages::{ProduceRequest, ProduceResponse};
+use kafka_protocol::protocol::VersionRange;
+
+use super::error_message;
+use crate::cluster::Cluster;
+use crate::error::{code_of, BrokerError};
+use crate::storage::batch::validate_produce_records;
+
+pub const VERSIONS: VersionRange = VersionRange { min: 3, max: 9 };
+
+/// Returns `None` for acks=0, which Kafka never answers.
+pub async fn handle(cluster: &Cluster, request: ProduceRequest) -> Option<ProduceResponse> {
+    let acks = request.acks;
+    if request.transactional_id.is_some() || !matches!(acks, -1..=1) {
+        let code = if request.transactional_id.is_some() {
+            ResponseError::TransactionalIdAuthorizationFailed.code()
+        } else {
+            ResponseError::InvalidRequiredAcks.code()
+        };
+        return Some(reject_all(request.topic_data, code));
+    }
+    // Every partition's proposal is started before any is awaited: join_all polls
+    // in order, so batches reach each Raft group in request order.
+    let topics = join_all(request.topic_data.into_iter().map(|topic| produce_topic(cluster, topic))).await;
+    (acks != 0).then(|| ProduceResponse::default().with_responses(topics))
+}
+
+async fn produce_topic(cluster: &Cluster, topic: TopicProduceData) -> TopicProduceResponse {
+    let name = topic.name.0.to_string();
+    let partitions = join_all(topic.partition_data.into_iter().map(|data| produce_partition(cluster, &name, data))).await;
+    TopicProduceResponse::default().with_name(topic.name).with_partition_responses(partitions)
+}
+
+async fn produce_partition(cluster: &Cluster, topic: &str, data: PartitionProduceData) -> PartitionProduceResponse {
+    let result = append(cluster, topic, data.index, data.records.unwrap_or_default()).await;
+    if let Err(err) = &result {
+        tracing::debug!(topic, partition = data.index, error = %err, "produce refused");
+    }
+    let (base_offset, log_start_offset) = result.as_ref().map_or((-1, -1), |offsets| *offsets);
+    PartitionProduceResponse::default()
+        .with_index(data.index)
+        .with_error_code(code_of(&result))
+        .with_error_message(error_message(&result))
+        .with_base_offset(base_offset)
+        .with_log_append_time_ms(-1)
+        .with_log_start_offset(log_start_offset)
+}
+
+async fn append(cluster: &Cluster, topic: &str, partition: i32, records: Bytes) -> Result<(i64, i64), BrokerError> {
+    let handle = match cluster.led_partition(topic, partition) {
+        Err(BrokerError::UnknownTopicOrPartition) if cluster.config().auto_create_topics => {
+            cluster.ensure_topic(topic).await?;
+            cluster.led_partition(topic, partition)?
+        }
+        other => other?,
+    };
+    let batches = validate_produce_records(&records, cluster.config().message_max_bytes)?;
+    cluster.append(&handle, batches).await
+}
+
+fn reject_all(topics: Vec<TopicProduceData>, code: i16) -> ProduceResponse {
+    let responses = topics
+        .into_iter()
+        .map(|topic| {
+            let partitions = topic
+                .partition_data
+                .iter()
+                .map(|p| PartitionProduceResponse::default().with_index(p.index).with_error_code(code).with_base_offset(-1))
+                .collect();
+            TopicProduceResponse::default().with_name(topic.name).with_partition_responses(partitions)
+        })
+        .collect();
+    ProduceResponse::default().with_responses(responses)
+}

@@ -1,0 +1,51 @@
+//! What Raft groups replicate. Commands are deterministic: everything that
+//! depends on the leader's clock or view (topic ids, timestamps, replica
+//! placement) is stamped into the command before it is proposed, and Kafka
+//! offsets are assigned when the command is applied.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use super::{GroupId, NodeId};
+use crate::storage::batch::ValidatedBatch;
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub enum Command {
+    /// Controller: create a topic; `replicas[i]` are the nodes of partition `i`.
+    CreateTopic {
+        name: String,
+        topic_id: [u8; 16],
+        replicas: Vec<Vec<NodeId>>,
+        configs: BTreeMap<String, String>,
+    },
+    /// Controller: delete a topic and drop its partitions.
+    DeleteTopic { name: String },
+    /// Controller: grow a topic to `replicas.len()` partitions in total.
+    CreatePartitions { name: String, replicas: Vec<Vec<NodeId>> },
+    /// Partition: append validated record batches.
+    Append { batches: Vec<ValidatedBatch> },
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub enum CommandResponse {
+    /// Membership and blank entries answer nothing.
+    Empty,
+    /// The controller applied (or refused) a metadata change.
+    Controller(Result<Vec<GroupId>, ControllerRefusal>),
+    /// A partition appended batches starting at `base_offset`.
+    Appended { base_offset: i64, log_start_offset: i64 },
+    /// The command was sent to a group that does not handle it.
+    WrongGroup,
+}
+
+/// Why the controller refused a change, decided at apply time so every replica agrees.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, thiserror::Error)]
+pub enum ControllerRefusal {
+    #[error("topic already exists")]
+    TopicExists,
+    #[error("unknown topic")]
+    UnknownTopic,
+    #[error("a topic can only grow: it has {current} partitions")]
+    PartitionsCannotShrink { current: usize },
+}

@@ -1,0 +1,227 @@
+//! openraft state machine for one group. Applying an entry writes the group's
+//! new state and its applied log id in one RocksDB write batch without fsync:
+//! after a crash the state is consistent at some earlier applied id, and openraft
+//! re-applies the rest from the durable log (committed id saved by the log store).
+
+use std::path::Path;
+use std::sync::Arc;
+
+use openraft::storage::{RaftStateMachine, Snapshot};
+use openraft::{EntryPayload, ErrorSubject, ErrorVerb, RaftSnapshotBuilder};
+use rocksdb::WriteBatch;
+use tokio::io::{AsyncSeekExt, AsyncWriteExt};
+use tokio::sync::watch;
+
+use super::command::{Command, CommandResponse};
+use super::log_store::{blocking, io_error};
+use super::snapshot::{load_into_store, read_applied_state, SnapshotDir};
+use super::{GroupId, LogId, RaftStorageError, SnapshotMeta, StoredMembership, TypeConfig};
+use crate::cluster::metadata::ClusterState;
+use crate::storage::keys::{self, CF_SM_STATE, TAG_APPLIED, TAG_CLUSTER};
+use crate::storage::partition::{PartitionLog, PartitionOffsets};
+use crate::storage::{StorageError, Store};
+
+type Entry = openraft::Entry<TypeConfig>;
+
+/// What a group replicates, and where it publishes its state for readers.
+pub enum GroupRole {
+    Controller {
+        cluster: ClusterState,
+        published: watch::Sender<Arc<ClusterState>>,
+    },
+    Partition {
+        log: PartitionLog,
+        offsets: PartitionOffsets,
+        published: watch::Sender<PartitionOffsets>,
+        /// Bumped on every append to any partition; wakes long-polling fetches.
+        appends: Arc<watch::Sender<u64>>,
+    },
+}
+
+impl GroupRole {
+    fn apply(&mut self, write: &mut WriteBatch, command: &Command) -> Result<CommandResponse, StorageError> {
+        match (self, command) {
+            (GroupRole::Partition { log, offsets, .. }, Command::Append { batches }) => {
+                let base_offset = log.stage_append(write, offsets, batches)?;
+                Ok(CommandResponse::Appended { base_offset, log_start_offset: offsets.log_start_offset })
+            }
+            (GroupRole::Controller { cluster, .. }, command) if !matches!(command, Command::Append { .. }) => {
+                Ok(CommandResponse::Controller(cluster.apply(command)))
+            }
+            _ => Ok(CommandResponse::WrongGroup),
+        }
+    }
+
+    fn stage_state(&self, write: &mut WriteBatch, store: &Store, group: GroupId) -> Result<(), StorageError> {
+        if let GroupRole::Controller { cluster, .. } = self {
+            write.put_cf(store.cf(CF_SM_STATE), keys::group_tag_key(group, TAG_CLUSTER), bincode::serialize(cluster)?);
+        }
+        Ok(())
+    }
+
+    fn reload(&mut self, store: &Store, group: GroupId) -> Result<(), StorageError> {
+        match self {
+            GroupRole::Controller { cluster, .. } => {
+                *cluster = match store.get(CF_SM_STATE, &keys::group_tag_key(group, TAG_CLUSTER))? {
+                    Some(raw) => bincode::deserialize(&raw)?,
+                    None => ClusterState::default(),
+                };
+            }
+            GroupRole::Partition { log, offsets, .. } => *offsets = log.load_offsets()?,
+        }
+        Ok(())
+    }
+
+    fn publish(&self) {
+        match self {
+            GroupRole::Controller { cluster, published } => {
+                published.send_replace(Arc::new(cluster.clone()));
+            }
+            GroupRole::Partition { offsets, published, appends, .. } => {
+                published.send_replace(*offsets);
+                appends.send_modify(|count| *count = count.wrapping_add(1));
+            }
+        }
+    }
+}
+
+pub struct GroupStateMachine {
+    group: GroupId,
+    store: Store,
+    role: GroupRole,
+    applied: Option<LogId>,
+    membership: StoredMembership,
+    snapshots: SnapshotDir,
+}
+
+impl GroupStateMachine {
+    /// Loads the group's persisted state and publishes it.
+    pub fn open(group: GroupId, store: Store, mut role: GroupRole, snapshot_root: &Path) -> Result<Self, StorageError> {
+        let (applied, membership) = read_applied_state(&store, group)?;
+        role.reload(&store, group)?;
+        role.publish();
+        Ok(GroupStateMachine { group, store, role, applied, membership, snapshots: SnapshotDir::new(snapshot_root, group) })
+    }
+
+    fn persist(&mut self, mut write: WriteBatch) -> Result<(), StorageError> {
+        self.role.stage_state(&mut write, &self.store, self.group)?;
+        let applied = bincode::serialize(&(self.applied, &self.membership))?;
+        write.put_cf(self.store.cf(CF_SM_STATE), keys::group_tag_key(self.group, TAG_APPLIED), applied);
+        self.store.write_buffered(write)
+    }
+
+    fn apply_entries(&mut self, entries: impl Iterator<Item = Entry>) -> Result<Vec<CommandResponse>, StorageError> {
+        let mut write = WriteBatch::default();
+        let mut responses = Vec::new();
+        for entry in entries {
+            self.applied = Some(entry.log_id);
+            let response = match entry.payload {
+                EntryPayload::Blank => CommandResponse::Empty,
+                EntryPayload::Normal(command) => self.role.apply(&mut write, &command)?,
+                EntryPayload::Membership(membership) => {
+                    self.membership = StoredMembership::new(Some(entry.log_id), membership);
+                    CommandResponse::Empty
+                }
+            };
+            responses.push(response);
+        }
+        self.persist(write)?;
+        self.role.publish();
+        Ok(responses)
+    }
+
+    async fn open_snapshot(&self, meta: SnapshotMeta) -> Result<Snapshot<TypeConfig>, StorageError> {
+        let file = tokio::fs::File::open(self.snapshots.data_path(&meta)).await?;
+        Ok(Snapshot { meta, snapshot: Box::new(file) })
+    }
+}
+
+pub struct GroupSnapshotBuilder {
+    group: GroupId,
+    store: Store,
+    snapshots: SnapshotDir,
+}
+
+impl RaftSnapshotBuilder<TypeConfig> for GroupSnapshotBuilder {
+    async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, RaftStorageError> {
+        let build = || -> Result<_, StorageError> { self.snapshots.build(&self.store, self.group) };
+        let meta = blocking(build).map_err(|err| io_error(ErrorSubject::None, ErrorVerb::Write, err))?;
+        let file = tokio::fs::File::open(self.snapshots.data_path(&meta))
+            .await
+            .map_err(|err| io_error(ErrorSubject::None, ErrorVerb::Read, err.into()))?;
+        Ok(Snapshot { meta, snapshot: Box::new(file) })
+    }
+}
+
+impl RaftStateMachine<TypeConfig> for GroupStateMachine {
+    type SnapshotBuilder = GroupSnapshotBuilder;
+
+    async fn applied_state(&mut self) -> Result<(Option<LogId>, StoredMembership), RaftStorageError> {
+        Ok((self.applied, self.membership.clone()))
+    }
+
+    async fn apply<I>(&mut self, entries: I) -> Result<Vec<CommandResponse>, RaftStorageError>
+    where
+        I: IntoIterator<Item = Entry> + Send,
+        I::IntoIter: Send,
+    {
+        let entries = entries.into_iter();
+        blocking(|| self.apply_entries(entries))
+            .map_err(|err| io_error(ErrorSubject::StateMachine, ErrorVerb::Write, err))
+    }
+
+    async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
+        GroupSnapshotBuilder { group: self.group, store: self.store.clone(), snapshots: self.snapshots.clone() }
+    }
+
+    async fn begin_receiving_snapshot(&mut self) -> Result<Box<tokio::fs::File>, RaftStorageError> {
+        let open = async {
+            let path = self.snapshots.incoming_path()?;
+            let file = tokio::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .open(path)
+                .await?;
+            Ok::<_, StorageError>(Box::new(file))
+        };
+        open.await.map_err(|err| io_error(ErrorSubject::None, ErrorVerb::Write, err))
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        meta: &SnapshotMeta,
+        mut snapshot: Box<tokio::fs::File>,
+    ) -> Result<(), RaftStorageError> {
+        let install = async {
+            // Copy whatever handle openraft gives us into the snapshot's own file.
+            let path = self.snapshots.data_path(meta);
+            snapshot.flush().await?;
+            snapshot.seek(std::io::SeekFrom::Start(0)).await?;
+            let mut target = tokio::fs::File::create(&path).await?;
+            tokio::io::copy(&mut snapshot, &mut target).await?;
+            target.sync_all().await?;
+            blocking(|| -> Result<(), StorageError> {
+                load_into_store(&self.store, self.group, &path)?;
+                self.snapshots.make_current(meta)?;
+                self.role.reload(&self.store, self.group)
+            })?;
+            self.applied = meta.last_log_id;
+            self.membership = meta.last_membership.clone();
+            self.role.publish();
+            Ok::<_, StorageError>(())
+        };
+        install.await.map_err(|err| io_error(ErrorSubject::Snapshot(Some(meta.signature())), ErrorVerb::Write, err))
+    }
+
+    async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<TypeConfig>>, RaftStorageError> {
+        let current = async {
+            match self.snapshots.current_meta()? {
+                Some(meta) => Ok::<_, StorageError>(Some(self.open_snapshot(meta).await?)),
+                None => Ok(None),
+            }
+        };
+        current.await.map_err(|err| io_error(ErrorSubject::None, ErrorVerb::Read, err))
+    }
+}

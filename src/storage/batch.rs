@@ -1,0 +1,217 @@
+//! Record batches (magic v2) on their way in and out of storage.
+//!
+//! Batches are validated with the `kafka-protocol` decoder (which checks the CRC-32C
+//! and every record) and then stored byte for byte as the client sent them, so a
+//! compressed batch stays compressed. Only the base offset, which the CRC does not
+//! cover, is rewritten when the state machine assigns offsets.
+
+use bytes::{Buf, Bytes};
+use kafka_protocol::records::RecordBatchDecoder;
+use serde::{Deserialize, Serialize};
+
+/// Bytes before the batch length field: the base offset.
+const BASE_OFFSET_LEN: usize = 8;
+/// Bytes of base offset plus batch length; the batch length counts what follows them.
+const LENGTH_PREFIX_LEN: usize = 12;
+/// Position of the magic byte.
+const MAGIC_POS: usize = 16;
+/// The fixed v2 batch header; a batch is never shorter.
+pub const BATCH_HEADER_LEN: usize = 61;
+
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum BatchError {
+    #[error("corrupt record batch: {0}")]
+    Corrupt(String),
+    #[error("record batch of {size} bytes exceeds the limit of {max}")]
+    TooLarge { size: usize, max: usize },
+    #[error("record batch magic {0} is not supported (only v2)")]
+    UnsupportedMagic(i8),
+}
+
+/// A batch that passed validation, ready to be proposed to its partition.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ValidatedBatch {
+    pub bytes: Bytes,
+    pub record_count: i64,
+    pub max_timestamp: i64,
+}
+
+/// Splits a Produce request's `records` into batches and validates each one.
+pub fn validate_produce_records(
+    records: &Bytes,
+    max_batch_bytes: usize,
+) -> Result<Vec<ValidatedBatch>, BatchError> {
+    let mut rest = records.clone();
+    let mut batches = Vec::new();
+    while rest.has_remaining() {
+        let size = next_batch_size(&rest)?;
+        if size > max_batch_bytes {
+            return Err(BatchError::TooLarge { size, max: max_batch_bytes });
+        }
+        batches.push(validate_batch(rest.split_to(size))?);
+    }
+    if batches.is_empty() {
+        return Err(BatchError::Corrupt("no record batch".into()));
+    }
+    Ok(batches)
+}
+
+fn next_batch_size(rest: &Bytes) -> Result<usize, BatchError> {
+    if rest.len() < BATCH_HEADER_LEN {
+        return Err(BatchError::Corrupt(format!("{} trailing bytes", rest.len())));
+    }
+    let magic = rest[MAGIC_POS] as i8;
+    if magic != 2 {
+        return Err(BatchError::UnsupportedMagic(magic));
+    }
+    let length = (&rest[BASE_OFFSET_LEN..LENGTH_PREFIX_LEN]).get_i32();
+    let size = usize::try_from(length)
+        .ok()
+        .and_then(|len| len.checked_add(LENGTH_PREFIX_LEN))
+        .filter(|size| *size >= BATCH_HEADER_LEN)
+        .ok_or_else(|| BatchError::Corrupt(format!("batch length {length}")))?;
+    if size > rest.len() {
+        return Err(BatchError::Corrupt(format!(
+            "batch of {size} bytes truncated to {}",
+            rest.len()
+        )));
+    }
+    Ok(size)
+}
+
+fn validate_batch(bytes: Bytes) -> Result<ValidatedBatch, BatchError> {
+    let set = RecordBatchDecoder::decode(&mut bytes.clone())
+        .map_err(|err| BatchError::Corrupt(err.to_string()))?;
+    if set.records.is_empty() {
+        return Err(BatchError::Corrupt("batch holds no records".into()));
+    }
+    let base = set.records[0].offset;
+    for (delta, record) in set.records.iter().enumerate() {
+        if record.offset - base != delta as i64 {
+            return Err(BatchError::Corrupt("record offsets are not sequential".into()));
+        }
+        if record.control {
+            return Err(BatchError::Corrupt("producers cannot write control batches".into()));
+        }
+    }
+    let max_timestamp = set.records.iter().map(|r| r.timestamp).max().unwrap_or(-1);
+    Ok(ValidatedBatch {
+        bytes,
+        record_count: set.records.len() as i64,
+        max_timestamp,
+    })
+}
+
+/// The batch as it is stored and served: the client's bytes with `base_offset` set.
+pub fn with_base_offset(batch: &[u8], base_offset: i64) -> Vec<u8> {
+    let mut stored = batch.to_vec();
+    stored[..BASE_OFFSET_LEN].copy_from_slice(&base_offset.to_be_bytes());
+    stored
+}
+
+/// Prefixes a stored batch with its crc32 so that corruption on disk is detected on read.
+pub fn seal(batch: &[u8]) -> Vec<u8> {
+    let mut value = Vec::with_capacity(4 + batch.len());
+    value.extend_from_slice(&crc32fast::hash(batch).to_be_bytes());
+    value.extend_from_slice(batch);
+    value
+}
+
+/// Checks the crc32 written by [`seal`] and returns the batch bytes.
+pub fn unseal(value: &[u8]) -> Option<&[u8]> {
+    let (crc, batch) = value.split_at_checked(4)?;
+    let expected = u32::from_be_bytes(crc.try_into().ok()?);
+    (crc32fast::hash(batch) == expected).then_some(batch)
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use bytes::BytesMut;
+    use kafka_protocol::records::{
+        Compression, Record, RecordBatchEncoder, RecordEncodeOptions, TimestampType,
+    };
+
+    pub fn encode_batch(values: &[&str], compression: Compression) -> Bytes {
+        let records: Vec<Record> = values
+            .iter()
+            .enumerate()
+            .map(|(i, value)| Record {
+                transactional: false,
+                control: false,
+                partition_leader_epoch: -1,
+                producer_id: -1,
+                producer_epoch: -1,
+                timestamp_type: TimestampType::Creation,
+                offset: i as i64,
+                sequence: -1,
+                timestamp: 1_700_000_000_000 + i as i64,
+                key: Some(Bytes::from(format!("k{i}"))),
+                value: Some(Bytes::from(value.to_string())),
+                headers: Default::default(),
+            })
+            .collect();
+        let mut buf = BytesMut::new();
+        let options = RecordEncodeOptions { version: 2, compression };
+        RecordBatchEncoder::encode(&mut buf, &records, &options).unwrap();
+        buf.freeze()
+    }
+
+    #[test]
+    fn accepts_batches_of_every_codec() {
+        for codec in [Compression::None, Compression::Gzip, Compression::Snappy, Compression::Lz4, Compression::Zstd] {
+            let batch = encode_batch(&["a", "b", "c"], codec);
+            let validated = validate_produce_records(&batch, 1 << 20).unwrap();
+            assert_eq!(validated.len(), 1);
+            assert_eq!(validated[0].record_count, 3);
+            assert_eq!(validated[0].max_timestamp, 1_700_000_000_002);
+            assert_eq!(validated[0].bytes, batch, "stored as sent");
+        }
+    }
+
+    #[test]
+    fn splits_concatenated_batches() {
+        let mut both = BytesMut::new();
+        both.extend_from_slice(&encode_batch(&["a"], Compression::None));
+        both.extend_from_slice(&encode_batch(&["b", "c"], Compression::Gzip));
+        let validated = validate_produce_records(&both.freeze(), 1 << 20).unwrap();
+        assert_eq!(validated.iter().map(|b| b.record_count).collect::<Vec<_>>(), vec![1, 2]);
+    }
+
+    #[test]
+    fn rejects_wrong_crc() {
+        let mut batch = BytesMut::from(&encode_batch(&["a", "b"], Compression::None)[..]);
+        let last = batch.len() - 1;
+        batch[last] ^= 0xff;
+        assert!(matches!(validate_produce_records(&batch.freeze(), 1 << 20), Err(BatchError::Corrupt(_))));
+    }
+
+    #[test]
+    fn rejects_oversized_truncated_and_old_batches() {
+        let batch = encode_batch(&["a", "b"], Compression::None);
+        assert!(matches!(validate_produce_records(&batch, 10), Err(BatchError::TooLarge { .. })));
+        let truncated = batch.slice(..batch.len() - 3);
+        assert!(matches!(validate_produce_records(&truncated, 1 << 20), Err(BatchError::Corrupt(_))));
+        let mut old = BytesMut::from(&batch[..]);
+        old[MAGIC_POS] = 1;
+        assert_eq!(validate_produce_records(&old.freeze(), 1 << 20), Err(BatchError::UnsupportedMagic(1)));
+        assert!(validate_produce_records(&Bytes::new(), 1 << 20).is_err());
+    }
+
+    #[test]
+    fn base_offset_rewrite_keeps_the_batch_valid() {
+        let batch = encode_batch(&["a", "b"], Compression::Lz4);
+        let stored = Bytes::from(with_base_offset(&batch, 4242));
+        let set = RecordBatchDecoder::decode(&mut stored.clone()).unwrap();
+        assert_eq!(set.records[0].offset, 4242);
+        assert_eq!(set.records[1].offset, 4243);
+    }
+
+    #[test]
+    fn seal_detects_corruption() {
+        let mut value = seal(b"batch bytes");
+        assert_eq!(unseal(&value), Some(&b"batch bytes"[..]));
+        value[6] ^= 1;
+        assert_eq!(unseal(&value), None);
+    }
+}

@@ -1,0 +1,105 @@
+//! RocksDB storage: one database per node shared by every Raft group.
+
+pub mod batch;
+pub mod keys;
+pub mod partition;
+
+use std::path::Path;
+use std::sync::Arc;
+
+use rocksdb::{ColumnFamily, ColumnFamilyDescriptor, Options, WriteBatch, WriteOptions, DB};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StorageError {
+    #[error("rocksdb: {0}")]
+    Rocks(#[from] rocksdb::Error),
+    #[error("corrupt data in group {group}: {what}")]
+    Corrupt { group: u64, what: String },
+    #[error("encoding: {0}")]
+    Encoding(String),
+    #[error("io: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+impl From<bincode::Error> for StorageError {
+    fn from(err: bincode::Error) -> Self {
+        StorageError::Encoding(err.to_string())
+    }
+}
+
+/// The node's database. Cloning is cheap; all clones share one RocksDB instance.
+#[derive(Clone)]
+pub struct Store {
+    db: Arc<DB>,
+}
+
+impl Store {
+    pub fn open(dir: &Path) -> Result<Self, StorageError> {
+        std::fs::create_dir_all(dir)?;
+        let mut opts = Options::default();
+        opts.create_if_missing(true);
+        opts.create_missing_column_families(true);
+        // Every column family shares the WAL, so a synced Raft log write also makes
+        // the state machine's earlier unsynced writes durable.
+        let descriptors = keys::ALL_CFS
+            .iter()
+            .map(|name| ColumnFamilyDescriptor::new(*name, Options::default()));
+        let db = DB::open_cf_descriptors(&opts, dir.join("db"), descriptors)?;
+        Ok(Store { db: Arc::new(db) })
+    }
+
+    pub fn db(&self) -> &DB {
+        &self.db
+    }
+
+    pub fn cf(&self, name: &str) -> &ColumnFamily {
+        // The column families are created at open; a missing one is a programming error.
+        self.db
+            .cf_handle(name)
+            .unwrap_or_else(|| panic!("column family {name} is created at open"))
+    }
+
+    pub fn get(&self, cf: &str, key: &[u8]) -> Result<Option<Vec<u8>>, StorageError> {
+        Ok(self.db.get_cf(self.cf(cf), key)?)
+    }
+
+    /// Writes `batch` and waits until it is on disk (fsync of the WAL).
+    pub fn write_durable(&self, batch: WriteBatch) -> Result<(), StorageError> {
+        let mut opts = WriteOptions::default();
+        opts.set_sync(true);
+        Ok(self.db.write_opt(batch, &opts)?)
+    }
+
+    /// Writes `batch` through the WAL without waiting for fsync: state that can be
+    /// rebuilt from the durable Raft log after a crash.
+    pub fn write_buffered(&self, batch: WriteBatch) -> Result<(), StorageError> {
+        Ok(self.db.write(batch)?)
+    }
+
+    /// Adds deletes of every key of `group` in the column families `cfs` to `batch`.
+    pub fn delete_group_in(&self, batch: &mut WriteBatch, group: u64, cfs: &[&str]) {
+        let (start, end) = keys::group_range(group);
+        for cf in cfs {
+            batch.delete_range_cf(self.cf(cf), &start, &end);
+        }
+    }
+
+    /// Iterates `(key, value)` of `group` in `cf` from `from` (inclusive) upwards.
+    pub fn scan_group<'a>(
+        &'a self,
+        cf: &str,
+        group: u64,
+        from: &[u8],
+    ) -> impl Iterator<Item = Result<(Box<[u8]>, Box<[u8]>), StorageError>> + 'a {
+        let (_, end) = keys::group_range(group);
+        let mut read_opts = rocksdb::ReadOptions::default();
+        read_opts.set_iterate_upper_bound(end);
+        self.db
+            .iterator_cf_opt(
+                self.cf(cf),
+                read_opts,
+                rocksdb::IteratorMode::From(from, rocksdb::Direction::Forward),
+            )
+            .map(|item| item.map_err(StorageError::from))
+    }
+}

@@ -1,0 +1,118 @@
+//! Hostile and broken input against a real broker process: each case gets the
+//! right Kafka error code or a closed connection, and the broker keeps serving.
+
+mod common;
+
+use bytes::{BufMut, BytesMut};
+use common::{record_batch, Broker, Client};
+use kafka_protocol::messages::{ApiKey, ApiVersionsResponse, MetadataRequest, RequestKind, ResponseHeader, ResponseKind};
+use kafka_protocol::protocol::Decodable;
+use kafka_protocol::records::Compression;
+
+fn assert_still_serving(broker: &mut Broker) {
+    assert!(broker.is_running(), "broker died: {}", broker.log());
+    let mut client = Client::connect(broker.port).unwrap();
+    let response = client.request(ApiKey::Metadata, 12, RequestKind::Metadata(MetadataRequest::default()));
+    assert!(matches!(response, ResponseKind::Metadata(_)));
+}
+
+fn assert_closes(broker: &mut Broker, bytes: &[u8], why: &str) {
+    let mut client = Client::connect(broker.port).unwrap();
+    client.send_raw(bytes).unwrap();
+    assert!(client.is_closed_by_broker(), "{why}: connection should be closed");
+    assert_still_serving(broker);
+}
+
+#[test]
+fn broken_frames_close_only_their_connection() {
+    let mut broker = Broker::start_with(&[("RAFKA_SOCKET_REQUEST_MAX_BYTES", "65536")]);
+    let bystander = Client::connect(broker.port).unwrap();
+
+    // A frame too short to hold a request header.
+    assert_closes(&mut broker, &[0, 0, 0, 3, 0, 3, 0], "truncated frame");
+    // A header that promises a body the frame does not contain.
+    let mut client = Client::connect(broker.port).unwrap();
+    let frame = client.encode_request(ApiKey::Metadata, 12, &RequestKind::Metadata(MetadataRequest::default()));
+    let mut cut = BytesMut::new();
+    cut.put_i32(frame.len() as i32 - 4 - 2);
+    cut.extend_from_slice(&frame[4..frame.len() - 2]);
+    assert_closes(&mut broker, &cut, "truncated body");
+    // A frame over socket_request_max_bytes.
+    assert_closes(&mut broker, &[0, 1, 0, 1, 0, 0, 0, 0], "oversized frame");
+    assert_closes(&mut broker, &[0xff, 0xff, 0xff, 0xf0], "negative frame size");
+    // An API key Kafka does not define, and one we do not serve.
+    assert_closes(&mut broker, &[0, 0, 0, 8, 0x7f, 0x00, 0, 0, 0, 0, 0, 1], "unknown api key");
+    assert_closes(&mut broker, &[0, 0, 0, 8, 0, 57, 0, 0, 0, 0, 0, 1], "unserved api key");
+    // A version outside the advertised range.
+    let mut client = Client::connect(broker.port).unwrap();
+    let mut frame = BytesMut::from(&client.encode_request(ApiKey::Metadata, 12, &RequestKind::Metadata(MetadataRequest::default()))[..]);
+    frame[6..8].copy_from_slice(&99i16.to_be_bytes());
+    assert_closes(&mut broker, &frame, "unsupported version");
+
+    // Random bytes, with a fixed seed so a failure replays.
+    let mut state: u64 = 0x9e3779b97f4a7c15;
+    for round in 0..50 {
+        let len = 8 + (round * 37) % 400;
+        let mut bytes = BytesMut::with_capacity(len + 4);
+        bytes.put_i32(len as i32);
+        for _ in 0..len {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            bytes.put_u8(state as u8);
+        }
+        let mut client = Client::connect(broker.port).unwrap();
+        client.send_raw(&bytes).unwrap();
+        // Either answered (valid by chance) or closed; the broker must survive.
+        let _ = client.is_closed_by_broker();
+        assert!(broker.is_running(), "random bytes round {round} killed the broker: {}", broker.log());
+    }
+    assert_still_serving(&mut broker);
+    drop(bystander);
+    assert!(broker.log().contains("closing connection after bad input"), "reasons are logged");
+}
+
+#[test]
+fn unsupported_api_versions_version_gets_a_v0_answer() {
+    let broker = Broker::start();
+    let mut client = Client::connect(broker.port).unwrap();
+    let mut frame = BytesMut::from(&client.encode_request(ApiKey::ApiVersions, 3, &RequestKind::ApiVersions(Default::default()))[..]);
+    frame[6..8].copy_from_slice(&42i16.to_be_bytes());
+    client.send_raw(&frame).unwrap();
+    let mut response = client.read_frame().unwrap();
+    let header = ResponseHeader::decode(&mut response, 0).unwrap();
+    assert_eq!(header.correlation_id, 1);
+    let body = ApiVersionsResponse::decode(&mut response, 0).unwrap();
+    assert_eq!(body.error_code, 35, "UNSUPPORTED_VERSION");
+    assert!(body.api_keys.iter().any(|k| k.api_key == ApiKey::Produce as i16));
+}
+
+#[test]
+fn bad_batches_get_kafka_error_codes_and_store_nothing() {
+    let broker = Broker::start_with(&[("RAFKA_MESSAGE_MAX_BYTES", "2048")]);
+    let mut client = Client::connect(broker.port).unwrap();
+    assert_eq!(client.create_topic("bad-batches", 1).error_code, 0);
+
+    let mut corrupt = BytesMut::from(&record_batch(&["a".into(), "b".into()], Compression::None)[..]);
+    let last = corrupt.len() - 1;
+    corrupt[last] ^= 0x55;
+    let response = client.produce("bad-batches", 0, corrupt.freeze(), -1).unwrap();
+    assert_eq!(response.error_code, 2, "CORRUPT_MESSAGE for a wrong CRC");
+
+    let big = record_batch(&["x".repeat(4096)], Compression::None);
+    assert_eq!(client.produce("bad-batches", 0, big, -1).unwrap().error_code, 10, "MESSAGE_TOO_LARGE");
+
+    let mut old_magic = BytesMut::from(&record_batch(&["a".into()], Compression::None)[..]);
+    old_magic[16] = 1;
+    assert_eq!(client.produce("bad-batches", 0, old_magic.freeze(), -1).unwrap().error_code, 43);
+
+    let ok = client.produce("bad-batches", 0, record_batch(&["good".into()], Compression::None), -1).unwrap();
+    assert_eq!((ok.error_code, ok.base_offset), (0, 0), "nothing was stored by the refused batches");
+    assert_eq!(client.read_all("bad-batches", 0), vec![(0, "good".to_string())]);
+
+    assert_eq!(client.create_topic("bad topic!", 1).error_code, 17, "INVALID_TOPIC_EXCEPTION");
+    assert_eq!(client.create_topic("bad-batches", 1).error_code, 36, "TOPIC_ALREADY_EXISTS");
+    assert_eq!(client.create_topic("zero-partitions", 0).error_code, 37, "INVALID_PARTITIONS");
+    let unknown = client.produce("bad-batches", 7, record_batch(&["a".into()], Compression::None), -1).unwrap();
+    assert_eq!(unknown.error_code, 3, "UNKNOWN_TOPIC_OR_PARTITION");
+}

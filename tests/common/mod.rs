@@ -1,0 +1,304 @@
+//! Helpers for tests that run real broker processes on free loopback ports.
+#![allow(dead_code)]
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use bytes::{BufMut, Bytes, BytesMut};
+use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
+use kafka_protocol::messages::fetch_response::PartitionData;
+use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
+use kafka_protocol::messages::produce_response::PartitionProduceResponse;
+use kafka_protocol::messages::{
+    ApiKey, CreateTopicsRequest, FetchRequest, ProduceRequest, RequestHeader, RequestKind, ResponseHeader,
+    ResponseKind, TopicName,
+};
+use kafka_protocol::messages::create_topics_request::CreatableTopic;
+use kafka_protocol::messages::create_topics_response::CreatableTopicResult;
+use kafka_protocol::records::RecordBatchDecoder;
+use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
+use kafka_protocol::records::{Compression, Record, RecordBatchEncoder, RecordEncodeOptions, TimestampType};
+
+pub const DEADLINE: Duration = Duration::from_secs(30);
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// A broker process with its own data directory; killed when dropped.
+pub struct Broker {
+    pub port: u16,
+    raft_port: u16,
+    data: PathBuf,
+    _dir: Option<tempfile::TempDir>,
+    child: Option<Child>,
+    extra_env: Vec<(String, String)>,
+}
+
+impl Broker {
+    pub fn start() -> Broker {
+        Broker::start_with(&[])
+    }
+
+    pub fn start_with(env: &[(&str, &str)]) -> Broker {
+        let dir = tempfile::tempdir().unwrap();
+        let mut broker = Broker {
+            port: free_port(),
+            raft_port: free_port(),
+            data: dir.path().to_path_buf(),
+            _dir: Some(dir),
+            child: None,
+            extra_env: env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+        };
+        broker.spawn();
+        broker
+    }
+
+    fn spawn(&mut self) {
+        let listener = format!("127.0.0.1:{}", self.port);
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(self.data.join("broker.log")).unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_rafka"))
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .args(["--config", "configs/single-node.toml"])
+            .env("RAFKA_LISTENER", &listener)
+            .env("RAFKA_ADVERTISED_LISTENER", &listener)
+            .env("RAFKA_RAFT_ADDRESS", format!("127.0.0.1:{}", self.raft_port))
+            .env("RAFKA_DATA_DIR", self.data.join("data"))
+            .envs(self.extra_env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("broker binary starts");
+        self.child = Some(child);
+        self.wait_ready();
+    }
+
+    fn wait_ready(&mut self) {
+        let start = Instant::now();
+        loop {
+            if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().unwrap()) {
+                panic!("broker exited with {status}: {}", self.log());
+            }
+            if let Ok(mut client) = Client::connect(self.port) {
+                if client.try_request(ApiKey::ApiVersions, 3, RequestKind::ApiVersions(Default::default())).is_ok() {
+                    return;
+                }
+            }
+            assert!(start.elapsed() < DEADLINE, "broker not ready: {}", self.log());
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.data.join("broker.log")).unwrap_or_default()
+    }
+
+    pub fn data_dir(&self) -> &Path {
+        &self.data
+    }
+
+    pub fn kill9(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            child.kill().unwrap();
+            child.wait().unwrap();
+        }
+    }
+
+    pub fn stop_gracefully(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
+            let start = Instant::now();
+            while child.try_wait().unwrap().is_none() {
+                assert!(start.elapsed() < DEADLINE, "broker ignored SIGTERM");
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+    }
+
+    pub fn restart(&mut self) {
+        self.spawn();
+    }
+
+    pub fn is_running(&mut self) -> bool {
+        self.child.as_mut().is_some_and(|c| c.try_wait().unwrap().is_none())
+    }
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// A blocking Kafka client speaking through `kafka-protocol`.
+pub struct Client {
+    stream: TcpStream,
+    correlation: i32,
+}
+
+impl Client {
+    pub fn connect(port: u16) -> std::io::Result<Client> {
+        let stream = TcpStream::connect(("127.0.0.1", port))?;
+        stream.set_read_timeout(Some(DEADLINE))?;
+        Ok(Client { stream, correlation: 0 })
+    }
+
+    pub fn send_raw(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        self.stream.write_all(bytes)
+    }
+
+    /// True when the broker closed the connection (EOF or reset) before the deadline.
+    pub fn is_closed_by_broker(&mut self) -> bool {
+        let mut buf = [0u8; 1024];
+        loop {
+            match self.stream.read(&mut buf) {
+                Ok(0) => return true,
+                Ok(_) => continue,
+                Err(err) => return err.kind() != std::io::ErrorKind::WouldBlock && err.kind() != std::io::ErrorKind::TimedOut,
+            }
+        }
+    }
+
+    pub fn encode_request(&mut self, api_key: ApiKey, version: i16, body: &RequestKind) -> Bytes {
+        self.correlation += 1;
+        let header = RequestHeader::default()
+            .with_request_api_key(api_key as i16)
+            .with_request_api_version(version)
+            .with_correlation_id(self.correlation)
+            .with_client_id(Some(StrBytes::from_static_str("rafka-tests")));
+        let mut frame = BytesMut::new();
+        header.encode(&mut frame, api_key.request_header_version(version)).unwrap();
+        body.encode(&mut frame, version).unwrap();
+        let mut out = BytesMut::new();
+        out.put_i32(frame.len() as i32);
+        out.extend_from_slice(&frame);
+        out.freeze()
+    }
+
+    pub fn read_frame(&mut self) -> std::io::Result<Bytes> {
+        let mut len = [0u8; 4];
+        self.stream.read_exact(&mut len)?;
+        let mut body = vec![0u8; i32::from_be_bytes(len) as usize];
+        self.stream.read_exact(&mut body)?;
+        Ok(Bytes::from(body))
+    }
+
+    pub fn try_request(&mut self, api_key: ApiKey, version: i16, body: RequestKind) -> std::io::Result<ResponseKind> {
+        let frame = self.encode_request(api_key, version, &body);
+        self.stream.write_all(&frame)?;
+        let mut response = self.read_frame()?;
+        let header = ResponseHeader::decode(&mut response, api_key.response_header_version(version))
+            .map_err(|e| std::io::Error::other(e.to_string()))?;
+        assert_eq!(header.correlation_id, self.correlation);
+        ResponseKind::decode(api_key, &mut response, version).map_err(|e| std::io::Error::other(e.to_string()))
+    }
+
+    pub fn request(&mut self, api_key: ApiKey, version: i16, body: RequestKind) -> ResponseKind {
+        self.try_request(api_key, version, body).expect("request answered")
+    }
+}
+
+/// A v2 record batch of `values` (keys `k0`, `k1`, ...).
+pub fn record_batch(values: &[String], compression: Compression) -> Bytes {
+    let records: Vec<Record> = values
+        .iter()
+        .enumerate()
+        .map(|(i, value)| Record {
+            transactional: false,
+            control: false,
+            partition_leader_epoch: -1,
+            producer_id: -1,
+            producer_epoch: -1,
+            timestamp_type: TimestampType::Creation,
+            offset: i as i64,
+            sequence: -1,
+            timestamp: 1_700_000_000_000 + i as i64,
+            key: Some(Bytes::from(format!("k{i}"))),
+            value: Some(Bytes::from(value.clone())),
+            headers: Default::default(),
+        })
+        .collect();
+    let mut buf = BytesMut::new();
+    RecordBatchEncoder::encode(&mut buf, &records, &RecordEncodeOptions { version: 2, compression }).unwrap();
+    buf.freeze()
+}
+
+pub fn topic_name(name: &str) -> TopicName {
+    TopicName(StrBytes::from_string(name.to_string()))
+}
+
+impl Client {
+    pub fn create_topic(&mut self, name: &str, partitions: i32) -> CreatableTopicResult {
+        let topic = CreatableTopic::default()
+            .with_name(topic_name(name))
+            .with_num_partitions(partitions)
+            .with_replication_factor(-1);
+        let request = CreateTopicsRequest::default().with_topics(vec![topic]).with_timeout_ms(10_000);
+        match self.request(ApiKey::CreateTopics, 7, RequestKind::CreateTopics(request)) {
+            ResponseKind::CreateTopics(mut response) => response.topics.remove(0),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+
+    pub fn produce(&mut self, topic: &str, partition: i32, records: Bytes, acks: i16) -> Option<PartitionProduceResponse> {
+        let data = PartitionProduceData::default().with_index(partition).with_records(Some(records));
+        let request = ProduceRequest::default()
+            .with_acks(acks)
+            .with_timeout_ms(10_000)
+            .with_topic_data(vec![TopicProduceData::default().with_name(topic_name(topic)).with_partition_data(vec![data])]);
+        let body = RequestKind::Produce(request);
+        if acks == 0 {
+            let frame = self.encode_request(ApiKey::Produce, 9, &body);
+            self.send_raw(&frame).unwrap();
+            return None;
+        }
+        match self.request(ApiKey::Produce, 9, body) {
+            ResponseKind::Produce(mut response) => Some(response.responses.remove(0).partition_responses.remove(0)),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+
+    pub fn fetch(&mut self, topic: &str, partition: i32, offset: i64, max_wait_ms: i32, min_bytes: i32) -> PartitionData {
+        let part = FetchPartition::default()
+            .with_partition(partition)
+            .with_fetch_offset(offset)
+            .with_partition_max_bytes(1 << 20)
+            .with_log_start_offset(-1);
+        let request = FetchRequest::default()
+            .with_max_wait_ms(max_wait_ms)
+            .with_min_bytes(min_bytes)
+            .with_max_bytes(50 << 20)
+            .with_session_epoch(-1)
+            .with_topics(vec![FetchTopic::default().with_topic(topic_name(topic)).with_partitions(vec![part])]);
+        match self.request(ApiKey::Fetch, 12, RequestKind::Fetch(request)) {
+            ResponseKind::Fetch(mut response) => response.responses.remove(0).partitions.remove(0),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+
+    /// Every record value of the partition, read from offset 0 up to the high watermark.
+    pub fn read_all(&mut self, topic: &str, partition: i32) -> Vec<(i64, String)> {
+        let mut out = Vec::new();
+        let mut offset = 0;
+        loop {
+            let data = self.fetch(topic, partition, offset, 0, 0);
+            assert_eq!(data.error_code, 0, "fetch error");
+            let mut records = data.records.unwrap_or_default();
+            if records.is_empty() {
+                return out;
+            }
+            for set in RecordBatchDecoder::decode_all(&mut records).unwrap() {
+                for record in set.records {
+                    if record.offset >= offset {
+                        let value = String::from_utf8(record.value.unwrap().to_vec()).unwrap();
+                        out.push((record.offset, value));
+                        offset = record.offset + 1;
+                    }
+                }
+            }
+        }
+    }
+}
