@@ -265,6 +265,46 @@ class Results:
         sys.exit(1 if self.failed else 0)
 
 
+# -- shared test data -------------------------------------------------------
+BASE_TS = (int(time.time()) - 3600) * 1000  # explicit CreateTime for test messages: an hour ago
+
+
+class Msg:
+    """One message to produce: explicit partition, key, value, headers [(str, bytes|None)], timestamp."""
+    __slots__ = ("partition", "key", "value", "headers", "ts")
+
+    def __init__(self, partition, key, value, headers, ts):
+        self.partition, self.key, self.value, self.headers, self.ts = partition, key, value, headers, ts
+
+
+def make_messages(tag, partitions, per_partition, ts_base=BASE_TS, null_header_values=True):
+    """Deterministic keyed messages with some null keys, null values and empty/null/no headers.
+
+    Timestamps increase by 1 s per message within a partition.
+    """
+    msgs = []
+    for p in range(partitions):
+        for i in range(per_partition):
+            key = None if i % 9 == 4 else f"key-{p}-{i}".encode()
+            null_value = i % 5 == 2 and key is not None  # never both null
+            value = None if null_value else (f"value-{tag}-{p}-{i}|" * (1 + i % 4)).encode()
+            headers = [] if i % 6 == 5 else [("idx", str(i).encode()), ("tag", tag.encode())]
+            if i % 3 == 0:
+                headers.append(("empty", b""))
+            if null_header_values and i % 4 == 1:
+                headers.append(("null", None))
+            msgs.append(Msg(p, key, value, headers, ts_base + p * 1_000_000 + i * 1000))
+    return msgs
+
+
+def by_partition(items, part_of):
+    """Group `items` into {partition: [items in order]}."""
+    out = {}
+    for item in items:
+        out.setdefault(part_of(item), []).append(item)
+    return out
+
+
 def expect(cond, message):
     """Assertion that survives `python -O`."""
     if not cond:

@@ -5,13 +5,15 @@ Consumer groups are not supported by the broker: consumers use assign()/seek()
 with explicit partitions, never subscribe() and never commit.
 """
 
+import concurrent.futures
 import sys
 import time
 from contextlib import closing
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from harness import expect, expect_eq, run_suite, wait_until  # noqa: E402
+from harness import (BASE_TS, Msg, by_partition, expect, expect_eq, make_messages,  # noqa: E402
+                     run_suite, wait_until)
 
 from confluent_kafka import (OFFSET_BEGINNING, OFFSET_END, TIMESTAMP_CREATE_TIME,  # noqa: E402
                              Consumer, KafkaError, KafkaException, Producer, TopicPartition)
@@ -22,38 +24,6 @@ TIMEOUT = 30  # seconds, for any single client operation
 PARTITIONS = 3
 PER_PARTITION = 40
 CODECS = ["none", "gzip", "snappy", "lz4", "zstd"]
-BASE_TS = (int(time.time()) - 3600) * 1000  # explicit CreateTime: an hour ago
-
-
-# -- message model -----------------------------------------------------------
-class Msg:
-    __slots__ = ("partition", "key", "value", "headers", "ts")
-
-    def __init__(self, partition, key, value, headers, ts):
-        self.partition, self.key, self.value, self.headers, self.ts = partition, key, value, headers, ts
-
-
-def make_messages(tag, partitions=PARTITIONS, per_partition=PER_PARTITION, ts_base=BASE_TS):
-    """Deterministic keyed messages: some null values, null keys, empty/null/no headers."""
-    msgs = []
-    for p in range(partitions):
-        for i in range(per_partition):
-            key = None if i % 9 == 4 else f"key-{p}-{i}".encode()
-            value = None if i % 5 == 2 else (f"value-{tag}-{p}-{i}|" * (1 + i % 4)).encode()
-            headers = [] if i % 6 == 5 else [("idx", str(i).encode()), ("tag", tag.encode())]
-            if i % 3 == 0:
-                headers.append(("empty", b""))
-            if i % 4 == 1:
-                headers.append(("null", None))
-            msgs.append(Msg(p, key, value, headers, ts_base + p * 100_000 + i * 1000))
-    return msgs
-
-
-def by_partition(items, part_of):
-    out = {}
-    for item in items:
-        out.setdefault(part_of(item), []).append(item)
-    return out
 
 
 # -- clients -----------------------------------------------------------------
@@ -72,7 +42,10 @@ def admin_call(bootstrap, method, *args, key=None, **kwargs):
     """Run AdminClient.<method> and wait for its result (the client must outlive its futures)."""
     admin = admin_client(bootstrap)
     futures = getattr(admin, method)(*args, request_timeout=TIMEOUT, **kwargs)
-    return (futures if key is None else futures[key]).result(timeout=TIMEOUT)
+    try:
+        return (futures if key is None else futures[key]).result(timeout=TIMEOUT + 5)
+    except concurrent.futures.TimeoutError:
+        raise TimeoutError(f"AdminClient.{method} returned no result within {TIMEOUT + 5}s") from None
 
 
 def create_topic(bootstrap, topic, partitions):
@@ -208,7 +181,7 @@ def expect_admin_error(code, *call, **kwargs):
 
 def check_codecs(bootstrap, R):
     for codec in CODECS:
-        topic, msgs = f"cfk-codec-{codec}", make_messages(codec)
+        topic, msgs = f"cfk-codec-{codec}", make_messages(codec, PARTITIONS, PER_PARTITION)
         with R.check(f"produce acks=all compression={codec}: delivery reports OK, dense offsets"):
             create_topic(bootstrap, topic, PARTITIONS)
             check_delivered(produce(bootstrap, topic, msgs, **{"compression.type": codec}), msgs)
@@ -223,7 +196,7 @@ def check_codecs(bootstrap, R):
 
 
 def check_acks(bootstrap, R):
-    msgs = make_messages("acks", partitions=1, per_partition=100)
+    msgs = make_messages("acks", 1, 100)
     with R.check("produce acks=1: delivered at dense offsets and read back"):
         check_delivered(produce(bootstrap, "cfk-acks1", msgs, acks="1"), msgs)
         verify(read_all(bootstrap, "cfk-acks1", [0]), msgs)
@@ -244,7 +217,7 @@ def check_auto_create(bootstrap, R):
 
 def check_offsets(bootstrap, R):
     topic = "cfk-codec-none"  # written by check_codecs
-    msgs = by_partition(make_messages("none"), lambda m: m.partition)
+    msgs = by_partition(make_messages("none", PARTITIONS, PER_PARTITION), lambda m: m.partition)
     with R.check("get_watermark_offsets returns (0, count) per partition"), \
             closing(new_consumer(bootstrap)) as c:
         for p in range(PARTITIONS):
@@ -273,8 +246,8 @@ def check_delete(bootstrap, R):
 
 def check_durability(broker, R):
     bootstrap, topic = broker.bootstrap, "cfk-durability"
-    first = make_messages("dur1", partitions=2, per_partition=200)
-    second = make_messages("dur2", partitions=2, per_partition=200, ts_base=BASE_TS + 500_000)
+    first = make_messages("dur1", 2, 200)
+    second = make_messages("dur2", 2, 200, ts_base=BASE_TS + 500_000)
     with R.check("durability: acks=all messages acknowledged before kill -9 are all readable exactly once, in order"):
         create_topic(bootstrap, topic, 2)
         check_delivered(produce(bootstrap, topic, first), first)

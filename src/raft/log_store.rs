@@ -88,7 +88,7 @@ impl GroupLogStore {
             Some(until) => keys::group_u64_key(self.group, until).to_vec(),
             None => keys::group_range(self.group).1,
         };
-        batch.delete_range_cf(self.store.cf(CF_RAFT_LOG), keys::group_u64_key(self.group, from), end);
+        batch.delete_range_cf(self.store.cf(CF_RAFT_LOG), keys::group_u64_key(self.group, from).to_vec(), end);
     }
 }
 

@@ -1,0 +1,179 @@
+#!/usr/bin/env python3
+"""kafka-python compatibility checks against rafka.
+
+Consumer groups are not supported by the broker: KafkaConsumer uses
+group_id=None with assign()/seek(), never subscribe() and never commits.
+The producer sets enable_idempotence=False (kafka-python >= 3 defaults to an
+idempotent producer, which needs InitProducerId).
+"""
+
+import sys
+import time
+from contextlib import closing
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from harness import (by_partition, expect, expect_eq, make_messages, run_suite,  # noqa: E402
+                     wait_until)
+
+from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition  # noqa: E402
+from kafka.codec import has_gzip, has_lz4, has_snappy, has_zstd  # noqa: E402
+
+TIMEOUT = 30  # seconds, for any single client operation
+PARTITIONS = 3
+PER_PARTITION = 40
+CODECS = {"none": lambda: True, "gzip": has_gzip, "snappy": has_snappy, "lz4": has_lz4, "zstd": has_zstd}
+
+
+def client_conf(bootstrap):
+    return {"bootstrap_servers": bootstrap, "client_id": "rafka-compat", "request_timeout_ms": TIMEOUT * 1000}
+
+
+def new_admin(bootstrap):
+    return KafkaAdminClient(**client_conf(bootstrap))
+
+
+def new_consumer(bootstrap):
+    return KafkaConsumer(group_id=None, enable_auto_commit=False, auto_offset_reset="earliest",
+                         **client_conf(bootstrap))
+
+
+def topic_partitions(bootstrap, topic):
+    """{partition: leader} for `topic` per Metadata, or None if it is not listed."""
+    with closing(new_admin(bootstrap)) as admin:
+        for t in admin.describe_topics([topic]):
+            if t["name"] == topic and t["error_code"] == 0:
+                return {p["partition_index"]: p["leader_id"] for p in t["partitions"]}
+    return None
+
+
+def create_topic(bootstrap, topic, partitions):
+    with closing(new_admin(bootstrap)) as admin:
+        admin.create_topics({topic: {"num_partitions": partitions, "replication_factor": 1}},
+                            timeout_ms=TIMEOUT * 1000, wait_for_metadata=True)
+    got = topic_partitions(bootstrap, topic)
+    expect_eq(sorted(got or {}), list(range(partitions)), f"partitions of {topic}")
+    expect(all(leader >= 0 for leader in got.values()), f"partitions without leader: {got}")
+
+
+def produce(bootstrap, topic, msgs, **conf):
+    """Produce `msgs` to their explicit partitions; return their RecordMetadata in order."""
+    producer = KafkaProducer(acks="all", enable_idempotence=False, linger_ms=5,
+                             max_block_ms=TIMEOUT * 1000, **client_conf(bootstrap), **conf)
+    try:
+        futures = [producer.send(topic, key=m.key, value=m.value, headers=m.headers,
+                                 partition=m.partition, timestamp_ms=m.ts) for m in msgs]
+        producer.flush(timeout=TIMEOUT)
+        return [f.get(timeout=TIMEOUT) for f in futures]
+    finally:
+        producer.close(timeout=5)
+
+
+def check_delivered(metas, msgs, first_offset=0):
+    expect_eq([md.partition for md in metas], [m.partition for m in msgs], "acked partitions")
+    for p, mds in by_partition(metas, lambda md: md.partition).items():
+        got = [md.offset for md in mds]
+        expect_eq(got, list(range(first_offset, first_offset + len(got))), f"partition {p} acked offsets")
+
+
+def poll_until(consumer, done, timeout=TIMEOUT):
+    """Poll until done(records) holds; raise at the deadline."""
+    records = []
+    deadline = time.monotonic() + timeout
+    while not done(records):
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"consumer timed out with {len(records)} records")
+        for recs in consumer.poll(timeout_ms=200).values():
+            records.extend(recs)
+    return records
+
+
+def read_to_end(consumer, tps):
+    """Read assigned `tps` from their current positions up to the end offsets taken now."""
+    end = consumer.end_offsets(tps, timeout_ms=TIMEOUT * 1000)
+    return poll_until(consumer, lambda _r: all(consumer.position(tp, timeout_ms=TIMEOUT * 1000) >= end[tp]
+                                                       for tp in tps))
+
+
+def verify(records, expected, first_offset=0):
+    """Records match `expected` per partition: dense offsets, keys, values, headers, CreateTime timestamps."""
+    got_by_p = by_partition(records, lambda r: r.partition)
+    exp_by_p = by_partition(expected, lambda m: m.partition)
+    expect_eq(sorted(got_by_p), sorted(exp_by_p), "partitions with data")
+    for p, exp in exp_by_p.items():
+        got = got_by_p[p]
+        expect_eq([r.offset for r in got], list(range(first_offset, first_offset + len(exp))),
+                  f"partition {p} offsets")
+        for r, m in zip(got, exp):
+            where = f"partition {p} offset {r.offset}"
+            expect_eq(r.key, m.key, f"{where} key")
+            expect_eq(r.value, m.value, f"{where} value")
+            expect_eq(list(r.headers or []), m.headers, f"{where} headers")
+            expect_eq((r.timestamp_type, r.timestamp), (0, m.ts), f"{where} (timestamp type, timestamp)")
+
+
+# -- checks ------------------------------------------------------------------
+def check_codecs(bootstrap, R):
+    for codec, available in CODECS.items():
+        if not available():
+            print(f"[kafka-python] SKIP compression={codec}: codec library not installed")
+            continue
+        topic = f"kp-codec-{codec}"
+        msgs = make_messages(codec, PARTITIONS, PER_PARTITION, null_header_values=False)
+        with R.check(f"produce acks=all compression={codec}: acked at dense offsets"):
+            create_topic(bootstrap, topic, PARTITIONS)
+            metas = produce(bootstrap, topic, msgs, compression_type=None if codec == "none" else codec)
+            check_delivered(metas, msgs)
+        with R.check(f"consume compression={codec}: seek_to_beginning then seek to a middle offset"), \
+                closing(new_consumer(bootstrap)) as c:
+            tps = [TopicPartition(topic, p) for p in range(PARTITIONS)]
+            c.assign(tps)
+            c.seek_to_beginning()
+            verify(read_to_end(c, tps), msgs)
+            mid = PER_PARTITION // 2 + 1
+            c.seek(tps[1], mid)
+            verify(read_to_end(c, tps), [m for m in msgs if m.partition == 1][mid:], first_offset=mid)
+
+
+def check_offsets(bootstrap, R):
+    topic = "kp-codec-none"  # written by check_codecs
+    msgs = by_partition(make_messages("none", PARTITIONS, PER_PARTITION, null_header_values=False),
+                        lambda m: m.partition)
+    tps = [TopicPartition(topic, p) for p in range(PARTITIONS)]
+    with R.check("beginning_offsets / end_offsets"), closing(new_consumer(bootstrap)) as c:
+        expect_eq(c.beginning_offsets(tps, timeout_ms=TIMEOUT * 1000), {tp: 0 for tp in tps}, "beginning_offsets")
+        expect_eq(c.end_offsets(tps, timeout_ms=TIMEOUT * 1000), {tp: PER_PARTITION for tp in tps}, "end_offsets")
+
+    with R.check("offsets_for_times (ListOffsets by timestamp)"), closing(new_consumer(bootstrap)) as c:
+        tp, part = tps[2], msgs[2]
+        cases = [(part[0].ts - 1, 0), (part[0].ts, 0), (part[7].ts, 7), (part[7].ts + 1, 8),
+                 (part[-1].ts, PER_PARTITION - 1), (part[-1].ts + 1, None)]
+        for ts, want in cases:
+            got = c.offsets_for_times({tp: ts}, timeout_ms=TIMEOUT * 1000)[tp]
+            if want is None:
+                expect(got is None, f"timestamp {ts} after the last message: expected None, got {got}")
+            else:
+                expect(got is not None, f"timestamp {ts}: got None, expected offset {want}")
+                expect_eq((got.offset, got.timestamp), (want, part[want].ts), f"offset/timestamp for {ts}")
+
+
+def check_delete(bootstrap, R):
+    with R.check("admin: delete_topics removes the topic from list_topics"), \
+            closing(new_admin(bootstrap)) as admin:
+        create_topic(bootstrap, "kp-delete-me", 2)
+        expect("kp-delete-me" in admin.list_topics(), "created topic missing from list_topics")
+        admin.delete_topics(["kp-delete-me"], timeout_ms=TIMEOUT * 1000)
+        wait_until(lambda: "kp-delete-me" not in admin.list_topics(), TIMEOUT, interval=0.2,
+                   what="kp-delete-me to disappear from list_topics")
+
+
+def main(broker, R):
+    with R.check("admin: create topic with 3 partitions, describe_topics shows them with leaders"):
+        create_topic(broker.bootstrap, "kp-admin", PARTITIONS)
+    check_codecs(broker.bootstrap, R)
+    check_offsets(broker.bootstrap, R)
+    check_delete(broker.bootstrap, R)
+
+
+if __name__ == "__main__":
+    run_suite("kafka-python", main)
