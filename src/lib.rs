@@ -12,10 +12,12 @@
 //! - [`storage`]: the RocksDB key layout, record batch validation and partition reads.
 //! - [`error`]: broker errors and their single mapping to Kafka error codes.
 //! - [`config`]: configuration files plus environment overrides.
+//! - [`huge_alloc`]: the global allocator that keeps absurd decoded sizes from aborting.
 
 pub mod cluster;
 pub mod config;
 pub mod error;
+pub mod huge_alloc;
 pub mod protocol;
 pub mod raft;
 pub mod server;

@@ -8,6 +8,9 @@ use rafka::config::BrokerConfig;
 use tokio_util::sync::CancellationToken;
 use tracing_subscriber::EnvFilter;
 
+#[global_allocator]
+static ALLOCATOR: rafka::huge_alloc::ReservingAllocator = rafka::huge_alloc::ReservingAllocator;
+
 /// A Kafka-wire-compatible broker whose partitions are replicated by Raft.
 #[derive(Parser)]
 #[command(version)]

@@ -49,6 +49,10 @@ fn broken_frames_close_only_their_connection() {
     frame[6..8].copy_from_slice(&99i16.to_be_bytes());
     assert_closes(&mut broker, &frame, "unsupported version");
 
+    // Metadata v1 declaring 2^31 topics in a 12-byte body: the decoder sizes the
+    // array from the count before reading it.
+    assert_closes(&mut broker, &[0, 0, 0, 12, 0, 3, 0, 1, 0, 0, 0, 1, 0xff, 0xff, 0x7f, 0xff, 0xff, 0xff], "absurd array count");
+
     // Random bytes, with a fixed seed so a failure replays.
     let mut state: u64 = 0x9e3779b97f4a7c15;
     for round in 0..50 {
@@ -66,6 +70,28 @@ fn broken_frames_close_only_their_connection() {
         // Either answered (valid by chance) or closed; the broker must survive.
         let _ = client.is_closed_by_broker();
         assert!(broker.is_running(), "random bytes round {round} killed the broker: {}", broker.log());
+    }
+    // Valid headers of every served API followed by random bodies: the decoder
+    // must reject them without taking the process down.
+    let apis: [(i16, i16); 10] = [(0, 9), (1, 12), (2, 6), (3, 12), (18, 3), (19, 7), (20, 6), (32, 4), (37, 3), (60, 1)];
+    for round in 0..400 {
+        let (key, version) = apis[round % apis.len()];
+        let len = 16 + (round * 53) % 300;
+        let mut bytes = BytesMut::with_capacity(len + 4);
+        bytes.put_i32(len as i32);
+        bytes.put_i16(key);
+        bytes.put_i16(version);
+        bytes.put_i32(round as i32);
+        for _ in 8..len {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            bytes.put_u8(state as u8);
+        }
+        let mut client = Client::connect(broker.port).unwrap();
+        client.send_raw(&bytes).unwrap();
+        let _ = client.is_closed_by_broker();
+        assert!(broker.is_running(), "random body round {round} killed the broker: {}", broker.log());
     }
     assert_still_serving(&mut broker);
     drop(bystander);
