@@ -29,7 +29,11 @@ pub enum BrokerError {
     #[error("no leader is available: {0}")]
     LeaderNotAvailable(String),
     #[error("offset {offset} is outside [{log_start}, {high_watermark}]")]
-    OffsetOutOfRange { offset: i64, log_start: i64, high_watermark: i64 },
+    OffsetOutOfRange {
+        offset: i64,
+        log_start: i64,
+        high_watermark: i64,
+    },
     #[error("timed out: {0}")]
     Timeout(String),
     #[error(transparent)]
@@ -87,7 +91,14 @@ mod tests {
     #[test]
     fn maps_to_the_codes_kafka_clients_expect() {
         let cases: Vec<(BrokerError, i16)> = vec![
-            (BrokerError::OffsetOutOfRange { offset: 9, log_start: 0, high_watermark: 1 }, 1),
+            (
+                BrokerError::OffsetOutOfRange {
+                    offset: 9,
+                    log_start: 0,
+                    high_watermark: 1,
+                },
+                1,
+            ),
             (BrokerError::Batch(BatchError::Corrupt("crc".into())), 2),
             (BrokerError::UnknownTopicOrPartition, 3),
             (BrokerError::LeaderNotAvailable("electing".into()), 5),

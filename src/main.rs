@@ -38,7 +38,9 @@ async fn run(cfg: Arc<BrokerConfig>) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(cfg.listener)
         .await
         .with_context(|| format!("binding {}", cfg.listener))?;
-    let cluster = Cluster::start(Arc::clone(&cfg), shutdown.clone()).await.context("starting raft groups")?;
+    let cluster = Cluster::start(Arc::clone(&cfg), shutdown.clone())
+        .await
+        .context("starting raft groups")?;
     tracing::info!(node_id = cfg.node_id, listener = %cfg.listener, data_dir = %cfg.data_dir.display(), "broker ready");
     let server = tokio::spawn(rafka::server::serve(listener, Arc::clone(&cluster), shutdown.clone()));
     wait_for_signal().await?;

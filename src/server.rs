@@ -17,7 +17,7 @@ use tracing::Instrument;
 
 use crate::cluster::Cluster;
 use crate::protocol::codec::{decode_request, encode_response, take_frame, DecodeError};
-use crate::protocol::{api_versions, handle, Reply};
+use crate::protocol::{api_versions, handle};
 
 /// Requests read ahead of their responses on one connection; reading pauses
 /// beyond this so one client cannot queue unbounded work.
@@ -75,7 +75,13 @@ enum Closing {
 impl Connection {
     fn new(socket: TcpStream, peer: SocketAddr, cluster: Arc<Cluster>) -> Self {
         let _ = socket.set_nodelay(true);
-        Connection { socket, peer, cluster, buffer: BytesMut::with_capacity(64 * 1024), pending: FuturesOrdered::new() }
+        Connection {
+            socket,
+            peer,
+            cluster,
+            buffer: BytesMut::with_capacity(64 * 1024),
+            pending: FuturesOrdered::new(),
+        }
     }
 
     async fn run(mut self, shutdown: CancellationToken) {
@@ -143,15 +149,17 @@ impl Connection {
                     let cluster = Arc::clone(&self.cluster);
                     self.pending.push_back(Box::pin(
                         async move {
-                            match handle(cluster, request).await {
-                                Reply::Response(body) => encode(api_key, version, correlation_id, &body),
-                                Reply::Silent => None,
-                            }
+                            let body = handle(cluster, request).await?;
+                            encode(api_key, version, correlation_id, &body)
                         }
                         .instrument(span),
                     ));
                 }
-                Err(DecodeError::UnsupportedVersion { api_key: ApiKey::ApiVersions, version, correlation_id }) => {
+                Err(DecodeError::UnsupportedVersion {
+                    api_key: ApiKey::ApiVersions,
+                    version,
+                    correlation_id,
+                }) => {
                     tracing::info!(peer = %self.peer, version, "ApiVersions version not supported; answering with v0");
                     let body = ResponseKind::ApiVersions(api_versions::unsupported_version());
                     let frame = encode(ApiKey::ApiVersions, 0, correlation_id, &body);

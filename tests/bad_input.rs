@@ -5,7 +5,9 @@ mod common;
 
 use bytes::{BufMut, BytesMut};
 use common::{record_batch, Broker, Client};
-use kafka_protocol::messages::{ApiKey, ApiVersionsResponse, MetadataRequest, RequestKind, ResponseHeader, ResponseKind};
+use kafka_protocol::messages::{
+    ApiKey, ApiVersionsResponse, MetadataRequest, RequestKind, ResponseHeader, ResponseKind,
+};
 use kafka_protocol::protocol::Decodable;
 use kafka_protocol::records::Compression;
 
@@ -41,17 +43,27 @@ fn broken_frames_close_only_their_connection() {
     assert_closes(&mut broker, &[0, 1, 0, 1, 0, 0, 0, 0], "oversized frame");
     assert_closes(&mut broker, &[0xff, 0xff, 0xff, 0xf0], "negative frame size");
     // An API key Kafka does not define, and one we do not serve.
-    assert_closes(&mut broker, &[0, 0, 0, 8, 0x7f, 0x00, 0, 0, 0, 0, 0, 1], "unknown api key");
+    assert_closes(
+        &mut broker,
+        &[0, 0, 0, 8, 0x7f, 0x00, 0, 0, 0, 0, 0, 1],
+        "unknown api key",
+    );
     assert_closes(&mut broker, &[0, 0, 0, 8, 0, 57, 0, 0, 0, 0, 0, 1], "unserved api key");
     // A version outside the advertised range.
     let mut client = Client::connect(broker.port).unwrap();
-    let mut frame = BytesMut::from(&client.encode_request(ApiKey::Metadata, 12, &RequestKind::Metadata(MetadataRequest::default()))[..]);
+    let mut frame = BytesMut::from(
+        &client.encode_request(ApiKey::Metadata, 12, &RequestKind::Metadata(MetadataRequest::default()))[..],
+    );
     frame[6..8].copy_from_slice(&99i16.to_be_bytes());
     assert_closes(&mut broker, &frame, "unsupported version");
 
     // Metadata v1 declaring 2^31 topics in a 12-byte body: the decoder sizes the
     // array from the count before reading it.
-    assert_closes(&mut broker, &[0, 0, 0, 12, 0, 3, 0, 1, 0, 0, 0, 1, 0xff, 0xff, 0x7f, 0xff, 0xff, 0xff], "absurd array count");
+    assert_closes(
+        &mut broker,
+        &[0, 0, 0, 12, 0, 3, 0, 1, 0, 0, 0, 1, 0xff, 0xff, 0x7f, 0xff, 0xff, 0xff],
+        "absurd array count",
+    );
 
     // Random bytes, with a fixed seed so a failure replays.
     let mut state: u64 = 0x9e3779b97f4a7c15;
@@ -69,11 +81,26 @@ fn broken_frames_close_only_their_connection() {
         client.send_raw(&bytes).unwrap();
         // Either answered (valid by chance) or closed; the broker must survive.
         let _ = client.is_closed_by_broker();
-        assert!(broker.is_running(), "random bytes round {round} killed the broker: {}", broker.log());
+        assert!(
+            broker.is_running(),
+            "random bytes round {round} killed the broker: {}",
+            broker.log()
+        );
     }
     // Valid headers of every served API followed by random bodies: the decoder
     // must reject them without taking the process down.
-    let apis: [(i16, i16); 10] = [(0, 9), (1, 12), (2, 6), (3, 12), (18, 3), (19, 7), (20, 6), (32, 4), (37, 3), (60, 1)];
+    let apis: [(i16, i16); 10] = [
+        (0, 9),
+        (1, 12),
+        (2, 6),
+        (3, 12),
+        (18, 3),
+        (19, 7),
+        (20, 6),
+        (32, 4),
+        (37, 3),
+        (60, 1),
+    ];
     for round in 0..400 {
         let (key, version) = apis[round % apis.len()];
         let len = 16 + (round * 53) % 300;
@@ -91,18 +118,27 @@ fn broken_frames_close_only_their_connection() {
         let mut client = Client::connect(broker.port).unwrap();
         client.send_raw(&bytes).unwrap();
         let _ = client.is_closed_by_broker();
-        assert!(broker.is_running(), "random body round {round} killed the broker: {}", broker.log());
+        assert!(
+            broker.is_running(),
+            "random body round {round} killed the broker: {}",
+            broker.log()
+        );
     }
     assert_still_serving(&mut broker);
     drop(bystander);
-    assert!(broker.log().contains("closing connection after bad input"), "reasons are logged");
+    assert!(
+        broker.log().contains("closing connection after bad input"),
+        "reasons are logged"
+    );
 }
 
 #[test]
 fn unsupported_api_versions_version_gets_a_v0_answer() {
     let broker = Broker::start();
     let mut client = Client::connect(broker.port).unwrap();
-    let mut frame = BytesMut::from(&client.encode_request(ApiKey::ApiVersions, 3, &RequestKind::ApiVersions(Default::default()))[..]);
+    let mut frame = BytesMut::from(
+        &client.encode_request(ApiKey::ApiVersions, 3, &RequestKind::ApiVersions(Default::default()))[..],
+    );
     frame[6..8].copy_from_slice(&42i16.to_be_bytes());
     client.send_raw(&frame).unwrap();
     let mut response = client.read_frame().unwrap();
@@ -126,19 +162,49 @@ fn bad_batches_get_kafka_error_codes_and_store_nothing() {
     assert_eq!(response.error_code, 2, "CORRUPT_MESSAGE for a wrong CRC");
 
     let big = record_batch(&["x".repeat(4096)], Compression::None);
-    assert_eq!(client.produce("bad-batches", 0, big, -1).unwrap().error_code, 10, "MESSAGE_TOO_LARGE");
+    assert_eq!(
+        client.produce("bad-batches", 0, big, -1).unwrap().error_code,
+        10,
+        "MESSAGE_TOO_LARGE"
+    );
 
     let mut old_magic = BytesMut::from(&record_batch(&["a".into()], Compression::None)[..]);
     old_magic[16] = 1;
-    assert_eq!(client.produce("bad-batches", 0, old_magic.freeze(), -1).unwrap().error_code, 43);
+    assert_eq!(
+        client
+            .produce("bad-batches", 0, old_magic.freeze(), -1)
+            .unwrap()
+            .error_code,
+        43
+    );
 
-    let ok = client.produce("bad-batches", 0, record_batch(&["good".into()], Compression::None), -1).unwrap();
-    assert_eq!((ok.error_code, ok.base_offset), (0, 0), "nothing was stored by the refused batches");
+    let ok = client
+        .produce("bad-batches", 0, record_batch(&["good".into()], Compression::None), -1)
+        .unwrap();
+    assert_eq!(
+        (ok.error_code, ok.base_offset),
+        (0, 0),
+        "nothing was stored by the refused batches"
+    );
     assert_eq!(client.read_all("bad-batches", 0), vec![(0, "good".to_string())]);
 
-    assert_eq!(client.create_topic("bad topic!", 1).error_code, 17, "INVALID_TOPIC_EXCEPTION");
-    assert_eq!(client.create_topic("bad-batches", 1).error_code, 36, "TOPIC_ALREADY_EXISTS");
-    assert_eq!(client.create_topic("zero-partitions", 0).error_code, 37, "INVALID_PARTITIONS");
-    let unknown = client.produce("bad-batches", 7, record_batch(&["a".into()], Compression::None), -1).unwrap();
+    assert_eq!(
+        client.create_topic("bad topic!", 1).error_code,
+        17,
+        "INVALID_TOPIC_EXCEPTION"
+    );
+    assert_eq!(
+        client.create_topic("bad-batches", 1).error_code,
+        36,
+        "TOPIC_ALREADY_EXISTS"
+    );
+    assert_eq!(
+        client.create_topic("zero-partitions", 0).error_code,
+        37,
+        "INVALID_PARTITIONS"
+    );
+    let unknown = client
+        .produce("bad-batches", 7, record_batch(&["a".into()], Compression::None), -1)
+        .unwrap();
     assert_eq!(unknown.error_code, 3, "UNKNOWN_TOPIC_OR_PARTITION");
 }

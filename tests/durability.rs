@@ -9,7 +9,13 @@ fn produce_acked(client: &mut Client, topic: &str, from: usize, count: usize) ->
     let mut acked = Vec::new();
     for i in from..from + count {
         let values = vec![format!("v{i}-a"), format!("v{i}-b")];
-        let codec = [Compression::None, Compression::Gzip, Compression::Snappy, Compression::Lz4, Compression::Zstd][i % 5];
+        let codec = [
+            Compression::None,
+            Compression::Gzip,
+            Compression::Snappy,
+            Compression::Lz4,
+            Compression::Zstd,
+        ][i % 5];
         let response = client.produce(topic, 0, record_batch(&values, codec), -1).unwrap();
         assert_eq!(response.error_code, 0);
         assert_eq!(response.base_offset, acked.len() as i64 + 2 * from as i64);
@@ -21,7 +27,11 @@ fn produce_acked(client: &mut Client, topic: &str, from: usize, count: usize) ->
 fn assert_log_is(client: &mut Client, topic: &str, expected: &[String]) {
     let read = client.read_all(topic, 0);
     let offsets: Vec<i64> = read.iter().map(|(o, _)| *o).collect();
-    assert_eq!(offsets, (0..expected.len() as i64).collect::<Vec<_>>(), "dense offsets from 0");
+    assert_eq!(
+        offsets,
+        (0..expected.len() as i64).collect::<Vec<_>>(),
+        "dense offsets from 0"
+    );
     let values: Vec<String> = read.into_iter().map(|(_, v)| v).collect();
     assert_eq!(values, expected);
 }
@@ -53,10 +63,17 @@ fn topics_and_acks_0_writes_survive_restart() {
     let mut client = Client::connect(broker.port).unwrap();
     assert_eq!(client.create_topic("three", 3).error_code, 0);
     for partition in 0..3 {
-        client.produce("three", partition, record_batch(&[format!("p{partition}")], Compression::None), 0);
+        client.produce(
+            "three",
+            partition,
+            record_batch(&[format!("p{partition}")], Compression::None),
+            0,
+        );
     }
     // acks=0 has no answer; a later acks=all write on the same connection is ordered after it.
-    let fenced = client.produce("three", 2, record_batch(&["after".into()], Compression::None), -1).unwrap();
+    let fenced = client
+        .produce("three", 2, record_batch(&["after".into()], Compression::None), -1)
+        .unwrap();
     assert_eq!(fenced.base_offset, 1);
     broker.kill9();
     broker.restart();
@@ -64,5 +81,8 @@ fn topics_and_acks_0_writes_survive_restart() {
     for partition in 0..2 {
         assert_eq!(client.read_all("three", partition), vec![(0, format!("p{partition}"))]);
     }
-    assert_eq!(client.read_all("three", 2), vec![(0, "p2".to_string()), (1, "after".to_string())]);
+    assert_eq!(
+        client.read_all("three", 2),
+        vec![(0, "p2".to_string()), (1, "after".to_string())]
+    );
 }

@@ -16,7 +16,9 @@ fn a_waiting_fetch_returns_as_soon_as_a_record_is_committed() {
     let producer = std::thread::spawn(move || {
         let mut producer = Client::connect(port).unwrap();
         // The consumer's fetch is already parked or about to be; either way it must see this.
-        producer.produce("poll", 0, record_batch(&["late".into()], Compression::None), -1).unwrap()
+        producer
+            .produce("poll", 0, record_batch(&["late".into()], Compression::None), -1)
+            .unwrap()
     });
     // A long max_wait: if long-polling did not wake up on the append, the
     // response would come back empty at the deadline instead.
@@ -37,12 +39,28 @@ fn list_offsets_answers_earliest_latest_and_by_timestamp() {
     let mut client = Client::connect(broker.port).unwrap();
     assert_eq!(client.create_topic("times", 1).error_code, 0);
     // Records carry timestamps 1_700_000_000_000 + index within their batch.
-    client.produce("times", 0, record_batch(&["a".into(), "b".into(), "c".into()], Compression::None), -1);
-    client.produce("times", 0, record_batch(&["d".into(), "e".into()], Compression::Zstd), -1);
+    client.produce(
+        "times",
+        0,
+        record_batch(&["a".into(), "b".into(), "c".into()], Compression::None),
+        -1,
+    );
+    client.produce(
+        "times",
+        0,
+        record_batch(&["d".into(), "e".into()], Compression::Zstd),
+        -1,
+    );
     let lookup = |client: &mut Client, timestamp: i64| {
-        let partition = ListOffsetsPartition::default().with_partition_index(0).with_timestamp(timestamp);
-        let topic = ListOffsetsTopic::default().with_name(common::topic_name("times")).with_partitions(vec![partition]);
-        let request = ListOffsetsRequest::default().with_replica_id(kafka_protocol::messages::BrokerId(-1)).with_topics(vec![topic]);
+        let partition = ListOffsetsPartition::default()
+            .with_partition_index(0)
+            .with_timestamp(timestamp);
+        let topic = ListOffsetsTopic::default()
+            .with_name(common::topic_name("times"))
+            .with_partitions(vec![partition]);
+        let request = ListOffsetsRequest::default()
+            .with_replica_id(kafka_protocol::messages::BrokerId(-1))
+            .with_topics(vec![topic]);
         match client.request(ApiKey::ListOffsets, 6, RequestKind::ListOffsets(request)) {
             ResponseKind::ListOffsets(mut r) => {
                 let p = r.topics.remove(0).partitions.remove(0);

@@ -6,13 +6,13 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use crate::raft::command::{Command, ControllerRefusal};
-use crate::raft::{GroupId, NodeId, CONTROLLER_GROUP};
+use crate::raft::{GroupId, NodeId};
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct ClusterState {
     pub topics: BTreeMap<String, TopicState>,
-    /// Next partition group id; ids are never reused, so a deleted topic's data
-    /// can never be mistaken for a new one's.
+    /// The last partition group id handed out (0 is the controller's own group);
+    /// ids are never reused, so a deleted topic's data can never be mistaken for a new one's.
     pub next_group: GroupId,
 }
 
@@ -33,7 +33,12 @@ impl ClusterState {
     /// Applies a controller command; returns the partition groups it created.
     pub fn apply(&mut self, command: &Command) -> Result<Vec<GroupId>, ControllerRefusal> {
         match command {
-            Command::CreateTopic { name, topic_id, replicas, configs } => {
+            Command::CreateTopic {
+                name,
+                topic_id,
+                replicas,
+                configs,
+            } => {
                 if self.topics.contains_key(name) {
                     return Err(ControllerRefusal::TopicExists);
                 }
@@ -41,7 +46,11 @@ impl ClusterState {
                 let groups = partitions.iter().map(|p| p.group).collect();
                 self.topics.insert(
                     name.clone(),
-                    TopicState { id: *topic_id, partitions, configs: configs.clone() },
+                    TopicState {
+                        id: *topic_id,
+                        partitions,
+                        configs: configs.clone(),
+                    },
                 );
                 Ok(groups)
             }
@@ -50,7 +59,12 @@ impl ClusterState {
                 Ok(topic.partitions.iter().map(|p| p.group).collect())
             }
             Command::CreatePartitions { name, replicas } => {
-                let current = self.topics.get(name).ok_or(ControllerRefusal::UnknownTopic)?.partitions.len();
+                let current = self
+                    .topics
+                    .get(name)
+                    .ok_or(ControllerRefusal::UnknownTopic)?
+                    .partitions
+                    .len();
                 if replicas.len() <= current {
                     return Err(ControllerRefusal::PartitionsCannotShrink { current });
                 }
@@ -69,8 +83,11 @@ impl ClusterState {
         replicas
             .iter()
             .map(|nodes| {
-                self.next_group = self.next_group.max(CONTROLLER_GROUP) + 1;
-                PartitionAssignment { group: self.next_group, replicas: nodes.clone() }
+                self.next_group += 1;
+                PartitionAssignment {
+                    group: self.next_group,
+                    replicas: nodes.clone(),
+                }
             })
             .collect()
     }
@@ -107,10 +124,19 @@ mod tests {
         assert_eq!(state.apply(&create("a", 1)), Err(ControllerRefusal::TopicExists));
         assert_eq!(state.apply(&Command::DeleteTopic { name: "a".into() }), Ok(vec![1, 2]));
         assert_eq!(state.apply(&create("a", 1)), Ok(vec![3]));
-        let grow = Command::CreatePartitions { name: "a".into(), replicas: vec![vec![1]; 3] };
+        let grow = Command::CreatePartitions {
+            name: "a".into(),
+            replicas: vec![vec![1]; 3],
+        };
         assert_eq!(state.apply(&grow), Ok(vec![4, 5]));
-        let shrink = Command::CreatePartitions { name: "a".into(), replicas: vec![vec![1]; 2] };
-        assert_eq!(state.apply(&shrink), Err(ControllerRefusal::PartitionsCannotShrink { current: 3 }));
+        let shrink = Command::CreatePartitions {
+            name: "a".into(),
+            replicas: vec![vec![1]; 2],
+        };
+        assert_eq!(
+            state.apply(&shrink),
+            Err(ControllerRefusal::PartitionsCannotShrink { current: 3 })
+        );
         assert_eq!(state.partitions().count(), 3);
     }
 }

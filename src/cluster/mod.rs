@@ -15,10 +15,10 @@ use tokio_util::sync::CancellationToken;
 use crate::config::BrokerConfig;
 use crate::error::BrokerError;
 use crate::raft::command::{Command, CommandResponse};
-use crate::storage::batch::ValidatedBatch;
 use crate::raft::group::{start_group, GroupStartError};
 use crate::raft::state_machine::GroupRole;
 use crate::raft::{GroupId, NodeId, Raft, CONTROLLER_GROUP};
+use crate::storage::batch::ValidatedBatch;
 use crate::storage::keys::ALL_CFS;
 use crate::storage::partition::{PartitionLog, PartitionOffsets};
 use crate::storage::{StorageError, Store};
@@ -76,7 +76,10 @@ impl Cluster {
             members.insert(id, addr.clone());
         }
         let (published, metadata) = watch::channel(Arc::new(ClusterState::default()));
-        let role = GroupRole::Controller { cluster: ClusterState::default(), published };
+        let role = GroupRole::Controller {
+            cluster: ClusterState::default(),
+            published,
+        };
         let controller = start_group(&cfg, &store, CONTROLLER_GROUP, role, &members).await?;
         let cluster = Arc::new(Cluster {
             cfg,
@@ -146,7 +149,11 @@ impl Cluster {
 
     /// Stops every Raft group.
     pub async fn shutdown(&self) {
-        let handles: Vec<_> = self.partitions.write().map(|mut map| map.drain().collect()).unwrap_or_default();
+        let handles: Vec<_> = self
+            .partitions
+            .write()
+            .map(|mut map| map.drain().collect())
+            .unwrap_or_default();
         for (_, handle) in handles {
             let _ = handle.raft.shutdown().await;
         }
@@ -179,7 +186,11 @@ impl Cluster {
             .filter(|(_, _, a)| a.replicas.contains(&self.cfg.node_id))
             .map(|(_, _, a)| (a.group, a.replicas.clone()))
             .collect();
-        let running: Vec<GroupId> = self.partitions.read().map(|m| m.keys().copied().collect()).unwrap_or_default();
+        let running: Vec<GroupId> = self
+            .partitions
+            .read()
+            .map(|m| m.keys().copied().collect())
+            .unwrap_or_default();
         for group in running.iter().filter(|g| !wanted.contains_key(g)) {
             self.drop_group(*group).await?;
         }
@@ -195,14 +206,24 @@ impl Cluster {
     async fn start_partition(&self, group: GroupId, replicas: &[NodeId]) -> Result<PartitionHandle, StartError> {
         let log = PartitionLog::new(group, self.store.clone());
         let (published, offsets) = watch::channel(PartitionOffsets::default());
-        let role = GroupRole::Partition { log: log.clone(), offsets: PartitionOffsets::default(), published, appends: self.appends.clone() };
+        let role = GroupRole::Partition {
+            log: log.clone(),
+            offsets: PartitionOffsets::default(),
+            published,
+            appends: self.appends.clone(),
+        };
         let members = replicas
             .iter()
             .map(|id| (*id, self.members.get(id).cloned().unwrap_or_default()))
             .collect();
         let raft = start_group(&self.cfg, &self.store, group, role, &members).await?;
         tracing::info!(group, "partition group started");
-        Ok(PartitionHandle { group, raft, log, offsets })
+        Ok(PartitionHandle {
+            group,
+            raft,
+            log,
+            offsets,
+        })
     }
 
     async fn drop_group(&self, group: GroupId) -> Result<(), StartError> {
@@ -226,7 +247,9 @@ impl Cluster {
         match self.controller.client_write(command).await {
             Ok(response) => match response.data {
                 CommandResponse::Controller(result) => result.map_err(BrokerError::from),
-                other => Err(BrokerError::InvalidRequest(format!("unexpected controller answer {other:?}"))),
+                other => Err(BrokerError::InvalidRequest(format!(
+                    "unexpected controller answer {other:?}"
+                ))),
             },
             Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_))) => Err(BrokerError::NotController),
             Err(err) => Err(BrokerError::LeaderNotAvailable(err.to_string())),
@@ -234,7 +257,11 @@ impl Cluster {
     }
 
     fn replication_factor(&self, requested: i16) -> Result<usize, BrokerError> {
-        let factor = if requested == -1 { self.cfg.default_replication_factor } else { requested };
+        let factor = if requested == -1 {
+            self.cfg.default_replication_factor
+        } else {
+            requested
+        };
         if factor < 1 || factor as usize > self.members.len() {
             return Err(BrokerError::InvalidReplicationFactor(format!(
                 "replication factor {factor} with {} nodes",
@@ -245,7 +272,11 @@ impl Cluster {
     }
 
     fn partition_count(&self, requested: i32) -> Result<usize, BrokerError> {
-        let count = if requested == -1 { self.cfg.default_partitions } else { requested };
+        let count = if requested == -1 {
+            self.cfg.default_partitions
+        } else {
+            requested
+        };
         if count < 1 {
             return Err(BrokerError::InvalidPartitions(format!("{count} partitions")));
         }
@@ -253,12 +284,20 @@ impl Cluster {
     }
 
     /// Checks a CreateTopics entry without changing anything.
-    pub fn check_new_topic(&self, name: &str, partitions: i32, replication_factor: i16) -> Result<(usize, usize), BrokerError> {
+    pub fn check_new_topic(
+        &self,
+        name: &str,
+        partitions: i32,
+        replication_factor: i16,
+    ) -> Result<(usize, usize), BrokerError> {
         topics::validate_topic_name(name)?;
         if self.metadata().topics.contains_key(name) {
             return Err(BrokerError::TopicAlreadyExists);
         }
-        Ok((self.partition_count(partitions)?, self.replication_factor(replication_factor)?))
+        Ok((
+            self.partition_count(partitions)?,
+            self.replication_factor(replication_factor)?,
+        ))
     }
 
     pub async fn create_topic(
@@ -290,14 +329,22 @@ impl Cluster {
     }
 
     pub async fn delete_topic(&self, name: &str) -> Result<(), BrokerError> {
-        self.propose_to_controller(Command::DeleteTopic { name: name.to_string() }).await?;
+        self.propose_to_controller(Command::DeleteTopic { name: name.to_string() })
+            .await?;
         tracing::info!(topic = name, "topic deleted");
-        self.reconcile().await.map_err(|err| BrokerError::LeaderNotAvailable(err.to_string()))
+        self.reconcile()
+            .await
+            .map_err(|err| BrokerError::LeaderNotAvailable(err.to_string()))
     }
 
     /// Checks that `name` exists and has fewer than `total` partitions; returns the topic.
     pub fn check_partition_growth(&self, name: &str, total: i32) -> Result<TopicState, BrokerError> {
-        let topic = self.metadata().topics.get(name).cloned().ok_or(BrokerError::UnknownTopicOrPartition)?;
+        let topic = self
+            .metadata()
+            .topics
+            .get(name)
+            .cloned()
+            .ok_or(BrokerError::UnknownTopicOrPartition)?;
         if usize::try_from(total).unwrap_or(0) <= topic.partitions.len() {
             return Err(BrokerError::InvalidPartitions(format!(
                 "topic has {} partitions; the new count {total} must be larger",
@@ -313,16 +360,30 @@ impl Cluster {
         let factor = topic.partitions.first().map_or(1, |p| p.replicas.len());
         let nodes: Vec<NodeId> = self.members.keys().copied().collect();
         let mut replicas: Vec<Vec<NodeId>> = topic.partitions.iter().map(|p| p.replicas.clone()).collect();
-        replicas.extend(topics::place_replicas(&nodes, current, total as usize - current, factor));
-        let groups = self.propose_to_controller(Command::CreatePartitions { name: name.to_string(), replicas }).await?;
+        replicas.extend(topics::place_replicas(
+            &nodes,
+            current,
+            total as usize - current,
+            factor,
+        ));
+        let groups = self
+            .propose_to_controller(Command::CreatePartitions {
+                name: name.to_string(),
+                replicas,
+            })
+            .await?;
         self.await_leaders(&groups).await
     }
 
     /// Waits until every group in `groups` hosted here runs and knows its leader.
     async fn await_leaders(&self, groups: &[GroupId]) -> Result<(), BrokerError> {
-        self.reconcile().await.map_err(|err| BrokerError::LeaderNotAvailable(err.to_string()))?;
+        self.reconcile()
+            .await
+            .map_err(|err| BrokerError::LeaderNotAvailable(err.to_string()))?;
         for group in groups {
-            let Some(handle) = self.partition_by_group(*group) else { continue };
+            let Some(handle) = self.partition_by_group(*group) else {
+                continue;
+            };
             handle
                 .raft
                 .wait(Some(LEADER_WAIT))
@@ -334,11 +395,20 @@ impl Cluster {
     }
 
     /// Replicates `batches` through the partition's Raft group; returns (base offset, log start offset).
-    pub async fn append(&self, handle: &PartitionHandle, batches: Vec<ValidatedBatch>) -> Result<(i64, i64), BrokerError> {
+    pub async fn append(
+        &self,
+        handle: &PartitionHandle,
+        batches: Vec<ValidatedBatch>,
+    ) -> Result<(i64, i64), BrokerError> {
         match handle.raft.client_write(Command::Append { batches }).await {
             Ok(response) => match response.data {
-                CommandResponse::Appended { base_offset, log_start_offset } => Ok((base_offset, log_start_offset)),
-                other => Err(BrokerError::InvalidRequest(format!("unexpected partition answer {other:?}"))),
+                CommandResponse::Appended {
+                    base_offset,
+                    log_start_offset,
+                } => Ok((base_offset, log_start_offset)),
+                other => Err(BrokerError::InvalidRequest(format!(
+                    "unexpected partition answer {other:?}"
+                ))),
             },
             Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_))) => Err(BrokerError::NotLeader),
             Err(err) => Err(BrokerError::LeaderNotAvailable(err.to_string())),

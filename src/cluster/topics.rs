@@ -14,7 +14,10 @@ pub fn validate_topic_name(name: &str) -> Result<(), BrokerError> {
     if name.len() > MAX_TOPIC_NAME_LEN {
         return invalid("is longer than 249 characters");
     }
-    if !name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')) {
+    if !name
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+    {
         return invalid("may only contain ASCII letters, digits, '.', '_' and '-'");
     }
     Ok(())
@@ -43,13 +46,19 @@ mod tests {
             assert!(validate_topic_name(ok).is_ok(), "{ok}");
         }
         for bad in ["", ".", "..", "bad topic!", "naïve", "a/b", &"x".repeat(250)] {
-            assert!(matches!(validate_topic_name(bad), Err(BrokerError::InvalidTopic(_))), "{bad}");
+            assert!(
+                matches!(validate_topic_name(bad), Err(BrokerError::InvalidTopic(_))),
+                "{bad}"
+            );
         }
     }
 
     #[test]
     fn spreads_replicas_across_nodes() {
-        assert_eq!(place_replicas(&[1, 2, 3], 0, 3, 2), vec![vec![1, 2], vec![2, 3], vec![3, 1]]);
+        assert_eq!(
+            place_replicas(&[1, 2, 3], 0, 3, 2),
+            vec![vec![1, 2], vec![2, 3], vec![3, 1]]
+        );
         assert_eq!(place_replicas(&[1], 2, 2, 1), vec![vec![1], vec![1]]);
     }
 }

@@ -37,7 +37,13 @@ mod tests {
     #[test]
     fn advertises_what_modern_clients_need() {
         let response = handle();
-        let range = |key: ApiKey| response.api_keys.iter().find(|v| v.api_key == key as i16).map(|v| (v.min_version, v.max_version));
+        let range = |key: ApiKey| {
+            response
+                .api_keys
+                .iter()
+                .find(|v| v.api_key == key as i16)
+                .map(|v| (v.min_version, v.max_version))
+        };
         assert_eq!(range(ApiKey::Produce), Some((3, 9)));
         assert_eq!(range(ApiKey::Fetch), Some((4, 12)));
         assert_eq!(range(ApiKey::Metadata), Some((1, 12)));

@@ -50,9 +50,17 @@ pub enum DecodeError {
     #[error("unknown api key {0}")]
     UnknownApiKey(i16),
     #[error("{api_key:?} v{version} is not supported")]
-    UnsupportedVersion { api_key: ApiKey, version: i16, correlation_id: i32 },
+    UnsupportedVersion {
+        api_key: ApiKey,
+        version: i16,
+        correlation_id: i32,
+    },
     #[error("malformed {api_key:?} v{version}: {reason}")]
-    Malformed { api_key: ApiKey, version: i16, reason: String },
+    Malformed {
+        api_key: ApiKey,
+        version: i16,
+        reason: String,
+    },
 }
 
 pub fn decode_request(mut frame: Bytes) -> Result<Request, DecodeError> {
@@ -66,9 +74,17 @@ pub fn decode_request(mut frame: Bytes) -> Result<Request, DecodeError> {
     let api_key = ApiKey::try_from(raw_key).map_err(|_| DecodeError::UnknownApiKey(raw_key))?;
     let supported = supported_versions(api_key).ok_or(DecodeError::UnknownApiKey(raw_key))?;
     if version < supported.min || version > supported.max {
-        return Err(DecodeError::UnsupportedVersion { api_key, version, correlation_id });
+        return Err(DecodeError::UnsupportedVersion {
+            api_key,
+            version,
+            correlation_id,
+        });
     }
-    let malformed = |reason: anyhow::Error| DecodeError::Malformed { api_key, version, reason: reason.to_string() };
+    let malformed = |reason: anyhow::Error| DecodeError::Malformed {
+        api_key,
+        version,
+        reason: reason.to_string(),
+    };
     let header = RequestHeader::decode(&mut frame, api_key.request_header_version(version)).map_err(malformed)?;
     let body = RequestKind::decode(api_key, &mut frame, version).map_err(malformed)?;
     Ok(Request { api_key, header, body })
@@ -104,7 +120,9 @@ mod tests {
             .with_request_api_version(version)
             .with_correlation_id(7)
             .with_client_id(Some(StrBytes::from_static_str("test")));
-        header.encode(&mut frame, api_key.request_header_version(version)).unwrap();
+        header
+            .encode(&mut frame, api_key.request_header_version(version))
+            .unwrap();
         body.encode(&mut frame, version).unwrap();
         let mut out = BytesMut::new();
         out.put_i32(frame.len() as i32);
@@ -114,7 +132,11 @@ mod tests {
 
     #[test]
     fn frames_wait_for_all_bytes_and_reject_oversize() {
-        let mut buf = request_frame(ApiKey::ApiVersions, 3, &RequestKind::ApiVersions(ApiVersionsRequest::default()));
+        let mut buf = request_frame(
+            ApiKey::ApiVersions,
+            3,
+            &RequestKind::ApiVersions(ApiVersionsRequest::default()),
+        );
         let full = buf.clone();
         let mut partial = BytesMut::from(&full[..full.len() - 1]);
         assert_eq!(take_frame(&mut partial, 1024), Ok(None));
@@ -131,7 +153,11 @@ mod tests {
     #[test]
     fn flexible_and_legacy_versions_decode() {
         for version in [1, 4, 9, 12] {
-            let mut buf = request_frame(ApiKey::Metadata, version, &RequestKind::Metadata(MetadataRequest::default()));
+            let mut buf = request_frame(
+                ApiKey::Metadata,
+                version,
+                &RequestKind::Metadata(MetadataRequest::default()),
+            );
             let frame = take_frame(&mut buf, 1 << 20).unwrap().unwrap();
             let request = decode_request(frame).unwrap();
             assert!(matches!(request.body, RequestKind::Metadata(_)), "v{version}");
@@ -141,14 +167,23 @@ mod tests {
     #[test]
     fn rejects_unknown_keys_unsupported_versions_and_garbage() {
         let mut frame = BytesMut::from(&[0x7f, 0x00, 0, 0, 0, 0, 0, 1][..]);
-        assert!(matches!(decode_request(frame.split().freeze()), Err(DecodeError::UnknownApiKey(0x7f00))));
+        assert!(matches!(
+            decode_request(frame.split().freeze()),
+            Err(DecodeError::UnknownApiKey(0x7f00))
+        ));
         let mut buf = request_frame(ApiKey::Metadata, 12, &RequestKind::Metadata(MetadataRequest::default()));
         buf[4 + 2..4 + 4].copy_from_slice(&99i16.to_be_bytes());
         let frame = take_frame(&mut buf, 1 << 20).unwrap().unwrap();
-        assert!(matches!(decode_request(frame), Err(DecodeError::UnsupportedVersion { correlation_id: 7, .. })));
+        assert!(matches!(
+            decode_request(frame),
+            Err(DecodeError::UnsupportedVersion { correlation_id: 7, .. })
+        ));
         let mut buf = request_frame(ApiKey::Metadata, 4, &RequestKind::Metadata(MetadataRequest::default()));
         let truncated = buf.split_to(buf.len() - 2).split_off(4).freeze();
         assert!(matches!(decode_request(truncated), Err(DecodeError::Malformed { .. })));
-        assert!(matches!(decode_request(Bytes::from_static(&[1, 2, 3])), Err(DecodeError::TooShort(3))));
+        assert!(matches!(
+            decode_request(Bytes::from_static(&[1, 2, 3])),
+            Err(DecodeError::TooShort(3))
+        ));
     }
 }

@@ -27,7 +27,9 @@ pub async fn handle(cluster: &Cluster, request: CreatePartitionsRequest) -> Crea
 
 async fn grow(cluster: &Cluster, topic: &CreatePartitionsTopic, validate_only: bool) -> Result<(), BrokerError> {
     if topic.assignments.is_some() {
-        return Err(BrokerError::InvalidRequest("manual replica assignment is not supported".into()));
+        return Err(BrokerError::InvalidRequest(
+            "manual replica assignment is not supported".into(),
+        ));
     }
     let name = topic.name.0.as_str();
     cluster.check_partition_growth(name, topic.count)?;

@@ -43,11 +43,15 @@ pub async fn handle(cluster: &Cluster, request: CreateTopicsRequest) -> CreateTo
 
 async fn create(cluster: &Cluster, topic: &CreatableTopic, validate_only: bool) -> Result<(), BrokerError> {
     if !topic.assignments.is_empty() {
-        return Err(BrokerError::InvalidRequest("manual replica assignment is not supported".into()));
+        return Err(BrokerError::InvalidRequest(
+            "manual replica assignment is not supported".into(),
+        ));
     }
     let name = topic.name.0.as_str();
     if validate_only {
-        return cluster.check_new_topic(name, topic.num_partitions, topic.replication_factor).map(|_| ());
+        return cluster
+            .check_new_topic(name, topic.num_partitions, topic.replication_factor)
+            .map(|_| ());
     }
     let mut configs = BTreeMap::new();
     for config in &topic.configs {
@@ -57,5 +61,7 @@ async fn create(cluster: &Cluster, topic: &CreatableTopic, validate_only: bool) 
             .ok_or_else(|| BrokerError::InvalidConfig(format!("{} has no value", config.name.as_str())))?;
         configs.insert(config.name.to_string(), value.to_string());
     }
-    cluster.create_topic(name, topic.num_partitions, topic.replication_factor, configs).await
+    cluster
+        .create_topic(name, topic.num_partitions, topic.replication_factor, configs)
+        .await
 }

@@ -12,9 +12,17 @@ pub const VERSIONS: VersionRange = VersionRange { min: 1, max: 6 };
 
 pub async fn handle(cluster: &Cluster, request: DeleteTopicsRequest) -> DeleteTopicsResponse {
     // v6 lists topics as (name or id); earlier versions list names.
-    let mut targets: Vec<(Option<String>, uuid::Uuid)> =
-        request.topic_names.iter().map(|name| (Some(name.0.to_string()), uuid::Uuid::nil())).collect();
-    targets.extend(request.topics.iter().map(|t| (t.name.as_ref().map(|n| n.0.to_string()), t.topic_id)));
+    let mut targets: Vec<(Option<String>, uuid::Uuid)> = request
+        .topic_names
+        .iter()
+        .map(|name| (Some(name.0.to_string()), uuid::Uuid::nil()))
+        .collect();
+    targets.extend(
+        request
+            .topics
+            .iter()
+            .map(|t| (t.name.as_ref().map(|n| n.0.to_string()), t.topic_id)),
+    );
     let mut responses = Vec::with_capacity(targets.len());
     for (name, id) in targets {
         let name = name.or_else(|| name_of_id(cluster, id));

@@ -75,9 +75,13 @@ fn describe(cluster: &Cluster, resource: &DescribeConfigsResource) -> Result<Vec
             entries.sort();
             Ok(entries)
         }
-        RESOURCE_BROKER if name.is_empty() || name == cluster.node_id().to_string() => Ok(broker_configs(cluster.config())),
+        RESOURCE_BROKER if name.is_empty() || name == cluster.node_id().to_string() => {
+            Ok(broker_configs(cluster.config()))
+        }
         RESOURCE_BROKER => Err(BrokerError::InvalidRequest(format!("broker {name} is not this node"))),
-        other => Err(BrokerError::InvalidRequest(format!("resource type {other} is not supported"))),
+        other => Err(BrokerError::InvalidRequest(format!(
+            "resource type {other} is not supported"
+        ))),
     }
 }
 

@@ -22,7 +22,11 @@ pub async fn handle(cluster: &Cluster, request: FetchRequest) -> FetchResponse {
     let wait = Duration::from_millis(request.max_wait_ms.max(0) as u64).min(MAX_WAIT_CAP);
     let deadline = Instant::now() + wait;
     let min_bytes = request.min_bytes.max(0) as usize;
-    let max_bytes = if request.max_bytes > 0 { request.max_bytes as usize } else { usize::MAX };
+    let max_bytes = if request.max_bytes > 0 {
+        request.max_bytes as usize
+    } else {
+        usize::MAX
+    };
     // Subscribe before reading so an append between the read and the wait still wakes us.
     let mut appends = cluster.appends();
     loop {
@@ -45,7 +49,11 @@ pub async fn handle(cluster: &Cluster, request: FetchRequest) -> FetchResponse {
 
 /// Reads every requested partition; returns the responses, the bytes read and
 /// whether any partition failed (errors are answered at once, without waiting).
-fn read_topics(cluster: &Cluster, topics: &[FetchTopic], max_bytes: usize) -> (Vec<FetchableTopicResponse>, usize, bool) {
+fn read_topics(
+    cluster: &Cluster,
+    topics: &[FetchTopic],
+    max_bytes: usize,
+) -> (Vec<FetchableTopicResponse>, usize, bool) {
     let mut remaining = max_bytes;
     let mut total = 0;
     let mut failed = false;
@@ -67,7 +75,9 @@ fn read_topics(cluster: &Cluster, topics: &[FetchTopic], max_bytes: usize) -> (V
                     partition_data(partition.partition, result)
                 })
                 .collect();
-            FetchableTopicResponse::default().with_topic(topic.topic.clone()).with_partitions(partitions)
+            FetchableTopicResponse::default()
+                .with_topic(topic.topic.clone())
+                .with_partitions(partitions)
         })
         .collect();
     (responses, total, failed)

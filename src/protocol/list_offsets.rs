@@ -32,7 +32,9 @@ pub fn handle(cluster: &Cluster, request: ListOffsetsRequest) -> ListOffsetsResp
                         .with_leader_epoch(-1)
                 })
                 .collect();
-            ListOffsetsTopicResponse::default().with_name(topic.name).with_partitions(partitions)
+            ListOffsetsTopicResponse::default()
+                .with_name(topic.name)
+                .with_partitions(partitions)
         })
         .collect();
     ListOffsetsResponse::default().with_topics(topics)
@@ -50,6 +52,8 @@ fn lookup(cluster: &Cluster, topic: &str, partition: &ListOffsetsPartition) -> R
             .offset_for_timestamp(timestamp)?
             .filter(|(offset, _)| *offset < offsets.next_offset)
             .map_or((-1, -1), |(offset, ts)| (ts, offset))),
-        other => Err(BrokerError::InvalidRequest(format!("timestamp {other} is not supported"))),
+        other => Err(BrokerError::InvalidRequest(format!(
+            "timestamp {other} is not supported"
+        ))),
     }
 }

@@ -1,6 +1,8 @@
 //! Metadata: brokers, topics and each partition's Raft leader.
 
-use kafka_protocol::messages::metadata_response::{MetadataResponseBroker, MetadataResponsePartition, MetadataResponseTopic};
+use kafka_protocol::messages::metadata_response::{
+    MetadataResponseBroker, MetadataResponsePartition, MetadataResponseTopic,
+};
 use kafka_protocol::messages::{BrokerId, MetadataRequest, MetadataResponse, TopicName};
 use kafka_protocol::protocol::VersionRange;
 
@@ -27,7 +29,10 @@ pub async fn handle(cluster: &Cluster, version: i16, request: MetadataRequest) -
     let may_create = cluster.config().auto_create_topics && (version < 4 || request.allow_auto_topic_creation);
     let names: Vec<String> = match request.topics {
         None => cluster.metadata().topics.keys().cloned().collect(),
-        Some(topics) => topics.into_iter().filter_map(|t| t.name.map(|n| n.0.to_string())).collect(),
+        Some(topics) => topics
+            .into_iter()
+            .filter_map(|t| t.name.map(|n| n.0.to_string()))
+            .collect(),
     };
     let mut topics = Vec::with_capacity(names.len());
     for name in names {
@@ -67,13 +72,17 @@ fn describe_partitions(cluster: &Cluster, topic: &TopicState) -> Vec<MetadataRes
         .enumerate()
         .map(|(index, assignment)| {
             let replicas: Vec<BrokerId> = assignment.replicas.iter().map(|id| BrokerId(*id as i32)).collect();
-            let leader = cluster.partition_by_group(assignment.group).and_then(|handle| handle.leader());
+            let leader = cluster
+                .partition_by_group(assignment.group)
+                .and_then(|handle| handle.leader());
             let partition = MetadataResponsePartition::default()
                 .with_partition_index(index as i32)
                 .with_leader_epoch(-1)
                 .with_replica_nodes(replicas.clone());
             match leader {
-                Some(leader) => partition.with_leader_id(BrokerId(leader as i32)).with_isr_nodes(replicas),
+                Some(leader) => partition
+                    .with_leader_id(BrokerId(leader as i32))
+                    .with_isr_nodes(replicas),
                 None => partition
                     .with_leader_id(BrokerId(-1))
                     .with_error_code(BrokerError::LeaderNotAvailable(String::new()).code()),

@@ -38,24 +38,22 @@ pub const SUPPORTED_APIS: &[(ApiKey, VersionRange)] = &[
 ];
 
 pub fn supported_versions(api_key: ApiKey) -> Option<VersionRange> {
-    SUPPORTED_APIS.iter().find(|(key, _)| *key == api_key).map(|(_, range)| *range)
+    SUPPORTED_APIS
+        .iter()
+        .find(|(key, _)| *key == api_key)
+        .map(|(_, range)| *range)
 }
 
-/// What a request gets back: a response, or nothing (Produce with acks=0).
-pub enum Reply {
-    Response(ResponseKind),
-    Silent,
-}
-
-/// Runs the handler of a decoded request.
-pub async fn handle(cluster: Arc<Cluster>, request: Request) -> Reply {
+/// Runs the handler of a decoded request. `None` means no response is sent
+/// (Produce with acks=0).
+pub async fn handle(cluster: Arc<Cluster>, request: Request) -> Option<ResponseKind> {
     let version = request.header.request_api_version;
     let response = match request.body {
         RequestKind::ApiVersions(_) => ResponseKind::ApiVersions(api_versions::handle()),
         RequestKind::Metadata(req) => ResponseKind::Metadata(metadata::handle(&cluster, version, req).await),
         RequestKind::Produce(req) => match produce::handle(&cluster, req).await {
             Some(response) => ResponseKind::Produce(response),
-            None => return Reply::Silent,
+            None => return None,
         },
         RequestKind::Fetch(req) => ResponseKind::Fetch(fetch::handle(&cluster, req).await),
         RequestKind::ListOffsets(req) => ResponseKind::ListOffsets(list_offsets::handle(&cluster, req)),
@@ -69,10 +67,10 @@ pub async fn handle(cluster: Arc<Cluster>, request: Request) -> Reply {
         other => {
             // decode_request only lets through the keys of SUPPORTED_APIS.
             tracing::error!(api = ?request.api_key, "no handler for {other:?}");
-            return Reply::Silent;
+            return None;
         }
     };
-    Reply::Response(response)
+    Some(response)
 }
 
 pub(crate) fn str_bytes(value: impl Into<String>) -> StrBytes {

@@ -29,14 +29,28 @@ pub async fn handle(cluster: &Cluster, request: ProduceRequest) -> Option<Produc
     }
     // Every partition's proposal is started before any is awaited: join_all polls
     // in order, so batches reach each Raft group in request order.
-    let topics = join_all(request.topic_data.into_iter().map(|topic| produce_topic(cluster, topic))).await;
+    let topics = join_all(
+        request
+            .topic_data
+            .into_iter()
+            .map(|topic| produce_topic(cluster, topic)),
+    )
+    .await;
     (acks != 0).then(|| ProduceResponse::default().with_responses(topics))
 }
 
 async fn produce_topic(cluster: &Cluster, topic: TopicProduceData) -> TopicProduceResponse {
     let name = topic.name.0.to_string();
-    let partitions = join_all(topic.partition_data.into_iter().map(|data| produce_partition(cluster, &name, data))).await;
-    TopicProduceResponse::default().with_name(topic.name).with_partition_responses(partitions)
+    let partitions = join_all(
+        topic
+            .partition_data
+            .into_iter()
+            .map(|data| produce_partition(cluster, &name, data)),
+    )
+    .await;
+    TopicProduceResponse::default()
+        .with_name(topic.name)
+        .with_partition_responses(partitions)
 }
 
 async fn produce_partition(cluster: &Cluster, topic: &str, data: PartitionProduceData) -> PartitionProduceResponse {
@@ -73,9 +87,16 @@ fn reject_all(topics: Vec<TopicProduceData>, code: i16) -> ProduceResponse {
             let partitions = topic
                 .partition_data
                 .iter()
-                .map(|p| PartitionProduceResponse::default().with_index(p.index).with_error_code(code).with_base_offset(-1))
+                .map(|p| {
+                    PartitionProduceResponse::default()
+                        .with_index(p.index)
+                        .with_error_code(code)
+                        .with_base_offset(-1)
+                })
                 .collect();
-            TopicProduceResponse::default().with_name(topic.name).with_partition_responses(partitions)
+            TopicProduceResponse::default()
+                .with_name(topic.name)
+                .with_partition_responses(partitions)
         })
         .collect();
     ProduceResponse::default().with_responses(responses)

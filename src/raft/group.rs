@@ -33,7 +33,10 @@ fn raft_config(cfg: &BrokerConfig, group: GroupId) -> Result<Arc<openraft::Confi
         max_in_snapshot_log_to_keep: (cfg.snapshot_entries / 10).max(1),
         ..Default::default()
     };
-    config.validate().map(Arc::new).map_err(|err| GroupStartError::Raft(err.to_string()))
+    config
+        .validate()
+        .map(Arc::new)
+        .map_err(|err| GroupStartError::Raft(err.to_string()))
 }
 
 /// Opens the group's storage, starts its Raft instance and, when this node is the
@@ -47,18 +50,31 @@ pub async fn start_group(
 ) -> Result<Raft, GroupStartError> {
     let log_store = GroupLogStore::new(group, store.clone());
     let state_machine = GroupStateMachine::open(group, store.clone(), role, &cfg.data_dir.join("snapshots"))?;
-    let raft = Raft::new(cfg.node_id, raft_config(cfg, group)?, GroupNetwork::new(group), log_store, state_machine)
+    let raft = Raft::new(
+        cfg.node_id,
+        raft_config(cfg, group)?,
+        GroupNetwork::new(group),
+        log_store,
+        state_machine,
+    )
+    .await
+    .map_err(|err| GroupStartError::Raft(err.to_string()))?;
+    let initialized = raft
+        .is_initialized()
         .await
         .map_err(|err| GroupStartError::Raft(err.to_string()))?;
-    let initialized = raft.is_initialized().await.map_err(|err| GroupStartError::Raft(err.to_string()))?;
     let bootstrapper = members.keys().next() == Some(&cfg.node_id);
     if !initialized && bootstrapper {
-        let nodes: BTreeMap<NodeId, BasicNode> =
-            members.iter().map(|(id, addr)| (*id, BasicNode::new(addr))).collect();
-        raft.initialize(nodes).await.map_err(|err| GroupStartError::Raft(err.to_string()))?;
+        let nodes: BTreeMap<NodeId, BasicNode> = members.iter().map(|(id, addr)| (*id, BasicNode::new(addr))).collect();
+        raft.initialize(nodes)
+            .await
+            .map_err(|err| GroupStartError::Raft(err.to_string()))?;
     } else if initialized && members.len() == 1 && bootstrapper {
         // A sole voter need not wait out an election timeout after a restart.
-        raft.trigger().elect().await.map_err(|err| GroupStartError::Raft(err.to_string()))?;
+        raft.trigger()
+            .elect()
+            .await
+            .map_err(|err| GroupStartError::Raft(err.to_string()))?;
     }
     Ok(raft)
 }

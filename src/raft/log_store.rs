@@ -72,7 +72,10 @@ impl GroupLogStore {
 
     fn entries_in(&self, from: u64, until: Option<u64>) -> Result<Vec<Entry>, StorageError> {
         let mut entries = Vec::new();
-        for item in self.store.scan_group(CF_RAFT_LOG, self.group, &keys::group_u64_key(self.group, from)) {
+        for item in self
+            .store
+            .scan_group(CF_RAFT_LOG, self.group, &keys::group_u64_key(self.group, from))
+        {
             let (key, value) = item?;
             let index = keys::key_suffix_u64(&key).unwrap_or(u64::MAX);
             if until.is_some_and(|until| index >= until) {
@@ -88,7 +91,11 @@ impl GroupLogStore {
             Some(until) => keys::group_u64_key(self.group, until).to_vec(),
             None => keys::group_range(self.group).1,
         };
-        batch.delete_range_cf(self.store.cf(CF_RAFT_LOG), keys::group_u64_key(self.group, from).to_vec(), end);
+        batch.delete_range_cf(
+            self.store.cf(CF_RAFT_LOG),
+            keys::group_u64_key(self.group, from).to_vec(),
+            end,
+        );
     }
 }
 
@@ -107,8 +114,7 @@ impl RaftLogReader<TypeConfig> for GroupLogStore {
             Bound::Excluded(i) => Some(*i),
             Bound::Unbounded => None,
         };
-        blocking(|| self.entries_in(from, until))
-            .map_err(|err| io_error(ErrorSubject::Logs, ErrorVerb::Read, err))
+        blocking(|| self.entries_in(from, until)).map_err(|err| io_error(ErrorSubject::Logs, ErrorVerb::Read, err))
     }
 }
 
@@ -119,7 +125,10 @@ impl RaftLogStorage<TypeConfig> for GroupLogStore {
         let read = || -> Result<_, StorageError> {
             let last_purged: Option<LogId> = self.read_state(keys::TAG_LAST_PURGED)?;
             let last = self.last_entry()?.map(|entry| entry.log_id).or(last_purged);
-            Ok(LogState { last_purged_log_id: last_purged, last_log_id: last })
+            Ok(LogState {
+                last_purged_log_id: last_purged,
+                last_log_id: last,
+            })
         };
         blocking(read).map_err(|err| io_error(ErrorSubject::Logs, ErrorVerb::Read, err))
     }
@@ -134,14 +143,16 @@ impl RaftLogStorage<TypeConfig> for GroupLogStore {
     }
 
     async fn read_vote(&mut self) -> Result<Option<Vote<NodeId>>, RaftStorageError> {
-        blocking(|| self.read_state(keys::TAG_VOTE))
-            .map_err(|err| io_error(ErrorSubject::Vote, ErrorVerb::Read, err))
+        blocking(|| self.read_state(keys::TAG_VOTE)).map_err(|err| io_error(ErrorSubject::Vote, ErrorVerb::Read, err))
     }
 
     /// Saved so that a restarted node re-applies committed entries the state
     /// machine had not made durable before the crash.
     async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), RaftStorageError> {
-        let write = || self.store.write_buffered(self.state_write(keys::TAG_COMMITTED, &committed)?);
+        let write = || {
+            self.store
+                .write_buffered(self.state_write(keys::TAG_COMMITTED, &committed)?)
+        };
         blocking(write).map_err(|err| io_error(ErrorSubject::Store, ErrorVerb::Write, err))
     }
 
@@ -159,8 +170,8 @@ impl RaftLogStorage<TypeConfig> for GroupLogStore {
         let mut batch = WriteBatch::default();
         let cf = self.store.cf(CF_RAFT_LOG);
         for entry in entries {
-            let value = bincode::serialize(&entry)
-                .map_err(|err| io_error(ErrorSubject::Logs, ErrorVerb::Write, err.into()))?;
+            let value =
+                bincode::serialize(&entry).map_err(|err| io_error(ErrorSubject::Logs, ErrorVerb::Write, err.into()))?;
             batch.put_cf(cf, keys::group_u64_key(self.group, entry.log_id.index), value);
         }
         // The write is synced before returning, so entries are readable and durable at once.
@@ -176,8 +187,7 @@ impl RaftLogStorage<TypeConfig> for GroupLogStore {
     async fn truncate(&mut self, log_id: LogId) -> Result<(), RaftStorageError> {
         let mut batch = WriteBatch::default();
         self.delete_log_range(&mut batch, log_id.index, None);
-        blocking(|| self.store.write_durable(batch))
-            .map_err(|err| io_error(ErrorSubject::Logs, ErrorVerb::Delete, err))
+        blocking(|| self.store.write_durable(batch)).map_err(|err| io_error(ErrorSubject::Logs, ErrorVerb::Delete, err))
     }
 
     async fn purge(&mut self, log_id: LogId) -> Result<(), RaftStorageError> {

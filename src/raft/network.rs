@@ -36,7 +36,10 @@ impl PeerLink {
     fn unreachable<E: std::error::Error>(&self) -> RPCError<NodeId, BasicNode, E> {
         let reason = std::io::Error::new(
             std::io::ErrorKind::NotConnected,
-            format!("group {}: no transport to node {} in single-node mode", self.group, self.target),
+            format!(
+                "group {}: no transport to node {} in single-node mode",
+                self.group, self.target
+            ),
         );
         RPCError::Unreachable(Unreachable::new(&reason))
     }
@@ -46,7 +49,10 @@ impl RaftNetworkFactory<TypeConfig> for GroupNetwork {
     type Network = PeerLink;
 
     async fn new_client(&mut self, target: NodeId, _node: &BasicNode) -> PeerLink {
-        PeerLink { group: self.group, target }
+        PeerLink {
+            group: self.group,
+            target,
+        }
     }
 }
 

@@ -54,7 +54,9 @@ impl<W: Write> Write for Checksummed<W> {
 
 impl SnapshotDir {
     pub fn new(root: &Path, group: GroupId) -> Self {
-        SnapshotDir { dir: root.join(format!("group-{group}")) }
+        SnapshotDir {
+            dir: root.join(format!("group-{group}")),
+        }
     }
 
     pub fn current_meta(&self) -> Result<Option<SnapshotMeta>, StorageError> {
@@ -127,12 +129,19 @@ fn dump_group(store: &Store, group: GroupId, path: &Path) -> Result<AppliedState
         Some(raw) => bincode::deserialize(&raw)?,
         None => (None, StoredMembership::default()),
     };
-    let mut out = Checksummed { inner: BufWriter::new(File::create(path)?), hasher: crc32fast::Hasher::new() };
+    let mut out = Checksummed {
+        inner: BufWriter::new(File::create(path)?),
+        hasher: crc32fast::Hasher::new(),
+    };
     let (start, end) = keys::group_range(group);
     for (cf_index, cf) in STATE_MACHINE_CFS.iter().enumerate() {
         let mut opts = rocksdb::ReadOptions::default();
         opts.set_iterate_upper_bound(end.clone());
-        let iter = view.iterator_cf_opt(store.cf(cf), opts, rocksdb::IteratorMode::From(&start, rocksdb::Direction::Forward));
+        let iter = view.iterator_cf_opt(
+            store.cf(cf),
+            opts,
+            rocksdb::IteratorMode::From(&start, rocksdb::Direction::Forward),
+        );
         for item in iter {
             let (key, value) = item?;
             out.write_all(&[cf_index as u8])?;
@@ -152,7 +161,10 @@ fn dump_group(store: &Store, group: GroupId, path: &Path) -> Result<AppliedState
 
 /// Replaces the group's state with the snapshot in `path`, durably.
 pub fn load_into_store(store: &Store, group: GroupId, path: &Path) -> Result<(), StorageError> {
-    let corrupt = |what: &str| StorageError::Corrupt { group, what: format!("snapshot: {what}") };
+    let corrupt = |what: &str| StorageError::Corrupt {
+        group,
+        what: format!("snapshot: {what}"),
+    };
     let mut reader = BufReader::new(File::open(path)?);
     let mut hasher = crc32fast::Hasher::new();
     let mut write = WriteBatch::default();
@@ -162,7 +174,9 @@ pub fn load_into_store(store: &Store, group: GroupId, path: &Path) -> Result<(),
         if tag == END_MARKER {
             break;
         }
-        let cf = STATE_MACHINE_CFS.get(tag as usize).ok_or_else(|| corrupt("unknown column family"))?;
+        let cf = STATE_MACHINE_CFS
+            .get(tag as usize)
+            .ok_or_else(|| corrupt("unknown column family"))?;
         let key = read_part(&mut reader, &mut hasher)?;
         let value = read_part(&mut reader, &mut hasher)?;
         if !key.starts_with(&group.to_be_bytes()) {

@@ -43,7 +43,10 @@ impl GroupRole {
         match (self, command) {
             (GroupRole::Partition { log, offsets, .. }, Command::Append { batches }) => {
                 let base_offset = log.stage_append(write, offsets, batches)?;
-                Ok(CommandResponse::Appended { base_offset, log_start_offset: offsets.log_start_offset })
+                Ok(CommandResponse::Appended {
+                    base_offset,
+                    log_start_offset: offsets.log_start_offset,
+                })
             }
             (GroupRole::Controller { cluster, .. }, command) if !matches!(command, Command::Append { .. }) => {
                 Ok(CommandResponse::Controller(cluster.apply(command)))
@@ -54,7 +57,11 @@ impl GroupRole {
 
     fn stage_state(&self, write: &mut WriteBatch, store: &Store, group: GroupId) -> Result<(), StorageError> {
         if let GroupRole::Controller { cluster, .. } = self {
-            write.put_cf(store.cf(CF_SM_STATE), keys::group_tag_key(group, TAG_CLUSTER), bincode::serialize(cluster)?);
+            write.put_cf(
+                store.cf(CF_SM_STATE),
+                keys::group_tag_key(group, TAG_CLUSTER),
+                bincode::serialize(cluster)?,
+            );
         }
         Ok(())
     }
@@ -77,7 +84,12 @@ impl GroupRole {
             GroupRole::Controller { cluster, published } => {
                 published.send_replace(Arc::new(cluster.clone()));
             }
-            GroupRole::Partition { offsets, published, appends, .. } => {
+            GroupRole::Partition {
+                offsets,
+                published,
+                appends,
+                ..
+            } => {
                 published.send_replace(*offsets);
                 appends.send_modify(|count| *count = count.wrapping_add(1));
             }
@@ -100,13 +112,24 @@ impl GroupStateMachine {
         let (applied, membership) = read_applied_state(&store, group)?;
         role.reload(&store, group)?;
         role.publish();
-        Ok(GroupStateMachine { group, store, role, applied, membership, snapshots: SnapshotDir::new(snapshot_root, group) })
+        Ok(GroupStateMachine {
+            group,
+            store,
+            role,
+            applied,
+            membership,
+            snapshots: SnapshotDir::new(snapshot_root, group),
+        })
     }
 
     fn persist(&mut self, mut write: WriteBatch) -> Result<(), StorageError> {
         self.role.stage_state(&mut write, &self.store, self.group)?;
         let applied = bincode::serialize(&(self.applied, &self.membership))?;
-        write.put_cf(self.store.cf(CF_SM_STATE), keys::group_tag_key(self.group, TAG_APPLIED), applied);
+        write.put_cf(
+            self.store.cf(CF_SM_STATE),
+            keys::group_tag_key(self.group, TAG_APPLIED),
+            applied,
+        );
         self.store.write_buffered(write)
     }
 
@@ -132,7 +155,10 @@ impl GroupStateMachine {
 
     async fn open_snapshot(&self, meta: SnapshotMeta) -> Result<Snapshot<TypeConfig>, StorageError> {
         let file = tokio::fs::File::open(self.snapshots.data_path(&meta)).await?;
-        Ok(Snapshot { meta, snapshot: Box::new(file) })
+        Ok(Snapshot {
+            meta,
+            snapshot: Box::new(file),
+        })
     }
 }
 
@@ -149,7 +175,10 @@ impl RaftSnapshotBuilder<TypeConfig> for GroupSnapshotBuilder {
         let file = tokio::fs::File::open(self.snapshots.data_path(&meta))
             .await
             .map_err(|err| io_error(ErrorSubject::None, ErrorVerb::Read, err.into()))?;
-        Ok(Snapshot { meta, snapshot: Box::new(file) })
+        Ok(Snapshot {
+            meta,
+            snapshot: Box::new(file),
+        })
     }
 }
 
@@ -171,7 +200,11 @@ impl RaftStateMachine<TypeConfig> for GroupStateMachine {
     }
 
     async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
-        GroupSnapshotBuilder { group: self.group, store: self.store.clone(), snapshots: self.snapshots.clone() }
+        GroupSnapshotBuilder {
+            group: self.group,
+            store: self.store.clone(),
+            snapshots: self.snapshots.clone(),
+        }
     }
 
     async fn begin_receiving_snapshot(&mut self) -> Result<Box<tokio::fs::File>, RaftStorageError> {
@@ -186,7 +219,8 @@ impl RaftStateMachine<TypeConfig> for GroupStateMachine {
                 .await?;
             Ok::<_, StorageError>(Box::new(file))
         };
-        open.await.map_err(|err| io_error(ErrorSubject::None, ErrorVerb::Write, err))
+        open.await
+            .map_err(|err| io_error(ErrorSubject::None, ErrorVerb::Write, err))
     }
 
     async fn install_snapshot(
@@ -212,7 +246,9 @@ impl RaftStateMachine<TypeConfig> for GroupStateMachine {
             self.role.publish();
             Ok::<_, StorageError>(())
         };
-        install.await.map_err(|err| io_error(ErrorSubject::Snapshot(Some(meta.signature())), ErrorVerb::Write, err))
+        install
+            .await
+            .map_err(|err| io_error(ErrorSubject::Snapshot(Some(meta.signature())), ErrorVerb::Write, err))
     }
 
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<TypeConfig>>, RaftStorageError> {
@@ -222,6 +258,8 @@ impl RaftStateMachine<TypeConfig> for GroupStateMachine {
                 None => Ok(None),
             }
         };
-        current.await.map_err(|err| io_error(ErrorSubject::None, ErrorVerb::Read, err))
+        current
+            .await
+            .map_err(|err| io_error(ErrorSubject::None, ErrorVerb::Read, err))
     }
 }

@@ -37,16 +37,16 @@ pub struct ValidatedBatch {
 }
 
 /// Splits a Produce request's `records` into batches and validates each one.
-pub fn validate_produce_records(
-    records: &Bytes,
-    max_batch_bytes: usize,
-) -> Result<Vec<ValidatedBatch>, BatchError> {
+pub fn validate_produce_records(records: &Bytes, max_batch_bytes: usize) -> Result<Vec<ValidatedBatch>, BatchError> {
     let mut rest = records.clone();
     let mut batches = Vec::new();
     while rest.has_remaining() {
         let size = next_batch_size(&rest)?;
         if size > max_batch_bytes {
-            return Err(BatchError::TooLarge { size, max: max_batch_bytes });
+            return Err(BatchError::TooLarge {
+                size,
+                max: max_batch_bytes,
+            });
         }
         batches.push(validate_batch(rest.split_to(size))?);
     }
@@ -80,8 +80,7 @@ fn next_batch_size(rest: &Bytes) -> Result<usize, BatchError> {
 }
 
 fn validate_batch(bytes: Bytes) -> Result<ValidatedBatch, BatchError> {
-    let set = RecordBatchDecoder::decode(&mut bytes.clone())
-        .map_err(|err| BatchError::Corrupt(err.to_string()))?;
+    let set = RecordBatchDecoder::decode(&mut bytes.clone()).map_err(|err| BatchError::Corrupt(err.to_string()))?;
     if set.records.is_empty() {
         return Err(BatchError::Corrupt("batch holds no records".into()));
     }
@@ -128,9 +127,7 @@ pub fn unseal(value: &[u8]) -> Option<&[u8]> {
 pub(crate) mod tests {
     use super::*;
     use bytes::BytesMut;
-    use kafka_protocol::records::{
-        Compression, Record, RecordBatchEncoder, RecordEncodeOptions, TimestampType,
-    };
+    use kafka_protocol::records::{Compression, Record, RecordBatchEncoder, RecordEncodeOptions, TimestampType};
 
     pub fn encode_batch(values: &[&str], compression: Compression) -> Bytes {
         let records: Vec<Record> = values
@@ -153,14 +150,23 @@ pub(crate) mod tests {
             })
             .collect();
         let mut buf = BytesMut::new();
-        let options = RecordEncodeOptions { version: 2, compression };
+        let options = RecordEncodeOptions {
+            version: 2,
+            compression,
+        };
         RecordBatchEncoder::encode(&mut buf, &records, &options).unwrap();
         buf.freeze()
     }
 
     #[test]
     fn accepts_batches_of_every_codec() {
-        for codec in [Compression::None, Compression::Gzip, Compression::Snappy, Compression::Lz4, Compression::Zstd] {
+        for codec in [
+            Compression::None,
+            Compression::Gzip,
+            Compression::Snappy,
+            Compression::Lz4,
+            Compression::Zstd,
+        ] {
             let batch = encode_batch(&["a", "b", "c"], codec);
             let validated = validate_produce_records(&batch, 1 << 20).unwrap();
             assert_eq!(validated.len(), 1);
@@ -184,18 +190,30 @@ pub(crate) mod tests {
         let mut batch = BytesMut::from(&encode_batch(&["a", "b"], Compression::None)[..]);
         let last = batch.len() - 1;
         batch[last] ^= 0xff;
-        assert!(matches!(validate_produce_records(&batch.freeze(), 1 << 20), Err(BatchError::Corrupt(_))));
+        assert!(matches!(
+            validate_produce_records(&batch.freeze(), 1 << 20),
+            Err(BatchError::Corrupt(_))
+        ));
     }
 
     #[test]
     fn rejects_oversized_truncated_and_old_batches() {
         let batch = encode_batch(&["a", "b"], Compression::None);
-        assert!(matches!(validate_produce_records(&batch, 10), Err(BatchError::TooLarge { .. })));
+        assert!(matches!(
+            validate_produce_records(&batch, 10),
+            Err(BatchError::TooLarge { .. })
+        ));
         let truncated = batch.slice(..batch.len() - 3);
-        assert!(matches!(validate_produce_records(&truncated, 1 << 20), Err(BatchError::Corrupt(_))));
+        assert!(matches!(
+            validate_produce_records(&truncated, 1 << 20),
+            Err(BatchError::Corrupt(_))
+        ));
         let mut old = BytesMut::from(&batch[..]);
         old[MAGIC_POS] = 1;
-        assert_eq!(validate_produce_records(&old.freeze(), 1 << 20), Err(BatchError::UnsupportedMagic(1)));
+        assert_eq!(
+            validate_produce_records(&old.freeze(), 1 << 20),
+            Err(BatchError::UnsupportedMagic(1))
+        );
         assert!(validate_produce_records(&Bytes::new(), 1 << 20).is_err());
     }
 

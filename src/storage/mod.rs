@@ -27,6 +27,9 @@ impl From<bincode::Error> for StorageError {
     }
 }
 
+/// A raw key and value read from RocksDB.
+pub type KeyValue = (Box<[u8]>, Box<[u8]>);
+
 /// The node's database. Cloning is cheap; all clones share one RocksDB instance.
 #[derive(Clone)]
 pub struct Store {
@@ -90,7 +93,7 @@ impl Store {
         cf: &str,
         group: u64,
         from: &[u8],
-    ) -> impl Iterator<Item = Result<(Box<[u8]>, Box<[u8]>), StorageError>> + 'a {
+    ) -> impl Iterator<Item = Result<KeyValue, StorageError>> + 'a {
         let (_, end) = keys::group_range(group);
         let mut read_opts = rocksdb::ReadOptions::default();
         read_opts.set_iterate_upper_bound(end);

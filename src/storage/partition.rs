@@ -53,7 +53,10 @@ impl PartitionLog {
     }
 
     pub fn load_offsets(&self) -> Result<PartitionOffsets, StorageError> {
-        match self.store.get(CF_SM_STATE, &keys::group_tag_key(self.group, TAG_PARTITION))? {
+        match self
+            .store
+            .get(CF_SM_STATE, &keys::group_tag_key(self.group, TAG_PARTITION))?
+        {
             Some(raw) => Ok(bincode::deserialize(&raw)?),
             None => Ok(PartitionOffsets::default()),
         }
@@ -70,7 +73,11 @@ impl PartitionLog {
         for batch in batches {
             let base = offsets.next_offset;
             let key = keys::offset_key(self.group, base);
-            write.put_cf(self.store.cf(CF_RECORDS), key, seal(&with_base_offset(&batch.bytes, base)));
+            write.put_cf(
+                self.store.cf(CF_RECORDS),
+                key,
+                seal(&with_base_offset(&batch.bytes, base)),
+            );
             let summary = BatchSummary {
                 last_offset: base + batch.record_count - 1,
                 max_timestamp: batch.max_timestamp,
@@ -92,13 +99,17 @@ impl PartitionLog {
     pub fn read(&self, from: i64, high_watermark: i64, max_bytes: usize) -> Result<Bytes, StorageError> {
         let mut out = BytesMut::new();
         let start = self.batch_start_for(from)?;
-        for item in self.store.scan_group(CF_RECORDS, self.group, &keys::offset_key(self.group, start)) {
+        for item in self
+            .store
+            .scan_group(CF_RECORDS, self.group, &keys::offset_key(self.group, start))
+        {
             let (key, value) = item?;
             let base = keys::key_suffix_u64(&key).unwrap_or(u64::MAX) as i64;
             if base >= high_watermark {
                 break;
             }
-            let batch = unseal(&value).ok_or_else(|| self.corrupt(format!("checksum mismatch in batch at offset {base}")))?;
+            let batch =
+                unseal(&value).ok_or_else(|| self.corrupt(format!("checksum mismatch in batch at offset {base}")))?;
             if !out.is_empty() && out.len() + batch.len() > max_bytes {
                 break;
             }
@@ -117,7 +128,8 @@ impl PartitionLog {
         if let (Some(key), Some(value)) = (iter.key(), iter.value()) {
             if key.starts_with(&self.group.to_be_bytes()) {
                 let base = keys::key_suffix_u64(key).unwrap_or(0) as i64;
-                let summary = BatchSummary::decode(value).ok_or_else(|| self.corrupt("bad batch index entry".into()))?;
+                let summary =
+                    BatchSummary::decode(value).ok_or_else(|| self.corrupt("bad batch index entry".into()))?;
                 if summary.last_offset >= offset {
                     return Ok(base);
                 }
@@ -129,7 +141,10 @@ impl PartitionLog {
 
     /// The first record whose timestamp is at least `timestamp`: `(offset, its timestamp)`.
     pub fn offset_for_timestamp(&self, timestamp: i64) -> Result<Option<(i64, i64)>, StorageError> {
-        for item in self.store.scan_group(CF_BATCH_INDEX, self.group, &keys::offset_key(self.group, 0)) {
+        for item in self
+            .store
+            .scan_group(CF_BATCH_INDEX, self.group, &keys::offset_key(self.group, 0))
+        {
             let (key, value) = item?;
             let summary = BatchSummary::decode(&value).ok_or_else(|| self.corrupt("bad batch index entry".into()))?;
             if summary.max_timestamp < timestamp {
@@ -150,7 +165,10 @@ impl PartitionLog {
     }
 
     fn corrupt(&self, what: String) -> StorageError {
-        StorageError::Corrupt { group: self.group, what }
+        StorageError::Corrupt {
+            group: self.group,
+            what,
+        }
     }
 }
 
@@ -183,7 +201,13 @@ mod tests {
         assert_eq!(append(&log, &mut offsets, &["a", "b", "c"]), 0);
         assert_eq!(append(&log, &mut offsets, &["d", "e"]), 3);
         append(&other, &mut PartitionOffsets::default(), &["x"]);
-        assert_eq!(log.load_offsets().unwrap(), PartitionOffsets { log_start_offset: 0, next_offset: 5 });
+        assert_eq!(
+            log.load_offsets().unwrap(),
+            PartitionOffsets {
+                log_start_offset: 0,
+                next_offset: 5
+            }
+        );
 
         let all = log.read(0, 5, 1 << 20).unwrap();
         let sets = RecordBatchDecoder::decode_all(&mut all.clone()).unwrap();
@@ -195,8 +219,18 @@ mod tests {
         let sets = RecordBatchDecoder::decode_all(&mut from_middle.clone()).unwrap();
         assert_eq!(sets[0].records[0].offset, 3);
         // The high watermark hides later batches; max_bytes still yields one batch.
-        assert_eq!(RecordBatchDecoder::decode_all(&mut log.read(0, 3, 1 << 20).unwrap()).unwrap().len(), 1);
-        assert_eq!(RecordBatchDecoder::decode_all(&mut log.read(0, 5, 1).unwrap()).unwrap().len(), 1);
+        assert_eq!(
+            RecordBatchDecoder::decode_all(&mut log.read(0, 3, 1 << 20).unwrap())
+                .unwrap()
+                .len(),
+            1
+        );
+        assert_eq!(
+            RecordBatchDecoder::decode_all(&mut log.read(0, 5, 1).unwrap())
+                .unwrap()
+                .len(),
+            1
+        );
         assert!(log.read(5, 5, 1 << 20).unwrap().is_empty());
     }
 
@@ -206,7 +240,10 @@ mod tests {
         let log = PartitionLog::new(1, Store::open(dir.path()).unwrap());
         let mut offsets = PartitionOffsets::default();
         append(&log, &mut offsets, &["a", "b", "c"]);
-        assert_eq!(log.offset_for_timestamp(1_700_000_000_001).unwrap(), Some((1, 1_700_000_000_001)));
+        assert_eq!(
+            log.offset_for_timestamp(1_700_000_000_001).unwrap(),
+            Some((1, 1_700_000_000_001))
+        );
         assert_eq!(log.offset_for_timestamp(1_800_000_000_000).unwrap(), None);
     }
 

@@ -8,6 +8,8 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use bytes::{BufMut, Bytes, BytesMut};
+use kafka_protocol::messages::create_topics_request::CreatableTopic;
+use kafka_protocol::messages::create_topics_response::CreatableTopicResult;
 use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
 use kafka_protocol::messages::fetch_response::PartitionData;
 use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
@@ -16,10 +18,8 @@ use kafka_protocol::messages::{
     ApiKey, CreateTopicsRequest, FetchRequest, ProduceRequest, RequestHeader, RequestKind, ResponseHeader,
     ResponseKind, TopicName,
 };
-use kafka_protocol::messages::create_topics_request::CreatableTopic;
-use kafka_protocol::messages::create_topics_response::CreatableTopicResult;
-use kafka_protocol::records::RecordBatchDecoder;
 use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
+use kafka_protocol::records::RecordBatchDecoder;
 use kafka_protocol::records::{Compression, Record, RecordBatchEncoder, RecordEncodeOptions, TimestampType};
 
 pub const DEADLINE: Duration = Duration::from_secs(30);
@@ -59,7 +59,11 @@ impl Broker {
 
     fn spawn(&mut self) {
         let listener = format!("127.0.0.1:{}", self.port);
-        let log = std::fs::OpenOptions::new().create(true).append(true).open(self.data.join("broker.log")).unwrap();
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.data.join("broker.log"))
+            .unwrap();
         let child = Command::new(env!("CARGO_BIN_EXE_rafka"))
             .current_dir(env!("CARGO_MANIFEST_DIR"))
             .args(["--config", "configs/single-node.toml"])
@@ -83,7 +87,10 @@ impl Broker {
                 panic!("broker exited with {status}: {}", self.log());
             }
             if let Ok(mut client) = Client::connect(self.port) {
-                if client.try_request(ApiKey::ApiVersions, 3, RequestKind::ApiVersions(Default::default())).is_ok() {
+                if client
+                    .try_request(ApiKey::ApiVersions, 3, RequestKind::ApiVersions(Default::default()))
+                    .is_ok()
+                {
                     return;
                 }
             }
@@ -109,7 +116,10 @@ impl Broker {
 
     pub fn stop_gracefully(&mut self) {
         if let Some(mut child) = self.child.take() {
-            Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
+            Command::new("kill")
+                .args(["-TERM", &child.id().to_string()])
+                .status()
+                .unwrap();
             let start = Instant::now();
             while child.try_wait().unwrap().is_none() {
                 assert!(start.elapsed() < DEADLINE, "broker ignored SIGTERM");
@@ -157,7 +167,9 @@ impl Client {
             match self.stream.read(&mut buf) {
                 Ok(0) => return true,
                 Ok(_) => continue,
-                Err(err) => return err.kind() != std::io::ErrorKind::WouldBlock && err.kind() != std::io::ErrorKind::TimedOut,
+                Err(err) => {
+                    return err.kind() != std::io::ErrorKind::WouldBlock && err.kind() != std::io::ErrorKind::TimedOut
+                }
             }
         }
     }
@@ -170,7 +182,9 @@ impl Client {
             .with_correlation_id(self.correlation)
             .with_client_id(Some(StrBytes::from_static_str("rafka-tests")));
         let mut frame = BytesMut::new();
-        header.encode(&mut frame, api_key.request_header_version(version)).unwrap();
+        header
+            .encode(&mut frame, api_key.request_header_version(version))
+            .unwrap();
         body.encode(&mut frame, version).unwrap();
         let mut out = BytesMut::new();
         out.put_i32(frame.len() as i32);
@@ -223,7 +237,15 @@ pub fn record_batch(values: &[String], compression: Compression) -> Bytes {
         })
         .collect();
     let mut buf = BytesMut::new();
-    RecordBatchEncoder::encode(&mut buf, &records, &RecordEncodeOptions { version: 2, compression }).unwrap();
+    RecordBatchEncoder::encode(
+        &mut buf,
+        &records,
+        &RecordEncodeOptions {
+            version: 2,
+            compression,
+        },
+    )
+    .unwrap();
     buf.freeze()
 }
 
@@ -237,19 +259,31 @@ impl Client {
             .with_name(topic_name(name))
             .with_num_partitions(partitions)
             .with_replication_factor(-1);
-        let request = CreateTopicsRequest::default().with_topics(vec![topic]).with_timeout_ms(10_000);
+        let request = CreateTopicsRequest::default()
+            .with_topics(vec![topic])
+            .with_timeout_ms(10_000);
         match self.request(ApiKey::CreateTopics, 7, RequestKind::CreateTopics(request)) {
             ResponseKind::CreateTopics(mut response) => response.topics.remove(0),
             other => panic!("unexpected {other:?}"),
         }
     }
 
-    pub fn produce(&mut self, topic: &str, partition: i32, records: Bytes, acks: i16) -> Option<PartitionProduceResponse> {
-        let data = PartitionProduceData::default().with_index(partition).with_records(Some(records));
+    pub fn produce(
+        &mut self,
+        topic: &str,
+        partition: i32,
+        records: Bytes,
+        acks: i16,
+    ) -> Option<PartitionProduceResponse> {
+        let data = PartitionProduceData::default()
+            .with_index(partition)
+            .with_records(Some(records));
         let request = ProduceRequest::default()
             .with_acks(acks)
             .with_timeout_ms(10_000)
-            .with_topic_data(vec![TopicProduceData::default().with_name(topic_name(topic)).with_partition_data(vec![data])]);
+            .with_topic_data(vec![TopicProduceData::default()
+                .with_name(topic_name(topic))
+                .with_partition_data(vec![data])]);
         let body = RequestKind::Produce(request);
         if acks == 0 {
             let frame = self.encode_request(ApiKey::Produce, 9, &body);
@@ -262,7 +296,14 @@ impl Client {
         }
     }
 
-    pub fn fetch(&mut self, topic: &str, partition: i32, offset: i64, max_wait_ms: i32, min_bytes: i32) -> PartitionData {
+    pub fn fetch(
+        &mut self,
+        topic: &str,
+        partition: i32,
+        offset: i64,
+        max_wait_ms: i32,
+        min_bytes: i32,
+    ) -> PartitionData {
         let part = FetchPartition::default()
             .with_partition(partition)
             .with_fetch_offset(offset)
@@ -273,7 +314,9 @@ impl Client {
             .with_min_bytes(min_bytes)
             .with_max_bytes(50 << 20)
             .with_session_epoch(-1)
-            .with_topics(vec![FetchTopic::default().with_topic(topic_name(topic)).with_partitions(vec![part])]);
+            .with_topics(vec![FetchTopic::default()
+                .with_topic(topic_name(topic))
+                .with_partitions(vec![part])]);
         match self.request(ApiKey::Fetch, 12, RequestKind::Fetch(request)) {
             ResponseKind::Fetch(mut response) => response.responses.remove(0).partitions.remove(0),
             other => panic!("unexpected {other:?}"),
