@@ -33,6 +33,32 @@ pub struct BrokerConfig {
     pub message_max_bytes: usize,
     pub socket_request_max_bytes: usize,
     pub max_connections: usize,
+    /// Partitions (Raft groups) of the internal `__consumer_offsets` topic.
+    #[serde(default = "default_offsets_partitions")]
+    pub offsets_topic_partitions: i32,
+    /// How long a new group waits for more members before its first rebalance.
+    #[serde(default = "default_initial_rebalance_delay")]
+    pub group_initial_rebalance_delay_ms: u64,
+    #[serde(default = "default_min_session")]
+    pub group_min_session_timeout_ms: i32,
+    #[serde(default = "default_max_session")]
+    pub group_max_session_timeout_ms: i32,
+}
+
+fn default_offsets_partitions() -> i32 {
+    1
+}
+
+fn default_initial_rebalance_delay() -> u64 {
+    3000
+}
+
+fn default_min_session() -> i32 {
+    6000
+}
+
+fn default_max_session() -> i32 {
+    1_800_000
 }
 
 fn default_cluster_id() -> String {

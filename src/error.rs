@@ -24,6 +24,10 @@ pub enum BrokerError {
     InvalidRequest(String),
     #[error("this node is not the partition leader")]
     NotLeader,
+    #[error("no coordinator is available: {0}")]
+    CoordinatorNotAvailable(String),
+    #[error("this node is not the group's coordinator")]
+    NotCoordinator,
     #[error("this node is not the controller leader")]
     NotController,
     #[error("no leader is available: {0}")]
@@ -36,6 +40,26 @@ pub enum BrokerError {
     },
     #[error("timed out: {0}")]
     Timeout(String),
+    #[error("unknown group member")]
+    UnknownMemberId,
+    #[error("generation {0} is not the group's current one")]
+    IllegalGeneration(i32),
+    #[error("the group is rebalancing")]
+    RebalanceInProgress,
+    #[error("session timeout {0} ms is outside the broker's range")]
+    InvalidSessionTimeout(i32),
+    #[error("a member id is required: rejoin with {0}")]
+    MemberIdRequired(String),
+    #[error("the member's protocols do not match the group's")]
+    InconsistentGroupProtocol,
+    #[error("invalid group id")]
+    InvalidGroupId,
+    #[error("group not found")]
+    GroupIdNotFound,
+    #[error("the group still has members")]
+    NonEmptyGroup,
+    #[error("the group has members subscribed to the topic")]
+    GroupSubscribedToTopic,
     #[error(transparent)]
     Batch(#[from] BatchError),
     #[error(transparent)]
@@ -64,9 +88,21 @@ impl BrokerError {
             BrokerError::InvalidRequest(_) => ResponseError::InvalidRequest,
             BrokerError::NotLeader => ResponseError::NotLeaderOrFollower,
             BrokerError::NotController => ResponseError::NotController,
+            BrokerError::NotCoordinator => ResponseError::NotCoordinator,
+            BrokerError::CoordinatorNotAvailable(_) => ResponseError::CoordinatorNotAvailable,
             BrokerError::LeaderNotAvailable(_) => ResponseError::LeaderNotAvailable,
             BrokerError::OffsetOutOfRange { .. } => ResponseError::OffsetOutOfRange,
             BrokerError::Timeout(_) => ResponseError::RequestTimedOut,
+            BrokerError::UnknownMemberId => ResponseError::UnknownMemberId,
+            BrokerError::IllegalGeneration(_) => ResponseError::IllegalGeneration,
+            BrokerError::RebalanceInProgress => ResponseError::RebalanceInProgress,
+            BrokerError::InvalidSessionTimeout(_) => ResponseError::InvalidSessionTimeout,
+            BrokerError::MemberIdRequired(_) => ResponseError::MemberIdRequired,
+            BrokerError::InconsistentGroupProtocol => ResponseError::InconsistentGroupProtocol,
+            BrokerError::InvalidGroupId => ResponseError::InvalidGroupId,
+            BrokerError::GroupIdNotFound => ResponseError::GroupIdNotFound,
+            BrokerError::NonEmptyGroup => ResponseError::NonEmptyGroup,
+            BrokerError::GroupSubscribedToTopic => ResponseError::GroupSubscribedToTopic,
             BrokerError::Batch(BatchError::Corrupt(_)) => ResponseError::CorruptMessage,
             BrokerError::Batch(BatchError::TooLarge { .. }) => ResponseError::MessageTooLarge,
             BrokerError::Batch(BatchError::UnsupportedMagic(_)) => ResponseError::UnsupportedForMessageFormat,
@@ -115,6 +151,18 @@ mod tests {
             (BrokerError::InvalidConfig("x".into()), 40),
             (BrokerError::Storage(StorageError::Encoding("x".into())), 56),
             (BrokerError::from(ControllerRefusal::TopicExists), 36),
+            (BrokerError::CoordinatorNotAvailable("x".into()), 15),
+            (BrokerError::NotCoordinator, 16),
+            (BrokerError::IllegalGeneration(3), 22),
+            (BrokerError::InconsistentGroupProtocol, 23),
+            (BrokerError::InvalidGroupId, 24),
+            (BrokerError::UnknownMemberId, 25),
+            (BrokerError::InvalidSessionTimeout(1), 26),
+            (BrokerError::RebalanceInProgress, 27),
+            (BrokerError::NonEmptyGroup, 68),
+            (BrokerError::GroupIdNotFound, 69),
+            (BrokerError::MemberIdRequired("m".into()), 79),
+            (BrokerError::GroupSubscribedToTopic, 86),
             (BrokerError::from(ControllerRefusal::UnknownTopic), 3),
         ];
         for (error, code) in cases {

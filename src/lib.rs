@@ -7,6 +7,8 @@
 //! - [`protocol`]: sans-io codec (`kafka-protocol`) and one handler per Kafka API.
 //! - [`cluster`]: topics and partition assignments (the controller group's state),
 //!   and routing of reads and writes to the partition groups this node runs.
+//! - [`group`]: the consumer-group coordinator; committed offsets replicated by
+//!   the `__consumer_offsets` partitions.
 //! - [`raft`]: openraft type config, the replicated command, log store, state
 //!   machine, snapshots and network.
 //! - [`storage`]: the RocksDB key layout, record batch validation and partition reads.
@@ -17,6 +19,7 @@
 pub mod cluster;
 pub mod config;
 pub mod error;
+pub mod group;
 pub mod huge_alloc;
 pub mod protocol;
 pub mod raft;

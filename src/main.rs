@@ -5,6 +5,8 @@ use anyhow::Context;
 use clap::Parser;
 use rafka::cluster::Cluster;
 use rafka::config::BrokerConfig;
+use rafka::group::coordinator::GroupCoordinator;
+use rafka::protocol::Broker;
 use tokio_util::sync::CancellationToken;
 use tracing_subscriber::EnvFilter;
 
@@ -42,7 +44,12 @@ async fn run(cfg: Arc<BrokerConfig>) -> anyhow::Result<()> {
         .await
         .context("starting raft groups")?;
     tracing::info!(node_id = cfg.node_id, listener = %cfg.listener, data_dir = %cfg.data_dir.display(), "broker ready");
-    let server = tokio::spawn(rafka::server::serve(listener, Arc::clone(&cluster), shutdown.clone()));
+    let groups = GroupCoordinator::start(Arc::clone(&cluster), shutdown.clone());
+    let broker = Arc::new(Broker {
+        cluster: Arc::clone(&cluster),
+        groups,
+    });
+    let server = tokio::spawn(rafka::server::serve(listener, broker, shutdown.clone()));
     wait_for_signal().await?;
     tracing::info!("shutting down");
     shutdown.cancel();

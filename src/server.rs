@@ -15,9 +15,8 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
-use crate::cluster::Cluster;
 use crate::protocol::codec::{decode_request, encode_response, take_frame, DecodeError};
-use crate::protocol::{api_versions, handle};
+use crate::protocol::{api_versions, handle, Broker};
 
 /// Requests read ahead of their responses on one connection; reading pauses
 /// beyond this so one client cannot queue unbounded work.
@@ -26,8 +25,8 @@ const MAX_IN_FLIGHT: usize = 64;
 type PendingResponse = Pin<Box<dyn std::future::Future<Output = Option<Bytes>> + Send>>;
 
 /// Accepts connections until `shutdown` is cancelled.
-pub async fn serve(listener: TcpListener, cluster: Arc<Cluster>, shutdown: CancellationToken) {
-    let limit = Arc::new(Semaphore::new(cluster.config().max_connections));
+pub async fn serve(listener: TcpListener, broker: Arc<Broker>, shutdown: CancellationToken) {
+    let limit = Arc::new(Semaphore::new(broker.cluster.config().max_connections));
     loop {
         let permit = tokio::select! {
             _ = shutdown.cancelled() => return,
@@ -42,11 +41,11 @@ pub async fn serve(listener: TcpListener, cluster: Arc<Cluster>, shutdown: Cance
         };
         match accepted {
             Ok((socket, peer)) => {
-                let cluster = Arc::clone(&cluster);
+                let broker = Arc::clone(&broker);
                 let shutdown = shutdown.clone();
                 tokio::spawn(async move {
                     let _permit = permit;
-                    Connection::new(socket, peer, cluster).run(shutdown).await;
+                    Connection::new(socket, peer, broker).run(shutdown).await;
                 });
             }
             Err(err) => {
@@ -61,7 +60,7 @@ pub async fn serve(listener: TcpListener, cluster: Arc<Cluster>, shutdown: Cance
 struct Connection {
     socket: TcpStream,
     peer: SocketAddr,
-    cluster: Arc<Cluster>,
+    broker: Arc<Broker>,
     buffer: BytesMut,
     pending: FuturesOrdered<PendingResponse>,
 }
@@ -73,12 +72,12 @@ enum Closing {
 }
 
 impl Connection {
-    fn new(socket: TcpStream, peer: SocketAddr, cluster: Arc<Cluster>) -> Self {
+    fn new(socket: TcpStream, peer: SocketAddr, broker: Arc<Broker>) -> Self {
         let _ = socket.set_nodelay(true);
         Connection {
             socket,
             peer,
-            cluster,
+            broker,
             buffer: BytesMut::with_capacity(64 * 1024),
             pending: FuturesOrdered::new(),
         }
@@ -135,7 +134,7 @@ impl Connection {
     /// Decodes every complete frame in the buffer and queues its handler.
     fn queue_complete_frames(&mut self) -> Option<Closing> {
         loop {
-            let frame = match take_frame(&mut self.buffer, self.cluster.config().socket_request_max_bytes) {
+            let frame = match take_frame(&mut self.buffer, self.broker.cluster.config().socket_request_max_bytes) {
                 Ok(Some(frame)) => frame,
                 Ok(None) => return None,
                 Err(err) => return Some(Closing::BrokenInput(err.to_string())),
@@ -146,10 +145,11 @@ impl Connection {
                     let version = request.header.request_api_version;
                     let correlation_id = request.header.correlation_id;
                     let span = tracing::debug_span!("request", api = ?api_key, version, correlation_id);
-                    let cluster = Arc::clone(&self.cluster);
+                    let broker = Arc::clone(&self.broker);
+                    let peer = self.peer;
                     self.pending.push_back(Box::pin(
                         async move {
-                            let body = handle(cluster, request).await?;
+                            let body = handle(broker, peer, request).await?;
                             encode(api_key, version, correlation_id, &body)
                         }
                         .instrument(span),

@@ -75,7 +75,7 @@ impl ClusterState {
                 }
                 Ok(groups)
             }
-            Command::Append { .. } => Ok(Vec::new()),
+            Command::Append { .. } | Command::Group(_) => Ok(Vec::new()),
         }
     }
 

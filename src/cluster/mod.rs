@@ -14,6 +14,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::BrokerConfig;
 use crate::error::BrokerError;
+use crate::group::store::{GroupCommand, SharedGroups};
 use crate::raft::command::{Command, CommandResponse};
 use crate::raft::group::{start_group, GroupStartError};
 use crate::raft::state_machine::GroupRole;
@@ -24,6 +25,9 @@ use crate::storage::partition::{PartitionLog, PartitionOffsets};
 use crate::storage::{StorageError, Store};
 use metadata::{ClusterState, TopicState};
 
+/// The internal topic whose partitions replicate consumer groups' offsets.
+pub const OFFSETS_TOPIC: &str = "__consumer_offsets";
+
 /// How long admin requests wait for new partitions to elect leaders.
 const LEADER_WAIT: Duration = Duration::from_secs(15);
 
@@ -33,6 +37,8 @@ pub struct PartitionHandle {
     pub raft: Raft,
     pub log: PartitionLog,
     pub offsets: watch::Receiver<PartitionOffsets>,
+    /// Set for `__consumer_offsets` partitions: the consumer groups they store.
+    pub consumer_groups: Option<SharedGroups>,
 }
 
 impl PartitionHandle {
@@ -181,10 +187,10 @@ impl Cluster {
     async fn reconcile(&self) -> Result<(), StartError> {
         let _guard = self.reconciling.lock().await;
         let metadata = self.metadata();
-        let wanted: BTreeMap<GroupId, Vec<NodeId>> = metadata
+        let wanted: BTreeMap<GroupId, (Vec<NodeId>, bool)> = metadata
             .partitions()
             .filter(|(_, _, a)| a.replicas.contains(&self.cfg.node_id))
-            .map(|(_, _, a)| (a.group, a.replicas.clone()))
+            .map(|(topic, _, a)| (a.group, (a.replicas.clone(), topic == OFFSETS_TOPIC)))
             .collect();
         let running: Vec<GroupId> = self
             .partitions
@@ -194,8 +200,8 @@ impl Cluster {
         for group in running.iter().filter(|g| !wanted.contains_key(g)) {
             self.drop_group(*group).await?;
         }
-        for (group, replicas) in wanted.iter().filter(|(g, _)| !running.contains(g)) {
-            let handle = self.start_partition(*group, replicas).await?;
+        for (group, (replicas, stores_offsets)) in wanted.iter().filter(|(g, _)| !running.contains(g)) {
+            let handle = self.start_partition(*group, replicas, *stores_offsets).await?;
             if let Ok(mut map) = self.partitions.write() {
                 map.insert(*group, Arc::new(handle));
             }
@@ -203,26 +209,36 @@ impl Cluster {
         Ok(())
     }
 
-    async fn start_partition(&self, group: GroupId, replicas: &[NodeId]) -> Result<PartitionHandle, StartError> {
+    async fn start_partition(
+        &self,
+        group: GroupId,
+        replicas: &[NodeId],
+        stores_offsets: bool,
+    ) -> Result<PartitionHandle, StartError> {
         let log = PartitionLog::new(group, self.store.clone());
         let (published, offsets) = watch::channel(PartitionOffsets::default());
-        let role = GroupRole::Partition {
-            log: log.clone(),
-            offsets: PartitionOffsets::default(),
-            published,
-            appends: self.appends.clone(),
+        let consumer_groups = stores_offsets.then(SharedGroups::default);
+        let role = match &consumer_groups {
+            Some(groups) => GroupRole::Offsets { groups: groups.clone() },
+            None => GroupRole::Partition {
+                log: log.clone(),
+                offsets: PartitionOffsets::default(),
+                published,
+                appends: self.appends.clone(),
+            },
         };
         let members = replicas
             .iter()
             .map(|id| (*id, self.members.get(id).cloned().unwrap_or_default()))
             .collect();
         let raft = start_group(&self.cfg, &self.store, group, role, &members).await?;
-        tracing::info!(group, "partition group started");
+        tracing::info!(group, stores_offsets, "partition group started");
         Ok(PartitionHandle {
             group,
             raft,
             log,
             offsets,
+            consumer_groups,
         })
     }
 
@@ -392,6 +408,50 @@ impl Cluster {
                 .map_err(|err| BrokerError::Timeout(err.to_string()))?;
         }
         Ok(())
+    }
+
+    /// The `__consumer_offsets` partition that stores `group_id`, created on first use.
+    /// Like Kafka, the partition is the group id's Java string hash modulo the partition count.
+    pub async fn offsets_partition(&self, group_id: &str) -> Result<Arc<PartitionHandle>, BrokerError> {
+        if !self.metadata().topics.contains_key(OFFSETS_TOPIC) {
+            let mut configs = BTreeMap::new();
+            configs.insert("cleanup.policy".to_string(), "compact".to_string());
+            match self
+                .create_topic(OFFSETS_TOPIC, self.cfg.offsets_topic_partitions, -1, configs)
+                .await
+            {
+                Ok(()) | Err(BrokerError::TopicAlreadyExists) => {}
+                Err(err) => return Err(err),
+            }
+        }
+        let count = self
+            .metadata()
+            .topics
+            .get(OFFSETS_TOPIC)
+            .map_or(1, |t| t.partitions.len().max(1));
+        let hash = group_id
+            .encode_utf16()
+            .fold(0i32, |h, c| h.wrapping_mul(31).wrapping_add(c as i32));
+        let index = (hash.unsigned_abs() as usize % count) as i32;
+        self.partition(OFFSETS_TOPIC, index)
+    }
+
+    /// Replicates a consumer-group change through its offsets partition.
+    pub async fn propose_group_change(
+        &self,
+        handle: &PartitionHandle,
+        change: GroupCommand,
+    ) -> Result<(), BrokerError> {
+        match handle.raft.client_write(Command::Group(change)).await {
+            Ok(response) => match response.data {
+                CommandResponse::Empty => Ok(()),
+                other => Err(BrokerError::InvalidRequest(format!(
+                    "unexpected offsets answer {other:?}"
+                ))),
+            },
+            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_))) => Err(BrokerError::NotCoordinator),
+            Err(err) => Err(BrokerError::LeaderNotAvailable(err.to_string())),
+        }
     }
 
     /// Replicates `batches` through the partition's Raft group; returns (base offset, log start offset).

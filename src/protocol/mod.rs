@@ -5,21 +5,40 @@ pub mod api_versions;
 pub mod codec;
 pub mod create_partitions;
 pub mod create_topics;
+pub mod delete_groups;
 pub mod delete_topics;
 pub mod describe_cluster;
 pub mod describe_configs;
+pub mod describe_groups;
 pub mod fetch;
+pub mod find_coordinator;
+pub mod heartbeat;
+pub mod join_group;
+pub mod leave_group;
+pub mod list_groups;
 pub mod list_offsets;
 pub mod metadata;
+pub mod offset_commit;
+pub mod offset_delete;
+pub mod offset_fetch;
 pub mod produce;
+pub mod sync_group;
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 use kafka_protocol::messages::{ApiKey, RequestKind, ResponseKind};
 use kafka_protocol::protocol::{StrBytes, VersionRange};
 
 use crate::cluster::Cluster;
+use crate::group::coordinator::GroupCoordinator;
 use codec::Request;
+
+/// What request handlers work with.
+pub struct Broker {
+    pub cluster: Arc<Cluster>,
+    pub groups: Arc<GroupCoordinator>,
+}
 
 /// Every API this broker answers, with the versions it speaks. Ranges stop
 /// before versions that address topics only by id, which this broker does not
@@ -29,11 +48,22 @@ pub const SUPPORTED_APIS: &[(ApiKey, VersionRange)] = &[
     (ApiKey::Fetch, fetch::VERSIONS),
     (ApiKey::ListOffsets, list_offsets::VERSIONS),
     (ApiKey::Metadata, metadata::VERSIONS),
+    (ApiKey::OffsetCommit, offset_commit::VERSIONS),
+    (ApiKey::OffsetFetch, offset_fetch::VERSIONS),
+    (ApiKey::FindCoordinator, find_coordinator::VERSIONS),
+    (ApiKey::JoinGroup, join_group::VERSIONS),
+    (ApiKey::Heartbeat, heartbeat::VERSIONS),
+    (ApiKey::LeaveGroup, leave_group::VERSIONS),
+    (ApiKey::SyncGroup, sync_group::VERSIONS),
+    (ApiKey::DescribeGroups, describe_groups::VERSIONS),
+    (ApiKey::ListGroups, list_groups::VERSIONS),
     (ApiKey::ApiVersions, api_versions::VERSIONS),
     (ApiKey::CreateTopics, create_topics::VERSIONS),
     (ApiKey::DeleteTopics, delete_topics::VERSIONS),
     (ApiKey::DescribeConfigs, describe_configs::VERSIONS),
     (ApiKey::CreatePartitions, create_partitions::VERSIONS),
+    (ApiKey::DeleteGroups, delete_groups::VERSIONS),
+    (ApiKey::OffsetDelete, offset_delete::VERSIONS),
     (ApiKey::DescribeCluster, describe_cluster::VERSIONS),
 ];
 
@@ -46,24 +76,42 @@ pub fn supported_versions(api_key: ApiKey) -> Option<VersionRange> {
 
 /// Runs the handler of a decoded request. `None` means no response is sent
 /// (Produce with acks=0).
-pub async fn handle(cluster: Arc<Cluster>, request: Request) -> Option<ResponseKind> {
+pub async fn handle(broker: Arc<Broker>, peer: SocketAddr, request: Request) -> Option<ResponseKind> {
     let version = request.header.request_api_version;
+    let cluster = &broker.cluster;
+    let groups = &broker.groups;
     let response = match request.body {
         RequestKind::ApiVersions(_) => ResponseKind::ApiVersions(api_versions::handle()),
-        RequestKind::Metadata(req) => ResponseKind::Metadata(metadata::handle(&cluster, version, req).await),
-        RequestKind::Produce(req) => match produce::handle(&cluster, req).await {
+        RequestKind::Metadata(req) => ResponseKind::Metadata(metadata::handle(cluster, version, req).await),
+        RequestKind::Produce(req) => match produce::handle(cluster, req).await {
             Some(response) => ResponseKind::Produce(response),
             None => return None,
         },
-        RequestKind::Fetch(req) => ResponseKind::Fetch(fetch::handle(&cluster, req).await),
-        RequestKind::ListOffsets(req) => ResponseKind::ListOffsets(list_offsets::handle(&cluster, req)),
-        RequestKind::CreateTopics(req) => ResponseKind::CreateTopics(create_topics::handle(&cluster, req).await),
-        RequestKind::DeleteTopics(req) => ResponseKind::DeleteTopics(delete_topics::handle(&cluster, req).await),
+        RequestKind::Fetch(req) => ResponseKind::Fetch(fetch::handle(cluster, req).await),
+        RequestKind::ListOffsets(req) => ResponseKind::ListOffsets(list_offsets::handle(cluster, req)),
+        RequestKind::CreateTopics(req) => ResponseKind::CreateTopics(create_topics::handle(cluster, req).await),
+        RequestKind::DeleteTopics(req) => ResponseKind::DeleteTopics(delete_topics::handle(cluster, req).await),
         RequestKind::CreatePartitions(req) => {
-            ResponseKind::CreatePartitions(create_partitions::handle(&cluster, req).await)
+            ResponseKind::CreatePartitions(create_partitions::handle(cluster, req).await)
         }
-        RequestKind::DescribeConfigs(req) => ResponseKind::DescribeConfigs(describe_configs::handle(&cluster, req)),
-        RequestKind::DescribeCluster(_) => ResponseKind::DescribeCluster(describe_cluster::handle(&cluster)),
+        RequestKind::DescribeConfigs(req) => ResponseKind::DescribeConfigs(describe_configs::handle(cluster, req)),
+        RequestKind::DescribeCluster(_) => ResponseKind::DescribeCluster(describe_cluster::handle(cluster)),
+        RequestKind::FindCoordinator(req) => {
+            ResponseKind::FindCoordinator(find_coordinator::handle(cluster, version, req).await)
+        }
+        RequestKind::JoinGroup(req) => {
+            let client_id = request.header.client_id.map(|id| id.to_string()).unwrap_or_default();
+            ResponseKind::JoinGroup(join_group::handle(groups, version, client_id, peer, req).await)
+        }
+        RequestKind::SyncGroup(req) => ResponseKind::SyncGroup(sync_group::handle(groups, req).await),
+        RequestKind::Heartbeat(req) => ResponseKind::Heartbeat(heartbeat::handle(groups, req).await),
+        RequestKind::LeaveGroup(req) => ResponseKind::LeaveGroup(leave_group::handle(groups, version, req).await),
+        RequestKind::OffsetCommit(req) => ResponseKind::OffsetCommit(offset_commit::handle(cluster, groups, req).await),
+        RequestKind::OffsetFetch(req) => ResponseKind::OffsetFetch(offset_fetch::handle(groups, version, req).await),
+        RequestKind::ListGroups(req) => ResponseKind::ListGroups(list_groups::handle(groups, req).await),
+        RequestKind::DescribeGroups(req) => ResponseKind::DescribeGroups(describe_groups::handle(groups, req).await),
+        RequestKind::DeleteGroups(req) => ResponseKind::DeleteGroups(delete_groups::handle(groups, req).await),
+        RequestKind::OffsetDelete(req) => ResponseKind::OffsetDelete(offset_delete::handle(groups, req).await),
         other => {
             // decode_request only lets through the keys of SUPPORTED_APIS.
             tracing::error!(api = ?request.api_key, "no handler for {other:?}");

@@ -8,6 +8,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use super::{GroupId, NodeId};
+use crate::group::store::GroupCommand;
 use crate::storage::batch::ValidatedBatch;
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -25,6 +26,8 @@ pub enum Command {
     CreatePartitions { name: String, replicas: Vec<Vec<NodeId>> },
     /// Partition: append validated record batches.
     Append { batches: Vec<ValidatedBatch> },
+    /// Offsets partition: a consumer group change.
+    Group(GroupCommand),
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]

@@ -17,6 +17,7 @@ use super::log_store::{blocking, io_error};
 use super::snapshot::{load_into_store, read_applied_state, SnapshotDir};
 use super::{GroupId, LogId, RaftStorageError, SnapshotMeta, StoredMembership, TypeConfig};
 use crate::cluster::metadata::ClusterState;
+use crate::group::store::SharedGroups;
 use crate::storage::keys::{self, CF_SM_STATE, TAG_APPLIED, TAG_CLUSTER};
 use crate::storage::partition::{PartitionLog, PartitionOffsets};
 use crate::storage::{StorageError, Store};
@@ -36,10 +37,18 @@ pub enum GroupRole {
         /// Bumped on every append to any partition; wakes long-polling fetches.
         appends: Arc<watch::Sender<u64>>,
     },
+    /// A `__consumer_offsets` partition: committed offsets of consumer groups.
+    Offsets { groups: SharedGroups },
 }
 
 impl GroupRole {
-    fn apply(&mut self, write: &mut WriteBatch, command: &Command) -> Result<CommandResponse, StorageError> {
+    fn apply(
+        &mut self,
+        write: &mut WriteBatch,
+        command: &Command,
+        store: &Store,
+        group: GroupId,
+    ) -> Result<CommandResponse, StorageError> {
         match (self, command) {
             (GroupRole::Partition { log, offsets, .. }, Command::Append { batches }) => {
                 let base_offset = log.stage_append(write, offsets, batches)?;
@@ -48,9 +57,15 @@ impl GroupRole {
                     log_start_offset: offsets.log_start_offset,
                 })
             }
-            (GroupRole::Controller { cluster, .. }, command) if !matches!(command, Command::Append { .. }) => {
-                Ok(CommandResponse::Controller(cluster.apply(command)))
+            (GroupRole::Offsets { groups }, Command::Group(change)) => {
+                let mut groups = groups.write().unwrap_or_else(|poisoned| poisoned.into_inner());
+                crate::group::store::apply(&mut groups, change, store, group, write)?;
+                Ok(CommandResponse::Empty)
             }
+            (
+                GroupRole::Controller { cluster, .. },
+                Command::CreateTopic { .. } | Command::DeleteTopic { .. } | Command::CreatePartitions { .. },
+            ) => Ok(CommandResponse::Controller(cluster.apply(command))),
             _ => Ok(CommandResponse::WrongGroup),
         }
     }
@@ -75,6 +90,10 @@ impl GroupRole {
                 };
             }
             GroupRole::Partition { log, offsets, .. } => *offsets = log.load_offsets()?,
+            GroupRole::Offsets { groups } => {
+                let loaded = crate::group::store::load(store, group)?;
+                *groups.write().unwrap_or_else(|poisoned| poisoned.into_inner()) = loaded;
+            }
         }
         Ok(())
     }
@@ -93,6 +112,8 @@ impl GroupRole {
                 published.send_replace(*offsets);
                 appends.send_modify(|count| *count = count.wrapping_add(1));
             }
+            // Readers share the map the state machine updates.
+            GroupRole::Offsets { .. } => {}
         }
     }
 }
@@ -140,7 +161,7 @@ impl GroupStateMachine {
             self.applied = Some(entry.log_id);
             let response = match entry.payload {
                 EntryPayload::Blank => CommandResponse::Empty,
-                EntryPayload::Normal(command) => self.role.apply(&mut write, &command)?,
+                EntryPayload::Normal(command) => self.role.apply(&mut write, &command, &self.store, self.group)?,
                 EntryPayload::Membership(membership) => {
                     self.membership = StoredMembership::new(Some(entry.log_id), membership);
                     CommandResponse::Empty

@@ -24,9 +24,10 @@ pub const TAG_VOTE: u8 = 1;
 pub const TAG_COMMITTED: u8 = 2;
 pub const TAG_LAST_PURGED: u8 = 3;
 pub const TAG_APPLIED: u8 = 10;
-pub const TAG_MEMBERSHIP: u8 = 11;
 pub const TAG_PARTITION: u8 = 12;
 pub const TAG_CLUSTER: u8 = 13;
+/// Followed by the consumer group's name: one key per group.
+pub const TAG_CONSUMER_GROUP: u8 = 14;
 
 pub fn group_u64_key(group: u64, value: u64) -> [u8; 16] {
     let mut key = [0u8; 16];

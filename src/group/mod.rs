@@ -1,0 +1,7 @@
+//! Consumer groups (the classic protocol). Membership and rebalances live in
+//! memory on the coordinator ([`coordinator`]); committed offsets and group
+//! generations are replicated through the `__consumer_offsets` partitions
+//! ([`store`]), so they survive restarts and fail over with Raft leadership.
+
+pub mod coordinator;
+pub mod store;

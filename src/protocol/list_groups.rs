@@ -1,0 +1,36 @@
+//! ListGroups: the groups this coordinator knows, optionally filtered by state.
+
+use kafka_protocol::messages::list_groups_response::ListedGroup;
+use kafka_protocol::messages::{GroupId, ListGroupsRequest, ListGroupsResponse};
+use kafka_protocol::protocol::VersionRange;
+
+use super::str_bytes;
+use crate::group::coordinator::GroupCoordinator;
+
+pub const VERSIONS: VersionRange = VersionRange { min: 0, max: 4 };
+
+pub async fn handle(groups: &GroupCoordinator, request: ListGroupsRequest) -> ListGroupsResponse {
+    let listed = match groups.list().await {
+        Ok(listed) => listed,
+        Err(err) => return ListGroupsResponse::default().with_error_code(err.code()),
+    };
+    let wanted = |state: &str| {
+        request.states_filter.is_empty()
+            || request
+                .states_filter
+                .iter()
+                .any(|s| s.as_str().eq_ignore_ascii_case(state))
+    };
+    let groups = listed
+        .into_iter()
+        .filter(|(_, _, state)| wanted(state))
+        .map(|(name, protocol_type, state)| {
+            ListedGroup::default()
+                .with_group_id(GroupId(str_bytes(name)))
+                .with_protocol_type(str_bytes(protocol_type))
+                .with_group_state(str_bytes(state))
+                .with_group_type(str_bytes("classic"))
+        })
+        .collect();
+    ListGroupsResponse::default().with_groups(groups)
+}

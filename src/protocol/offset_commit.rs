@@ -1,0 +1,91 @@
+//! OffsetCommit: committed offsets are replicated by the group's offsets partition.
+
+use kafka_protocol::messages::offset_commit_response::{OffsetCommitResponsePartition, OffsetCommitResponseTopic};
+use kafka_protocol::messages::{OffsetCommitRequest, OffsetCommitResponse};
+use kafka_protocol::protocol::VersionRange;
+
+use crate::cluster::Cluster;
+use crate::error::BrokerError;
+use crate::group::coordinator::GroupCoordinator;
+use crate::group::store::CommittedOffset;
+
+pub const VERSIONS: VersionRange = VersionRange { min: 2, max: 8 };
+
+pub async fn handle(
+    cluster: &Cluster,
+    groups: &GroupCoordinator,
+    request: OffsetCommitRequest,
+) -> OffsetCommitResponse {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64);
+    let metadata = cluster.metadata();
+    // Offsets of partitions that do not exist are refused one by one; the rest commit together.
+    let mut codes: Vec<Vec<i16>> = Vec::new();
+    let mut offsets = Vec::new();
+    for topic in &request.topics {
+        let count = metadata
+            .topics
+            .get(topic.name.0.as_str())
+            .map_or(0, |t| t.partitions.len() as i32);
+        let topic_codes = topic
+            .partitions
+            .iter()
+            .map(|p| {
+                if p.partition_index < 0 || p.partition_index >= count {
+                    return BrokerError::UnknownTopicOrPartition.code();
+                }
+                let committed = CommittedOffset {
+                    offset: p.committed_offset,
+                    leader_epoch: p.committed_leader_epoch,
+                    metadata: p.committed_metadata.as_ref().map(|m| m.to_string()),
+                    commit_timestamp: now,
+                };
+                offsets.push((topic.name.0.to_string(), p.partition_index, committed));
+                0
+            })
+            .collect();
+        codes.push(topic_codes);
+    }
+    let result = if offsets.is_empty() {
+        Ok(())
+    } else {
+        groups
+            .commit(
+                request.group_id.0.as_str(),
+                request.generation_id_or_member_epoch,
+                request.member_id.as_str(),
+                offsets,
+            )
+            .await
+    };
+    if let Err(err) = &result {
+        tracing::debug!(group = request.group_id.0.as_str(), error = %err, "offset commit refused");
+    }
+    let topics = request
+        .topics
+        .into_iter()
+        .zip(codes)
+        .map(|(topic, topic_codes)| {
+            let partitions = topic
+                .partitions
+                .iter()
+                .zip(topic_codes)
+                .map(|(p, code)| {
+                    let code = if code != 0 {
+                        code
+                    } else {
+                        result.as_ref().err().map_or(0, BrokerError::code)
+                    };
+                    OffsetCommitResponsePartition::default()
+                        .with_partition_index(p.partition_index)
+                        .with_error_code(code)
+                })
+                .collect();
+            OffsetCommitResponseTopic::default()
+                .with_name(topic.name)
+                .with_partitions(partitions)
+        })
+        .collect();
+    OffsetCommitResponse::default().with_topics(topics)
+}
