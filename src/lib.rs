@@ -13,9 +13,11 @@
 //!   machine, snapshots and network.
 //! - [`storage`]: the RocksDB key layout, record batch validation and partition reads.
 //! - [`error`]: broker errors and their single mapping to Kafka error codes.
+//! - [`admin`]: `rafka groups`, a consumer-group and lag report over the Kafka protocol.
 //! - [`config`]: configuration files plus environment overrides.
 //! - [`huge_alloc`]: the global allocator that keeps absurd decoded sizes from aborting.
 
+pub mod admin;
 pub mod cluster;
 pub mod config;
 pub mod error;

@@ -20,6 +20,18 @@ struct Args {
     /// Configuration file; every key can be overridden by RAFKA_<KEY>.
     #[arg(long, short, default_value = "configs/single-node.toml")]
     config: PathBuf,
+    #[command(subcommand)]
+    command: Option<Tool>,
+}
+
+#[derive(clap::Subcommand)]
+enum Tool {
+    /// List consumer groups with members, assignments, committed offsets and lag.
+    Groups {
+        /// A broker to ask, host:port.
+        #[arg(long, default_value = "127.0.0.1:9092")]
+        bootstrap: String,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
@@ -28,6 +40,9 @@ fn main() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .init();
     let args = Args::parse();
+    if let Some(Tool::Groups { bootstrap }) = args.command {
+        return rafka::admin::print_groups(&bootstrap);
+    }
     let cfg = BrokerConfig::load(&args.config).with_context(|| format!("loading {}", args.config.display()))?;
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -1,0 +1,172 @@
+//! `rafka groups`: lists consumer groups, their members and assignments,
+//! committed offsets and lag, speaking the Kafka protocol to any broker.
+
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::Duration;
+
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use kafka_protocol::messages::list_offsets_request::{ListOffsetsPartition, ListOffsetsTopic};
+use kafka_protocol::messages::{
+    ApiKey, BrokerId, ConsumerProtocolAssignment, DescribeGroupsRequest, GroupId, ListGroupsRequest,
+    ListOffsetsRequest, OffsetFetchRequest, RequestHeader, RequestKind, ResponseHeader, ResponseKind,
+};
+use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
+
+const TIMEOUT: Duration = Duration::from_secs(30);
+
+/// A blocking connection that sends one request at a time.
+pub struct AdminClient {
+    stream: TcpStream,
+    correlation: i32,
+}
+
+impl AdminClient {
+    pub fn connect(bootstrap: &str) -> anyhow::Result<Self> {
+        let stream = TcpStream::connect(bootstrap)?;
+        stream.set_read_timeout(Some(TIMEOUT))?;
+        Ok(AdminClient { stream, correlation: 0 })
+    }
+
+    pub fn request(&mut self, api_key: ApiKey, version: i16, body: RequestKind) -> anyhow::Result<ResponseKind> {
+        self.correlation += 1;
+        let header = RequestHeader::default()
+            .with_request_api_key(api_key as i16)
+            .with_request_api_version(version)
+            .with_correlation_id(self.correlation)
+            .with_client_id(Some(StrBytes::from_static_str("rafka-admin")));
+        let mut frame = BytesMut::new();
+        frame.put_i32(0);
+        header.encode(&mut frame, api_key.request_header_version(version))?;
+        body.encode(&mut frame, version)?;
+        let size = (frame.len() - 4) as i32;
+        frame[..4].copy_from_slice(&size.to_be_bytes());
+        self.stream.write_all(&frame)?;
+        let mut size = [0u8; 4];
+        self.stream.read_exact(&mut size)?;
+        let mut response = vec![0u8; usize::try_from(i32::from_be_bytes(size))?];
+        self.stream.read_exact(&mut response)?;
+        let mut response = Bytes::from(response);
+        let header = ResponseHeader::decode(&mut response, api_key.response_header_version(version))?;
+        anyhow::ensure!(header.correlation_id == self.correlation, "response out of order");
+        ResponseKind::decode(api_key, &mut response, version)
+    }
+}
+
+fn group_id(name: &str) -> GroupId {
+    GroupId(StrBytes::from_string(name.to_string()))
+}
+
+/// Prints one line per (group, topic, partition) with its owner and lag.
+pub fn print_groups(bootstrap: &str) -> anyhow::Result<()> {
+    let mut client = AdminClient::connect(bootstrap)?;
+    let ResponseKind::ListGroups(listed) = client.request(
+        ApiKey::ListGroups,
+        4,
+        RequestKind::ListGroups(ListGroupsRequest::default()),
+    )?
+    else {
+        anyhow::bail!("unexpected ListGroups answer");
+    };
+    println!(
+        "{:<24} {:<20} {:<28} {:<40} {:>9} {:>12} {:>12} {:>8}",
+        "GROUP", "STATE", "TOPIC-PARTITION", "MEMBER", "CLIENT", "COMMITTED", "END", "LAG"
+    );
+    for group in listed.groups {
+        let name = group.group_id.0.to_string();
+        let owners = owners(&mut client, &name)?;
+        let request = OffsetFetchRequest::default()
+            .with_group_id(group_id(&name))
+            .with_topics(None);
+        let ResponseKind::OffsetFetch(fetched) =
+            client.request(ApiKey::OffsetFetch, 7, RequestKind::OffsetFetch(request))?
+        else {
+            anyhow::bail!("unexpected OffsetFetch answer");
+        };
+        let mut committed: BTreeMap<(String, i32), i64> = BTreeMap::new();
+        for topic in fetched.topics {
+            for p in topic.partitions {
+                committed.insert((topic.name.0.to_string(), p.partition_index), p.committed_offset);
+            }
+        }
+        let mut partitions: Vec<(String, i32)> = committed.keys().cloned().collect();
+        partitions.extend(owners.keys().cloned());
+        partitions.sort();
+        partitions.dedup();
+        for (topic, partition) in partitions {
+            let end = end_offset(&mut client, &topic, partition)?;
+            let done = committed.get(&(topic.clone(), partition)).copied().unwrap_or(-1);
+            let lag = if done >= 0 && end >= 0 {
+                (end - done).to_string()
+            } else {
+                "-".to_string()
+            };
+            let (member, client_id) = owners.get(&(topic.clone(), partition)).cloned().unwrap_or_default();
+            println!(
+                "{:<24} {:<20} {:<28} {:<40} {:>9} {:>12} {:>12} {:>8}",
+                name,
+                group.group_state.as_str(),
+                format!("{topic}-{partition}"),
+                member,
+                client_id,
+                done,
+                end,
+                lag
+            );
+        }
+    }
+    Ok(())
+}
+
+/// Which member (and client id) owns each partition, from the members' assignments.
+fn owners(client: &mut AdminClient, name: &str) -> anyhow::Result<BTreeMap<(String, i32), (String, String)>> {
+    let request = DescribeGroupsRequest::default().with_groups(vec![group_id(name)]);
+    let ResponseKind::DescribeGroups(described) =
+        client.request(ApiKey::DescribeGroups, 5, RequestKind::DescribeGroups(request))?
+    else {
+        anyhow::bail!("unexpected DescribeGroups answer");
+    };
+    let mut owners = BTreeMap::new();
+    for member in described.groups.into_iter().flat_map(|g| g.members) {
+        let mut raw = member.member_assignment.clone();
+        if raw.remaining() < 2 {
+            continue;
+        }
+        let version = raw.get_i16();
+        let Ok(assignment) = ConsumerProtocolAssignment::decode(&mut raw, version) else {
+            continue;
+        };
+        for topic in assignment.assigned_partitions {
+            for partition in topic.partitions {
+                owners.insert(
+                    (topic.topic.0.to_string(), partition),
+                    (member.member_id.to_string(), member.client_id.to_string()),
+                );
+            }
+        }
+    }
+    Ok(owners)
+}
+
+fn end_offset(client: &mut AdminClient, topic: &str, partition: i32) -> anyhow::Result<i64> {
+    let request = ListOffsetsRequest::default()
+        .with_replica_id(BrokerId(-1))
+        .with_topics(vec![ListOffsetsTopic::default()
+            .with_name(kafka_protocol::messages::TopicName(StrBytes::from_string(
+                topic.to_string(),
+            )))
+            .with_partitions(vec![ListOffsetsPartition::default()
+                .with_partition_index(partition)
+                .with_timestamp(-1)])]);
+    let ResponseKind::ListOffsets(offsets) =
+        client.request(ApiKey::ListOffsets, 6, RequestKind::ListOffsets(request))?
+    else {
+        anyhow::bail!("unexpected ListOffsets answer");
+    };
+    Ok(offsets
+        .topics
+        .first()
+        .and_then(|t| t.partitions.first())
+        .map_or(-1, |p| if p.error_code == 0 { p.offset } else { -1 }))
+}
