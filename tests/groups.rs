@@ -164,6 +164,23 @@ fn a_member_joins_syncs_commits_and_its_offsets_survive_restart() {
         "nothing stored for the refused commit"
     );
 
+    let report = std::process::Command::new(env!("CARGO_BIN_EXE_rafka"))
+        .args(["groups", "--bootstrap", &format!("127.0.0.1:{}", broker.port)])
+        .output()
+        .unwrap();
+    let report = String::from_utf8_lossy(&report.stdout);
+    let row = report
+        .lines()
+        .find(|line| line.starts_with("g "))
+        .unwrap_or_else(|| panic!("no row for g in {report}"));
+    let columns: Vec<&str> = row.split_whitespace().collect();
+    assert_eq!(&columns[..3], ["g", "Stable", "orders-0"], "{report}");
+    assert_eq!(
+        &columns[columns.len() - 3..],
+        ["42", "0", "-42"],
+        "committed, end offset and lag: {report}"
+    );
+
     let delete = || RequestKind::DeleteGroups(DeleteGroupsRequest::default().with_groups_names(vec![GroupId(s("g"))]));
     assert_eq!(
         error_code(client.request(ApiKey::DeleteGroups, 2, delete())),
