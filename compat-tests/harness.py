@@ -3,6 +3,9 @@
 Starts the broker binary on free loopback ports with a fresh data directory,
 waits (with a deadline) until it answers a Kafka Metadata request, and records
 named checks, ending with the plain `N passed, N failed` line.
+
+Environment: RAFKA_BIN (broker binary), RAFKA_READY_TIMEOUT (startup deadline,
+default 30 s), RAFKA_COMPAT_KEEP_TMP=1 (keep each broker's data dir and log).
 """
 
 import contextlib
@@ -122,6 +125,7 @@ class Broker:
         self.starts = 0
         env = dict(os.environ)
         env.setdefault("RUST_LOG", "info")
+        env.setdefault("NO_COLOR", "1")  # plain broker.log without ANSI colour codes
         env.update({
             "RAFKA_LISTENER": self.bootstrap,
             "RAFKA_ADVERTISED_LISTENER": self.bootstrap,
@@ -201,7 +205,10 @@ class Broker:
         try:
             self.stop()
         finally:
-            shutil.rmtree(self.tmp, ignore_errors=True)
+            if os.environ.get("RAFKA_COMPAT_KEEP_TMP"):
+                print(f"kept broker data and log in {self.tmp}", file=sys.stderr)
+            else:
+                shutil.rmtree(self.tmp, ignore_errors=True)
 
     def log_tail(self, lines=LOG_TAIL_LINES):
         try:
@@ -321,15 +328,17 @@ def _short(value, limit=300):
     return text if len(text) <= limit else text[:limit] + f"... ({len(text)} chars)"
 
 
-def run_suite(suite, body, **broker_kwargs):
-    """Start a broker, run `body(broker, results)`, stop the broker, print the totals, exit.
-
-    SIGTERM/SIGINT unwind normally so the broker and temp dir are always cleaned up.
-    """
+def exit_on_sigterm():
+    """Turn SIGTERM into SystemExit so `with Broker()` blocks still stop the broker and clean up."""
     def on_signal(signum, _frame):
         raise SystemExit(128 + signum)
 
     signal.signal(signal.SIGTERM, on_signal)
+
+
+def run_suite(suite, body, **broker_kwargs):
+    """Start a broker, run `body(broker, results)`, stop the broker, print the totals, exit."""
+    exit_on_sigterm()
     results = Results(suite)
     try:
         with results.check("broker starts and answers Metadata", timeout=READY_TIMEOUT + 15):

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """kafka-python compatibility checks against rafka.
 
-Consumer groups are not supported by the broker: KafkaConsumer uses
+Consumer groups are outside the broker contract (not supported yet): KafkaConsumer uses
 group_id=None with assign()/seek(), never subscribe() and never commits.
 The producer sets enable_idempotence=False (kafka-python >= 3 defaults to an
 idempotent producer, which needs InitProducerId).
