@@ -2,7 +2,7 @@
 
 use kafka_protocol::error::ResponseError;
 
-use crate::raft::command::ControllerRefusal;
+use crate::raft::command::{ControllerRefusal, ProduceRefusal};
 use crate::storage::batch::BatchError;
 use crate::storage::StorageError;
 
@@ -61,6 +61,12 @@ pub enum BrokerError {
     #[error("the group has members subscribed to the topic")]
     GroupSubscribedToTopic,
     #[error(transparent)]
+    Produce(#[from] ProduceRefusal),
+    #[error("acks={0} is not one of -1, 0, 1")]
+    InvalidRequiredAcks(i16),
+    #[error("transactions are not supported")]
+    TransactionsUnsupported,
+    #[error(transparent)]
     Batch(#[from] BatchError),
     #[error(transparent)]
     Storage(#[from] StorageError),
@@ -103,6 +109,10 @@ impl BrokerError {
             BrokerError::GroupIdNotFound => ResponseError::GroupIdNotFound,
             BrokerError::NonEmptyGroup => ResponseError::NonEmptyGroup,
             BrokerError::GroupSubscribedToTopic => ResponseError::GroupSubscribedToTopic,
+            BrokerError::Produce(ProduceRefusal::OutOfOrderSequence) => ResponseError::OutOfOrderSequenceNumber,
+            BrokerError::Produce(ProduceRefusal::InvalidProducerEpoch) => ResponseError::InvalidProducerEpoch,
+            BrokerError::TransactionsUnsupported => ResponseError::TransactionalIdAuthorizationFailed,
+            BrokerError::InvalidRequiredAcks(_) => ResponseError::InvalidRequiredAcks,
             BrokerError::Batch(BatchError::Corrupt(_)) => ResponseError::CorruptMessage,
             BrokerError::Batch(BatchError::TooLarge { .. }) => ResponseError::MessageTooLarge,
             BrokerError::Batch(BatchError::UnsupportedMagic(_)) => ResponseError::UnsupportedForMessageFormat,
@@ -162,6 +172,10 @@ mod tests {
             (BrokerError::NonEmptyGroup, 68),
             (BrokerError::GroupIdNotFound, 69),
             (BrokerError::MemberIdRequired("m".into()), 79),
+            (BrokerError::Produce(ProduceRefusal::OutOfOrderSequence), 45),
+            (BrokerError::Produce(ProduceRefusal::InvalidProducerEpoch), 47),
+            (BrokerError::TransactionsUnsupported, 53),
+            (BrokerError::InvalidRequiredAcks(2), 21),
             (BrokerError::GroupSubscribedToTopic, 86),
             (BrokerError::from(ControllerRefusal::UnknownTopic), 3),
         ];

@@ -14,6 +14,8 @@ pub struct ClusterState {
     /// The last partition group id handed out (0 is the controller's own group);
     /// ids are never reused, so a deleted topic's data can never be mistaken for a new one's.
     pub next_group: GroupId,
+    /// The last idempotent producer id handed out.
+    pub last_producer_id: i64,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -75,8 +77,13 @@ impl ClusterState {
                 }
                 Ok(groups)
             }
-            Command::Append { .. } | Command::Group(_) => Ok(Vec::new()),
+            Command::Append { .. } | Command::Group(_) | Command::AllocateProducerId => Ok(Vec::new()),
         }
+    }
+
+    pub fn allocate_producer_id(&mut self) -> i64 {
+        self.last_producer_id += 1;
+        self.last_producer_id
     }
 
     fn assign_groups(&mut self, replicas: &[Vec<NodeId>]) -> Vec<PartitionAssignment> {

@@ -223,6 +223,7 @@ impl Cluster {
             None => GroupRole::Partition {
                 log: log.clone(),
                 offsets: PartitionOffsets::default(),
+                producers: Default::default(),
                 published,
                 appends: self.appends.clone(),
             },
@@ -353,6 +354,20 @@ impl Cluster {
             .map_err(|err| BrokerError::LeaderNotAvailable(err.to_string()))
     }
 
+    /// A new idempotent producer id, unique in the cluster.
+    pub async fn allocate_producer_id(&self) -> Result<i64, BrokerError> {
+        match self.controller.client_write(Command::AllocateProducerId).await {
+            Ok(response) => match response.data {
+                CommandResponse::ProducerId(id) => Ok(id),
+                other => Err(BrokerError::InvalidRequest(format!(
+                    "unexpected controller answer {other:?}"
+                ))),
+            },
+            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_))) => Err(BrokerError::NotController),
+            Err(err) => Err(BrokerError::LeaderNotAvailable(err.to_string())),
+        }
+    }
+
     /// Checks that `name` exists and has fewer than `total` partitions; returns the topic.
     pub fn check_partition_growth(&self, name: &str, total: i32) -> Result<TopicState, BrokerError> {
         let topic = self
@@ -466,6 +481,7 @@ impl Cluster {
                     base_offset,
                     log_start_offset,
                 } => Ok((base_offset, log_start_offset)),
+                CommandResponse::ProduceRefused(refusal) => Err(BrokerError::from(refusal)),
                 other => Err(BrokerError::InvalidRequest(format!(
                     "unexpected partition answer {other:?}"
                 ))),

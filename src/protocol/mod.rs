@@ -13,6 +13,7 @@ pub mod describe_groups;
 pub mod fetch;
 pub mod find_coordinator;
 pub mod heartbeat;
+pub mod init_producer_id;
 pub mod join_group;
 pub mod leave_group;
 pub mod list_groups;
@@ -62,6 +63,7 @@ pub const SUPPORTED_APIS: &[(ApiKey, VersionRange)] = &[
     (ApiKey::DeleteTopics, delete_topics::VERSIONS),
     (ApiKey::DescribeConfigs, describe_configs::VERSIONS),
     (ApiKey::CreatePartitions, create_partitions::VERSIONS),
+    (ApiKey::InitProducerId, init_producer_id::VERSIONS),
     (ApiKey::DeleteGroups, delete_groups::VERSIONS),
     (ApiKey::OffsetDelete, offset_delete::VERSIONS),
     (ApiKey::DescribeCluster, describe_cluster::VERSIONS),
@@ -103,6 +105,7 @@ pub async fn handle(broker: Arc<Broker>, peer: SocketAddr, request: Request) -> 
             let client_id = request.header.client_id.map(|id| id.to_string()).unwrap_or_default();
             ResponseKind::JoinGroup(join_group::handle(groups, version, client_id, peer, req).await)
         }
+        RequestKind::InitProducerId(req) => ResponseKind::InitProducerId(init_producer_id::handle(cluster, req).await),
         RequestKind::SyncGroup(req) => ResponseKind::SyncGroup(sync_group::handle(groups, req).await),
         RequestKind::Heartbeat(req) => ResponseKind::Heartbeat(heartbeat::handle(groups, req).await),
         RequestKind::LeaveGroup(req) => ResponseKind::LeaveGroup(leave_group::handle(groups, version, req).await),

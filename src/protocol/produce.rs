@@ -3,7 +3,6 @@
 
 use bytes::Bytes;
 use futures::future::join_all;
-use kafka_protocol::error::ResponseError;
 use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
 use kafka_protocol::messages::produce_response::{PartitionProduceResponse, TopicProduceResponse};
 use kafka_protocol::messages::{ProduceRequest, ProduceResponse};
@@ -19,13 +18,15 @@ pub const VERSIONS: VersionRange = VersionRange { min: 3, max: 9 };
 /// Returns `None` for acks=0, which Kafka never answers.
 pub async fn handle(cluster: &Cluster, request: ProduceRequest) -> Option<ProduceResponse> {
     let acks = request.acks;
-    if request.transactional_id.is_some() || !matches!(acks, -1..=1) {
-        let code = if request.transactional_id.is_some() {
-            ResponseError::TransactionalIdAuthorizationFailed.code()
-        } else {
-            ResponseError::InvalidRequiredAcks.code()
-        };
-        return Some(reject_all(request.topic_data, code));
+    let refusal = if request.transactional_id.is_some() {
+        Some(BrokerError::TransactionsUnsupported)
+    } else if !matches!(acks, -1..=1) {
+        Some(BrokerError::InvalidRequiredAcks(acks))
+    } else {
+        None
+    };
+    if let Some(refusal) = refusal {
+        return Some(reject_all(request.topic_data, refusal.code()));
     }
     // Every partition's proposal is started before any is awaited: join_all polls
     // in order, so batches reach each Raft group in request order.

@@ -28,6 +28,8 @@ pub enum Command {
     Append { batches: Vec<ValidatedBatch> },
     /// Offsets partition: a consumer group change.
     Group(GroupCommand),
+    /// Controller: hand out the next idempotent producer id.
+    AllocateProducerId,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -36,8 +38,13 @@ pub enum CommandResponse {
     Empty,
     /// The controller applied (or refused) a metadata change.
     Controller(Result<Vec<GroupId>, ControllerRefusal>),
-    /// A partition appended batches starting at `base_offset`.
+    /// A partition appended batches starting at `base_offset` (or had already
+    /// appended them, for a retried idempotent batch).
     Appended { base_offset: i64, log_start_offset: i64 },
+    /// A partition refused an idempotent producer's batches.
+    ProduceRefused(ProduceRefusal),
+    /// The controller allocated a producer id.
+    ProducerId(i64),
     /// The command was sent to a group that does not handle it.
     WrongGroup,
 }
@@ -51,4 +58,13 @@ pub enum ControllerRefusal {
     UnknownTopic,
     #[error("a topic can only grow: it has {current} partitions")]
     PartitionsCannotShrink { current: usize },
+}
+
+/// Why a partition refused an idempotent producer's batch, decided at apply time.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, thiserror::Error)]
+pub enum ProduceRefusal {
+    #[error("sequence number out of order")]
+    OutOfOrderSequence,
+    #[error("the producer's epoch is older than the partition has seen")]
+    InvalidProducerEpoch,
 }

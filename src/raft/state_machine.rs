@@ -20,6 +20,7 @@ use crate::cluster::metadata::ClusterState;
 use crate::group::store::SharedGroups;
 use crate::storage::keys::{self, CF_SM_STATE, TAG_APPLIED, TAG_CLUSTER};
 use crate::storage::partition::{PartitionLog, PartitionOffsets};
+use crate::storage::producers::Producers;
 use crate::storage::{StorageError, Store};
 
 type Entry = openraft::Entry<TypeConfig>;
@@ -33,6 +34,7 @@ pub enum GroupRole {
     Partition {
         log: PartitionLog,
         offsets: PartitionOffsets,
+        producers: Producers,
         published: watch::Sender<PartitionOffsets>,
         /// Bumped on every append to any partition; wakes long-polling fetches.
         appends: Arc<watch::Sender<u64>>,
@@ -50,12 +52,23 @@ impl GroupRole {
         group: GroupId,
     ) -> Result<CommandResponse, StorageError> {
         match (self, command) {
-            (GroupRole::Partition { log, offsets, .. }, Command::Append { batches }) => {
-                let base_offset = log.stage_append(write, offsets, batches)?;
-                Ok(CommandResponse::Appended {
+            (
+                GroupRole::Partition {
+                    log,
+                    offsets,
+                    producers,
+                    ..
+                },
+                Command::Append { batches },
+            ) => Ok(match log.stage_append(write, offsets, producers, batches)? {
+                Ok(base_offset) => CommandResponse::Appended {
                     base_offset,
                     log_start_offset: offsets.log_start_offset,
-                })
+                },
+                Err(refusal) => CommandResponse::ProduceRefused(refusal),
+            }),
+            (GroupRole::Controller { cluster, .. }, Command::AllocateProducerId) => {
+                Ok(CommandResponse::ProducerId(cluster.allocate_producer_id()))
             }
             (GroupRole::Offsets { groups }, Command::Group(change)) => {
                 let mut groups = groups.write().unwrap_or_else(|poisoned| poisoned.into_inner());
@@ -89,7 +102,15 @@ impl GroupRole {
                     None => ClusterState::default(),
                 };
             }
-            GroupRole::Partition { log, offsets, .. } => *offsets = log.load_offsets()?,
+            GroupRole::Partition {
+                log,
+                offsets,
+                producers,
+                ..
+            } => {
+                *offsets = log.load_offsets()?;
+                *producers = log.load_producers()?;
+            }
             GroupRole::Offsets { groups } => {
                 let loaded = crate::group::store::load(store, group)?;
                 *groups.write().unwrap_or_else(|poisoned| poisoned.into_inner()) = loaded;

@@ -34,6 +34,18 @@ pub struct ValidatedBatch {
     pub bytes: Bytes,
     pub record_count: i64,
     pub max_timestamp: i64,
+    /// The idempotent producer that wrote the batch, or -1.
+    pub producer_id: i64,
+    pub producer_epoch: i16,
+    pub base_sequence: i32,
+}
+
+impl ValidatedBatch {
+    /// The sequence number of the batch's last record (sequences wrap at i32::MAX).
+    pub fn last_sequence(&self) -> i32 {
+        let last = i64::from(self.base_sequence) + self.record_count - 1;
+        (last % (i64::from(i32::MAX) + 1)) as i32
+    }
 }
 
 /// Splits a Produce request's `records` into batches and validates each one.
@@ -94,10 +106,14 @@ fn validate_batch(bytes: Bytes) -> Result<ValidatedBatch, BatchError> {
         }
     }
     let max_timestamp = set.records.iter().map(|r| r.timestamp).max().unwrap_or(-1);
+    let first = &set.records[0];
     Ok(ValidatedBatch {
         bytes,
         record_count: set.records.len() as i64,
         max_timestamp,
+        producer_id: first.producer_id,
+        producer_epoch: first.producer_epoch,
+        base_sequence: first.sequence,
     })
 }
 

@@ -28,6 +28,8 @@ pub const TAG_PARTITION: u8 = 12;
 pub const TAG_CLUSTER: u8 = 13;
 /// Followed by the consumer group's name: one key per group.
 pub const TAG_CONSUMER_GROUP: u8 = 14;
+/// Followed by the producer id, big-endian: one key per idempotent producer.
+pub const TAG_PRODUCER: u8 = 15;
 
 pub fn group_u64_key(group: u64, value: u64) -> [u8; 16] {
     let mut key = [0u8; 16];

@@ -3,6 +3,7 @@
 pub mod batch;
 pub mod keys;
 pub mod partition;
+pub mod producers;
 
 use std::path::Path;
 use std::sync::Arc;

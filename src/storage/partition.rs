@@ -7,8 +7,10 @@ use rocksdb::WriteBatch;
 use serde::{Deserialize, Serialize};
 
 use super::batch::{seal, unseal, with_base_offset, ValidatedBatch};
-use super::keys::{self, CF_BATCH_INDEX, CF_RECORDS, CF_SM_STATE, TAG_PARTITION};
+use super::keys::{self, CF_BATCH_INDEX, CF_RECORDS, CF_SM_STATE, TAG_PARTITION, TAG_PRODUCER};
+use super::producers::{check, record, Producers, SequenceCheck};
 use super::{StorageError, Store};
+use crate::raft::command::ProduceRefusal;
 
 /// Offsets of a partition. Everything below `next_offset` is committed and applied,
 /// so `next_offset` is the high watermark Fetch and ListOffsets report.
@@ -62,35 +64,86 @@ impl PartitionLog {
         }
     }
 
-    /// Adds `batches` to `write` at the next offsets and returns the first offset used.
+    pub fn load_producers(&self) -> Result<Producers, StorageError> {
+        let prefix = keys::group_tag_key(self.group, TAG_PRODUCER);
+        let mut producers = Producers::new();
+        for item in self.store.scan_group(CF_SM_STATE, self.group, &prefix) {
+            let (key, value) = item?;
+            if !key.starts_with(&prefix) {
+                break;
+            }
+            let id: [u8; 8] = key[prefix.len()..]
+                .try_into()
+                .map_err(|_| self.corrupt("bad producer key".into()))?;
+            producers.insert(i64::from_be_bytes(id), bincode::deserialize(&value)?);
+        }
+        Ok(producers)
+    }
+
+    /// Adds `batches` to `write` at the next offsets and returns the base offset
+    /// to answer with. Idempotent producers' sequences are checked first, so a
+    /// refused batch leaves the whole command unapplied.
     pub fn stage_append(
         &self,
         write: &mut WriteBatch,
         offsets: &mut PartitionOffsets,
+        producers: &mut Producers,
         batches: &[ValidatedBatch],
-    ) -> Result<i64, StorageError> {
-        let base_offset = offsets.next_offset;
+    ) -> Result<Result<i64, ProduceRefusal>, StorageError> {
+        let mut touched = Producers::new();
+        let mut duplicates = Vec::with_capacity(batches.len());
+        let mut next = offsets.next_offset;
         for batch in batches {
-            let base = offsets.next_offset;
-            let key = keys::offset_key(self.group, base);
-            write.put_cf(
-                self.store.cf(CF_RECORDS),
-                key,
-                seal(&with_base_offset(&batch.bytes, base)),
-            );
-            let summary = BatchSummary {
-                last_offset: base + batch.record_count - 1,
-                max_timestamp: batch.max_timestamp,
-            };
-            write.put_cf(self.store.cf(CF_BATCH_INDEX), key, summary.encode());
-            offsets.next_offset = base + batch.record_count;
+            let id = batch.producer_id;
+            let known = touched.get(&id).or_else(|| producers.get(&id));
+            match check(known, batch) {
+                SequenceCheck::Refused(refusal) => return Ok(Err(refusal)),
+                SequenceCheck::Duplicate(base) => duplicates.push(Some(base)),
+                SequenceCheck::Append => {
+                    if id >= 0 {
+                        let mut state = known.cloned().unwrap_or_default();
+                        record(&mut state, batch, next);
+                        touched.insert(id, state);
+                    }
+                    duplicates.push(None);
+                    next += batch.record_count;
+                }
+            }
+        }
+        let answer = duplicates.first().copied().flatten().unwrap_or(offsets.next_offset);
+        for (batch, duplicate) in batches.iter().zip(duplicates) {
+            if duplicate.is_none() {
+                self.stage_batch(write, offsets, batch);
+            }
+        }
+        for (id, state) in touched {
+            let mut key = keys::group_tag_key(self.group, TAG_PRODUCER).to_vec();
+            key.extend_from_slice(&id.to_be_bytes());
+            write.put_cf(self.store.cf(CF_SM_STATE), key, bincode::serialize(&state)?);
+            producers.insert(id, state);
         }
         write.put_cf(
             self.store.cf(CF_SM_STATE),
             keys::group_tag_key(self.group, TAG_PARTITION),
             bincode::serialize(offsets)?,
         );
-        Ok(base_offset)
+        Ok(Ok(answer))
+    }
+
+    fn stage_batch(&self, write: &mut WriteBatch, offsets: &mut PartitionOffsets, batch: &ValidatedBatch) {
+        let base = offsets.next_offset;
+        let key = keys::offset_key(self.group, base);
+        write.put_cf(
+            self.store.cf(CF_RECORDS),
+            key,
+            seal(&with_base_offset(&batch.bytes, base)),
+        );
+        let summary = BatchSummary {
+            last_offset: base + batch.record_count - 1,
+            max_timestamp: batch.max_timestamp,
+        };
+        write.put_cf(self.store.cf(CF_BATCH_INDEX), key, summary.encode());
+        offsets.next_offset = base + batch.record_count;
     }
 
     /// Reads whole batches starting with the one that holds `from`, stopping before
@@ -180,15 +233,48 @@ mod tests {
 
     fn append(log: &PartitionLog, offsets: &mut PartitionOffsets, values: &[&str]) -> i64 {
         let bytes = encode_batch(values, Compression::None);
-        let batch = ValidatedBatch {
-            bytes,
-            record_count: values.len() as i64,
-            max_timestamp: 1_700_000_000_000 + values.len() as i64 - 1,
-        };
+        let batch = crate::storage::batch::validate_produce_records(&bytes, 1 << 20).unwrap();
         let mut write = WriteBatch::default();
-        let base = log.stage_append(&mut write, offsets, &[batch]).unwrap();
+        let base = log
+            .stage_append(&mut write, offsets, &mut Producers::new(), &batch)
+            .unwrap()
+            .unwrap();
         log.store.write_buffered(write).unwrap();
         base
+    }
+
+    #[test]
+    fn idempotent_retries_are_answered_with_the_first_offset_and_survive_reload() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = PartitionLog::new(3, Store::open(dir.path()).unwrap());
+        let mut offsets = PartitionOffsets::default();
+        let mut producers = Producers::new();
+        let mut batch =
+            crate::storage::batch::validate_produce_records(&encode_batch(&["a", "b"], Compression::None), 1 << 20)
+                .unwrap();
+        batch[0].producer_id = 11;
+        let mut write = WriteBatch::default();
+        assert_eq!(
+            log.stage_append(&mut write, &mut offsets, &mut producers, &batch)
+                .unwrap(),
+            Ok(0)
+        );
+        assert_eq!(
+            log.stage_append(&mut write, &mut offsets, &mut producers, &batch)
+                .unwrap(),
+            Ok(0),
+            "retry"
+        );
+        assert_eq!(offsets.next_offset, 2, "the retry appended nothing");
+        batch[0].base_sequence = 5;
+        assert_eq!(
+            log.stage_append(&mut write, &mut offsets, &mut producers, &batch)
+                .unwrap(),
+            Err(ProduceRefusal::OutOfOrderSequence)
+        );
+        log.store.write_buffered(write).unwrap();
+        assert_eq!(log.load_producers().unwrap(), producers);
+        assert_eq!(log.load_offsets().unwrap().next_offset, 2);
     }
 
     #[test]
