@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
 """confluent-kafka-python (librdkafka) compatibility checks against rafka.
 
-Consumer groups are outside the broker contract (not supported yet): consumers use assign()/seek()
-with explicit partitions, never subscribe() and never commit.
+Consumers here use assign()/seek() with explicit partitions; consumer groups have their own
+suite (test_groups.py).
 """
 
 import concurrent.futures
@@ -291,6 +291,29 @@ def check_durability(broker, R):
                        f"acked message {m.key!r} missing or different at offset {offset}")
 
 
+def check_idempotence(broker, R):
+    bootstrap = broker.bootstrap
+    with R.check("idempotence: retries across kill -9 and a graceful restart leave no duplicates and no gaps"):
+        topic, msgs = "cfk-idempotent", make_messages("idem", 2, 2000)
+        create_topic(bootstrap, topic, 2)
+        producer, reports = start_producing(bootstrap, topic, msgs, **{
+            "enable.idempotence": True, "linger.ms": 0, "batch.num.messages": 10,
+            "max.in.flight.requests.per.connection": 5})
+
+        def acked():
+            producer.poll(0.001)
+            return sum(r is not None for r in reports)
+
+        wait_until(lambda: acked() >= 500, TIMEOUT, interval=0, what="500 delivery reports")
+        broker.kill9()
+        wait_until(lambda: acked() >= 2500, TIMEOUT, interval=0, what="2500 delivery reports")
+        broker.restart()
+        expect_eq(producer.flush(TIMEOUT), 0, "messages still undelivered after the restarts")
+        check_delivered(reports, msgs, offsets=False)
+        # Exactly the produced messages, each once, in produce order per partition.
+        verify(read_all(bootstrap, topic, [0, 1]), msgs)
+
+
 def main(broker, R):
     bootstrap = broker.bootstrap
     check_admin_basics(bootstrap, R)
@@ -300,6 +323,7 @@ def main(broker, R):
     check_offsets(bootstrap, R)
     check_delete(bootstrap, R)
     check_durability(broker, R)
+    check_idempotence(broker, R)
 
 
 if __name__ == "__main__":

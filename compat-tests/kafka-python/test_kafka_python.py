@@ -1,10 +1,9 @@
 #!/usr/bin/env python3
 """kafka-python compatibility checks against rafka.
 
-Consumer groups are outside the broker contract (not supported yet): KafkaConsumer uses
-group_id=None with assign()/seek(), never subscribe() and never commits.
-The producer sets enable_idempotence=False (kafka-python >= 3 defaults to an
-idempotent producer, which needs InitProducerId).
+KafkaConsumer uses group_id=None with assign()/seek() here; consumer groups
+have their own suite (test_groups.py). The producer keeps kafka-python's
+default, an idempotent producer (InitProducerId plus sequence numbers).
 """
 
 import sys
@@ -58,7 +57,7 @@ def create_topic(bootstrap, topic, partitions):
 
 def produce(bootstrap, topic, msgs, **conf):
     """Produce `msgs` to their explicit partitions; return their RecordMetadata in order."""
-    producer = KafkaProducer(acks="all", enable_idempotence=False, linger_ms=5,
+    producer = KafkaProducer(acks="all", linger_ms=5,
                              max_block_ms=TIMEOUT * 1000, **client_conf(bootstrap), **conf)
     try:
         futures = [producer.send(topic, key=m.key, value=m.value, headers=m.headers,
