@@ -124,7 +124,7 @@ class Broker:
         self.proc = None
         self.starts = 0
         env = dict(os.environ)
-        env.setdefault("RUST_LOG", "info")
+        env.setdefault("RUST_LOG", "info,openraft=warn")
         env.setdefault("NO_COLOR", "1")  # plain broker.log without ANSI colour codes
         env.update({
             "RAFKA_LISTENER": self.bootstrap,
