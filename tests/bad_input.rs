@@ -11,6 +11,16 @@ use kafka_protocol::messages::{
 use kafka_protocol::protocol::Decodable;
 use kafka_protocol::records::Compression;
 
+/// Appends `count` bytes of a xorshift sequence, so a failing seed replays.
+fn put_random(bytes: &mut BytesMut, state: &mut u64, count: usize) {
+    for _ in 0..count {
+        *state ^= *state << 13;
+        *state ^= *state >> 7;
+        *state ^= *state << 17;
+        bytes.put_u8(*state as u8);
+    }
+}
+
 fn assert_still_serving(broker: &mut Broker) {
     assert!(broker.is_running(), "broker died: {}", broker.log());
     let mut client = Client::connect(broker.port).unwrap();
@@ -71,12 +81,7 @@ fn broken_frames_close_only_their_connection() {
         let len = 8 + (round * 37) % 400;
         let mut bytes = BytesMut::with_capacity(len + 4);
         bytes.put_i32(len as i32);
-        for _ in 0..len {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            bytes.put_u8(state as u8);
-        }
+        put_random(&mut bytes, &mut state, len);
         let mut client = Client::connect(broker.port).unwrap();
         client.send_raw(&bytes).unwrap();
         // Either answered (valid by chance) or closed; the broker must survive.
@@ -109,12 +114,7 @@ fn broken_frames_close_only_their_connection() {
         bytes.put_i16(key);
         bytes.put_i16(version);
         bytes.put_i32(round as i32);
-        for _ in 8..len {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            bytes.put_u8(state as u8);
-        }
+        put_random(&mut bytes, &mut state, len - 8);
         let mut client = Client::connect(broker.port).unwrap();
         client.send_raw(&bytes).unwrap();
         let _ = client.is_closed_by_broker();

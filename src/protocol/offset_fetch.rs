@@ -6,7 +6,7 @@ use kafka_protocol::messages::offset_fetch_response::{
     OffsetFetchResponseGroup, OffsetFetchResponsePartition, OffsetFetchResponsePartitions, OffsetFetchResponseTopic,
     OffsetFetchResponseTopics,
 };
-use kafka_protocol::messages::{OffsetFetchRequest, OffsetFetchResponse, TopicName};
+use kafka_protocol::messages::{GroupId, OffsetFetchRequest, OffsetFetchResponse, TopicName};
 use kafka_protocol::protocol::VersionRange;
 
 use super::str_bytes;
@@ -30,32 +30,7 @@ pub async fn handle(groups: &GroupCoordinator, version: i16, request: OffsetFetc
                     .map(|t| (t.name.0.to_string(), t.partition_indexes))
                     .collect()
             });
-            let (code, found) = lookup(groups, group.group_id.0.as_str(), wanted).await;
-            let topics = by_topic(found)
-                .into_iter()
-                .map(|(name, partitions)| {
-                    let partitions = partitions
-                        .into_iter()
-                        .map(|(index, committed)| {
-                            let (offset, epoch, metadata) = fields(committed);
-                            OffsetFetchResponsePartitions::default()
-                                .with_partition_index(index)
-                                .with_committed_offset(offset)
-                                .with_committed_leader_epoch(epoch)
-                                .with_metadata(metadata)
-                        })
-                        .collect();
-                    OffsetFetchResponseTopics::default()
-                        .with_name(TopicName(str_bytes(name)))
-                        .with_partitions(partitions)
-                })
-                .collect();
-            responses.push(
-                OffsetFetchResponseGroup::default()
-                    .with_group_id(group.group_id)
-                    .with_error_code(code)
-                    .with_topics(topics),
-            );
+            responses.push(describe_group(groups, group.group_id, wanted).await);
         }
         return OffsetFetchResponse::default().with_groups(responses);
     }
@@ -65,7 +40,40 @@ pub async fn handle(groups: &GroupCoordinator, version: i16, request: OffsetFetc
             .map(|t| (t.name.0.to_string(), t.partition_indexes))
             .collect()
     });
-    let (code, found) = lookup(groups, request.group_id.0.as_str(), wanted).await;
+    // Versions before 8 carry one group in the top-level fields.
+    let group = describe_group(groups, request.group_id, wanted).await;
+    let topics = group
+        .topics
+        .into_iter()
+        .map(|topic| {
+            let partitions = topic
+                .partitions
+                .into_iter()
+                .map(|p| {
+                    OffsetFetchResponsePartition::default()
+                        .with_partition_index(p.partition_index)
+                        .with_committed_offset(p.committed_offset)
+                        .with_committed_leader_epoch(p.committed_leader_epoch)
+                        .with_metadata(p.metadata)
+                        .with_error_code(p.error_code)
+                })
+                .collect();
+            OffsetFetchResponseTopic::default()
+                .with_name(topic.name)
+                .with_partitions(partitions)
+        })
+        .collect();
+    OffsetFetchResponse::default()
+        .with_error_code(group.error_code)
+        .with_topics(topics)
+}
+
+async fn describe_group(
+    groups: &GroupCoordinator,
+    group_id: GroupId,
+    wanted: Option<Vec<(String, Vec<i32>)>>,
+) -> OffsetFetchResponseGroup {
+    let (code, found) = lookup(groups, group_id.0.as_str(), wanted).await;
     let topics = by_topic(found)
         .into_iter()
         .map(|(name, partitions)| {
@@ -73,19 +81,22 @@ pub async fn handle(groups: &GroupCoordinator, version: i16, request: OffsetFetc
                 .into_iter()
                 .map(|(index, committed)| {
                     let (offset, epoch, metadata) = fields(committed);
-                    OffsetFetchResponsePartition::default()
+                    OffsetFetchResponsePartitions::default()
                         .with_partition_index(index)
                         .with_committed_offset(offset)
                         .with_committed_leader_epoch(epoch)
                         .with_metadata(metadata)
                 })
                 .collect();
-            OffsetFetchResponseTopic::default()
+            OffsetFetchResponseTopics::default()
                 .with_name(TopicName(str_bytes(name)))
                 .with_partitions(partitions)
         })
         .collect();
-    OffsetFetchResponse::default().with_error_code(code).with_topics(topics)
+    OffsetFetchResponseGroup::default()
+        .with_group_id(group_id)
+        .with_error_code(code)
+        .with_topics(topics)
 }
 
 /// The group's error code and its offsets for `wanted` partitions (all when `None`).
