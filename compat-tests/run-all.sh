@@ -15,6 +15,9 @@ suite_cmd() {
         confluent) cmd=("$PY" "$HERE/confluent/test_confluent.py") ;;
         kafka-python) cmd=("$PY" "$HERE/kafka-python/test_kafka_python.py") ;;
         kcat) cmd=(bash "$HERE/kcat/test_kcat.sh") ;;
+        confluent-groups) cmd=("$PY" "$HERE/confluent/test_groups.py") ;;
+        kafka-python-groups) cmd=("$PY" "$HERE/kafka-python/test_groups.py") ;;
+        kcat-groups) cmd=(bash "$HERE/kcat/test_kcat_groups.sh") ;;
         durability) cmd=("$PY" "$HERE/durability/test_durability.py") ;;
     esac
 }
@@ -23,7 +26,7 @@ total_passed=0 total_failed=0 summary=()
 out=$(mktemp)
 trap 'rm -f "$out"' EXIT
 
-for name in confluent kafka-python kcat durability; do
+for name in confluent kafka-python kcat confluent-groups kafka-python-groups kcat-groups durability; do
     suite_cmd "$name"
     echo "==== $name ===="
     # On timeout the suite gets SIGTERM (it then stops its broker), SIGKILL 30 s later.

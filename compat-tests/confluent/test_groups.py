@@ -12,6 +12,7 @@ restart and after kill -9.
 
 import concurrent.futures
 import itertools
+import os
 import subprocess
 import sys
 import threading
@@ -131,7 +132,7 @@ class Member:
     """A subscribed Consumer polling in its own thread.
 
     commit="batch": commit every processed batch synchronously (and pending offsets from on_revoke).
-    commit="revoke": commit only from on_revoke (and never on close).
+    commit="revoke": commit only from on_revoke (which close() also triggers).
     """
 
     def __init__(self, name, bootstrap, group, topic, commit="batch", **conf):
@@ -236,6 +237,10 @@ class Member:
     def snapshot(self):
         with self.lock:
             return list(self.records)
+
+    def at_eof(self, partitions):
+        with self.lock:
+            return self.eof >= set(partitions)
 
     def close(self):
         self.stopping.set()
@@ -407,7 +412,7 @@ def check_lag_and_resume(broker, R, topic, group):
                 t0 = members[0].subscribed_at
                 wait_balanced(members, [PARTITIONS], t0, "sole member assigned all partitions")
                 wait_consumed(members, pending)
-                wait_until(lambda: members[0].eof >= ALL, TIMEOUT, interval=0.1, what="EOF on all partitions")
+                wait_until(lambda: members[0].at_eof(ALL), TIMEOUT, interval=0.1, what="EOF on all partitions")
                 check_exactly_once(members, pending)  # nothing older than the committed offsets
                 wait_committed_to_end(bs, group, topic)
                 members[0].close()
@@ -479,7 +484,7 @@ def check_commit_on_revoke(broker, R, topic, group):
                    interval=0.1, what="first member consumed the whole topic (uncommitted)")
         members.append(Member("revoke1", bs, group, topic, commit="revoke"))
         wait_balanced(members, [3, 3], members[1].subscribed_at, "3/3 after join")
-        wait_until(lambda: members[1].eof >= members[1].assigned(), TIMEOUT, interval=0.1,
+        wait_until(lambda: members[1].at_eof(members[1].assigned()), TIMEOUT, interval=0.1,
                    what="second member at EOF on its partitions")
         errors = members[0].commit_errors
         counts = Counter((p, o) for _s, p, o, _k, _v in consumed(members))
@@ -490,9 +495,13 @@ def check_commit_on_revoke(broker, R, topic, group):
 
 def main(broker, R):
     bs = broker.bootstrap
-    with R.check("create 6-partition topics"):
+    with R.check("create 6-partition topics; group coordinator answers"):
         create_topic(bs, "groups-range")
         create_topic(bs, "groups-coop")
+        # The first FindCoordinator creates __consumer_offsets; members that look up the coordinator
+        # while it starts back off ~1 s and miss the first generation. Start it here, once.
+        wait_until(lambda: committed(bs, "grp-range", "groups-range") is not None, TIMEOUT, interval=0.2,
+                   what="OffsetFetch through the group coordinator")
     check_range_group(broker, R, "groups-range", "grp-range")
     check_lag_and_resume(broker, R, "groups-range", "grp-range")
     check_cooperative(broker, R, "groups-coop", "grp-coop")
@@ -500,5 +509,7 @@ def main(broker, R):
 
 
 if __name__ == "__main__":
-    run_suite("confluent-groups", main,
-              extra_env={"RAFKA_GROUP_INITIAL_REBALANCE_DELAY_MS": str(REBALANCE_DELAY_MS)})
+    run_suite("confluent-groups", main, extra_env={
+        "RAFKA_GROUP_INITIAL_REBALANCE_DELAY_MS": str(REBALANCE_DELAY_MS),
+        # refused OffsetCommits are logged at debug level; show them in the log tail on failure
+        "RUST_LOG": os.environ.get("RUST_LOG", "info,openraft=warn,rafka::protocol::offset_commit=debug")})

@@ -375,7 +375,15 @@ impl GroupCoordinator {
         if group_id.is_empty() {
             return Err(BrokerError::InvalidGroupId);
         }
-        let handle = self.cluster.offsets_partition(group_id).await?;
+        let handle = self
+            .cluster
+            .offsets_partition(group_id)
+            .await
+            .map_err(|err| match err {
+                // The offsets partition is not running here (yet): clients look the coordinator up again.
+                BrokerError::NotLeader => BrokerError::NotCoordinator,
+                other => other,
+            })?;
         if handle.leader() != Some(self.cluster.node_id()) {
             return Err(BrokerError::NotCoordinator);
         }
@@ -567,7 +575,10 @@ impl GroupCoordinator {
             match groups.get(group_id) {
                 Some(group) if !standalone => {
                     group.check_member(member_id, generation)?;
-                    if group.state == GroupState::PreparingRebalance {
+                    // As in Kafka: members still on the current generation may commit
+                    // while the group prepares a rebalance (the commit on revocation),
+                    // but not between the join and the sync of a new generation.
+                    if group.state == GroupState::CompletingRebalance {
                         return Err(BrokerError::RebalanceInProgress);
                     }
                 }
