@@ -1,0 +1,451 @@
+#!/usr/bin/env python3
+"""rafka benchmark suite: machine limits, produce/consume throughput, produce
+latency at fixed offered loads, and the broker's footprint (RSS, startup,
+recovery after kill -9). Prints a table and writes bench/results.json.
+
+Every broker is a fresh process on free loopback ports with its own temporary
+data dir (compat-tests/harness.py); all of them are stopped on any exit.
+Everything is bounded by one overall time budget (--budget, default 540 s):
+phases run against deadlines derived from it, and the large consume topic
+shrinks from its requested size when the measured produce rate says it would
+not fit. Run through bench/run.sh.
+"""
+
+import argparse
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import traceback
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+import cluster  # noqa: E402  (puts compat-tests on sys.path)
+import machine  # noqa: E402
+import procstat  # noqa: E402
+import report  # noqa: E402
+import workloads  # noqa: E402
+from harness import exit_on_sigterm  # noqa: E402
+
+PRODUCE_MATRIX = [(1024, "all"), (1024, "1"), (100, "all"), (100, "1")]
+LATENCY_LOADS = [0.50, 0.25, 0.75]  # 50% first: it is the one with a target
+IDLE_SETTLE_S = 1.0  # idle RSS is read this long after the first answered Metadata
+RECOVERY_LIMIT_S = 120.0
+
+
+def parse_size(text):
+    units = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "KIB": 2**10, "MIB": 2**20, "GIB": 2**30}
+    t = text.strip().upper()
+    num = t.rstrip("KMGIB")
+    unit = t[len(num):]
+    if unit not in units:
+        raise argparse.ArgumentTypeError(f"bad size {text!r} (use e.g. 1GB, 300MB, 512MiB)")
+    return int(float(num) * units[unit])
+
+
+class Budget:
+    def __init__(self, seconds):
+        self.start = time.monotonic()
+        self.seconds = seconds
+        self.end = self.start + seconds
+
+    def left(self):
+        return self.end - time.monotonic()
+
+    def elapsed(self):
+        return time.monotonic() - self.start
+
+    def deadline(self, limit_s):
+        """An absolute deadline `limit_s` from now, never past the budget."""
+        return min(self.end, time.monotonic() + limit_s)
+
+
+class Run:
+    """Collects results and errors; `phase()` isolates a failing phase from the rest."""
+
+    def __init__(self, args):
+        self.args = args
+        self.budget = Budget(args.budget)
+        self.results = {"schema": 1, "errors": []}
+
+    @contextlib.contextmanager
+    def phase(self, name):
+        t0 = time.monotonic()
+        log(f"--- {name} (budget left {self.budget.left():.0f} s)")
+        try:
+            yield
+        except Exception as exc:  # noqa: BLE001 - recorded, the next phase still runs
+            first_line = str(exc).splitlines()[0] if str(exc) else ""
+            msg = f"{name}: {type(exc).__name__}: {first_line}"
+            self.results["errors"].append(msg)
+            log("ERROR " + msg)
+            log(traceback.format_exc(limit=6))
+        finally:
+            log(f"    {name} took {time.monotonic() - t0:.1f} s")
+
+
+def log(msg):
+    print(msg, file=sys.stderr, flush=True)
+
+
+def git_info():
+    def git(*a):
+        try:
+            return subprocess.run(["git", "-C", str(HERE.parent), *a], capture_output=True, text=True,
+                                  timeout=10).stdout.strip()
+        except (OSError, subprocess.SubprocessError):
+            return ""
+    status = git("status", "--porcelain", "--untracked-files=no")
+    return {"commit": git("rev-parse", "--short", "HEAD") or "unknown", "dirty": bool(status)}
+
+
+def dir_bytes(path):
+    total = 0
+    for root, _dirs, files in os.walk(path):
+        for f in files:
+            try:
+                total += os.stat(os.path.join(root, f)).st_blocks * 512
+            except OSError:
+                pass
+    return total
+
+
+# -- phases -------------------------------------------------------------------
+
+def phase_machine(run):
+    a = run.args
+    res = run.results.setdefault("machine_limits", {})
+    # Same default temp dir as harness.Broker's mkdtemp, i.e. the data dirs' filesystem.
+    import tempfile
+    tmp = tempfile.gettempdir()
+    res["data_fs"] = machine.filesystem_of(tmp)
+    with run.phase("disk fsync"):
+        res["disk"] = machine.disk_fsync(tmp, seconds_1m=a.disk_seconds, seconds_4k=a.disk_seconds * 2 / 3)
+    with run.phase("loopback tcp"):
+        res["loopback"] = machine.loopback_tcp(seconds=a.loopback_seconds)
+
+
+def phase_machine_again(run):
+    """The disk again at the end: on a shared machine its bandwidth moves; both are reported."""
+    import tempfile
+    if run.budget.left() < run.args.disk_seconds * 2 + 5:
+        return
+    with run.phase("disk fsync (again, at the end)"):
+        run.results.setdefault("machine_limits", {})["disk_end"] = machine.disk_fsync(
+            tempfile.gettempdir(), seconds_1m=run.args.disk_seconds, seconds_4k=run.args.disk_seconds * 2 / 3)
+
+
+def finalize(r):
+    """Derived figures and the targets.
+
+    Each produce run is compared with the disk probe taken just before it
+    (fraction_of_disk_fsync_bw) and with the mean of the start and end
+    measurements (fraction_of_disk_fsync_bw_run_mean); the spread of every disk
+    measurement of the run is recorded so a reader can judge the noise.
+    """
+    ml = r.get("machine_limits", {})
+    bws = [d["seq_1m_fdatasync_MBps"] for d in (ml.get("disk"), ml.get("disk_end")) if d]
+    every = list(bws)
+    if bws:
+        ml["disk_fsync_MBps_run_mean"] = sum(bws) / len(bws)
+    for node in r.get("clusters", {}).values():
+        runs = node.get("produce", []) + node.get("latency", {}).get("runs", [])
+        every += [x["disk_adjacent"]["seq_1m_fdatasync_MBps"] for x in runs if x.get("disk_adjacent")]
+        for p in node.get("produce", []):
+            adjacent = p.get("disk_adjacent", {}).get("seq_1m_fdatasync_MBps")
+            if adjacent:
+                p["fraction_of_disk_fsync_bw"] = p["MBps"] / adjacent
+            if bws:
+                p["fraction_of_disk_fsync_bw_run_mean"] = p["MBps"] / ml["disk_fsync_MBps_run_mean"]
+    if every:
+        ml["disk_fsync_MBps_spread"] = [min(every), max(every)]
+    r["targets"] = report.targets(r)
+
+
+def fresh_broker(run, node_res, nodes):
+    """Start a fresh cluster and record its startup time and idle RSS."""
+    b = cluster.start_cluster(nodes)
+    b.__enter__()
+    try:
+        timing = b.last_timing
+        node_res.setdefault("startup_fresh_s", []).append(timing["metadata_s"])
+        pid = b.pids()[0]
+        at_ready = procstat.rss_mib(pid)
+        time.sleep(IDLE_SETTLE_S)  # measurement window for idle memory, not synchronization
+        idle = procstat.status_mib(pid)
+        node_res.setdefault("idle_rss_samples", []).append(
+            {"at_ready_mib": at_ready, "after_settle_mib": idle.get("VmRSS"),
+             "anon_mib": idle.get("RssAnon"), "file_mib": idle.get("RssFile")})
+    except BaseException:
+        b.close()
+        raise
+    return b
+
+
+def phase_produce(run, node_res, nodes):
+    a = run.args
+    out = node_res.setdefault("produce", [])
+    for size, acks in PRODUCE_MATRIX:
+        name = f"produce {size} B acks={acks}"
+        with run.phase(name):
+            if run.budget.left() < a.produce_seconds + 30:
+                raise TimeoutError("skipped: time budget exhausted")
+            settle_disk()
+            probe = disk_probe(run)
+            with contextlib.closing(fresh_broker(run, node_res, nodes)) as b:
+                pid = b.pids()[0]
+                deadline = run.budget.deadline(a.produce_seconds * 4 + 60)
+                with procstat.Sampler(b.pids()) as sampler, procstat.CpuMeter(b.pids()) as cpu:
+                    r = workloads.produce_throughput(b.bootstrap, f"bench-p{size}-acks{acks}", size, acks,
+                                                     a.produce_seconds, deadline, linger_ms=a.linger_ms,
+                                                     batch_size=a.batch_size)
+                r.update(cpu.as_dict())
+                r["rss_peak_mib"] = sampler.peak_mib
+                r["rss_peak_anon_mib"] = sampler.at_peak.get("RssAnon")
+                r["rss_peak_file_mib"] = sampler.at_peak.get("RssFile")
+                r["vmhwm_mib"] = procstat.hwm_mib(pid)
+                r["rss_after_mib"] = procstat.rss_mib(pid)
+                r["disk_adjacent"] = probe
+                if r["bytes"]:
+                    r["write_amplification"] = r["broker_disk_write_bytes"] / r["bytes"]
+                out.append(r)
+                log(f"    {r['msgs_per_s']:,.0f} msg/s {r['MBps']:.1f} MB/s, peak RSS {sampler.peak_mib:.0f} MiB")
+
+
+def peak_1k_all(node_res):
+    for r in node_res.get("produce", []):
+        if r["size"] == 1024 and r["acks"] == "all":
+            return r
+    return None
+
+
+def plan_consume_size(run, node_res):
+    """Requested size, or the largest that fits the budget given the measured 1 KiB produce rate."""
+    a = run.args
+    requested = a.consume_bytes
+    peak = peak_1k_all(node_res)
+    fill_rate = (peak["MBps"] * 1e6 if peak else 50e6) * 0.6  # a growing topic fills slower
+    consume_rate = 100e6  # conservative; measured rates are several times higher
+    reserve = RECOVERY_LIMIT_S / 4 + 15  # recovery probes, restarts
+    reserve += len(LATENCY_LOADS) * (a.latency_seconds + 1 + 10) + 10  # latency phase after this one
+    avail = run.budget.left() - reserve
+    per_byte = 1 / fill_rate + 1 / consume_rate
+    fits = int(max(0.0, avail) / per_byte)
+    step = 64 * 10**6
+    if requested <= fits:
+        return requested, f"requested {report.fmt_bytes(requested)}, fits the time budget"
+    size = max(step, fits // step * step)
+    return size, (f"reduced from the requested {report.fmt_bytes(requested)} to fit the time budget "
+                  f"(estimated fill {fill_rate / 1e6:.0f} MB/s, {avail:.0f} s available)")
+
+
+def phase_large_topic(run, node_res, nodes):
+    a = run.args
+    res = node_res.setdefault("large_topic", {})
+    size, why = plan_consume_size(run, node_res)
+    msg_size = 1024
+    count = max(1, size // msg_size)
+    res.update({"requested_bytes": a.consume_bytes, "bytes": count * msg_size, "message_size": msg_size,
+                "messages": count, "size_note": why})
+    log(f"    large topic: {count:,} x {msg_size} B = {report.fmt_bytes(count * msg_size)} ({why})")
+    topic = "bench-large"
+    settle_disk()
+    with contextlib.closing(fresh_broker(run, node_res, nodes)) as b:
+        with run.phase("fill large topic"):
+            deadline = run.budget.deadline(max(60.0, run.budget.left() - 60))
+            with procstat.Sampler(b.pids()) as sampler, procstat.CpuMeter(b.pids()) as cpu:
+                r = workloads.produce_throughput(b.bootstrap, topic, msg_size, "all", None, deadline,
+                                                 linger_ms=a.linger_ms, batch_size=a.batch_size, count=count)
+            r.update(cpu.as_dict())
+            r["rss_peak_mib"] = sampler.peak_mib
+            r["write_amplification"] = r["broker_disk_write_bytes"] / max(1, r["bytes"])
+            res["fill"] = r
+            res["data_dir_bytes_after_fill"] = dir_bytes(b.data_dir)
+        if "fill" not in res:
+            return
+        with run.phase("consume large topic"):
+            deadline = run.budget.deadline(max(30.0, run.budget.left() - 45))
+            with procstat.Sampler(b.pids()) as sampler, procstat.CpuMeter(b.pids()) as cpu:
+                r = workloads.consume_all(b.bootstrap, topic, count, deadline)
+            r.update(cpu.as_dict())
+            r["rss_peak_mib"] = sampler.peak_mib
+            res["consume"] = r
+            log(f"    {r['msgs_per_s']:,.0f} msg/s {r['MBps']:.1f} MB/s")
+        with run.phase("recovery after kill -9"):
+            if run.budget.left() < 20:
+                raise TimeoutError("skipped: time budget exhausted")
+            b.fetch_probe = (topic, 0, count - 1)
+            b.ready_timeout = max(10.0, min(RECOVERY_LIMIT_S, run.budget.left() - 10))
+            rss_before = procstat.rss_mib(b.pids()[0])
+            b.kill9()
+            t = b.last_timing
+            pid = b.pids()[0]
+            res["kill9"] = {"metadata_s": t["metadata_s"], "fetch_last_offset_s": t["fetch_s"],
+                            "rss_before_kill_mib": rss_before, "rss_after_recovery_mib": procstat.rss_mib(pid),
+                            "data_dir_bytes": dir_bytes(b.data_dir)}
+            log(f"    kill -9 recovery: Metadata {t['metadata_s']:.3f} s, fetch {t['fetch_s']:.3f} s")
+        with run.phase("graceful restart"):
+            if run.budget.left() < 20:
+                raise TimeoutError("skipped: time budget exhausted")
+            t0 = time.monotonic()
+            code = b.stop()
+            stop_s = time.monotonic() - t0
+            b.start()
+            t = b.last_timing
+            res["graceful_restart"] = {"stop_s": stop_s, "exit_code": code, "metadata_s": t["metadata_s"],
+                                       "fetch_last_offset_s": t["fetch_s"]}
+
+
+def phase_latency(run, node_res, nodes):
+    a = run.args
+    res = node_res.setdefault("latency", {"runs": []})
+    peak = peak_1k_all(node_res)
+    if not peak:
+        raise RuntimeError("no 1 KiB acks=all peak measured, so no offered load to derive")
+    res["peak_msgs_per_s"] = peak["msgs_per_s"]
+    for frac in LATENCY_LOADS:
+        with run.phase(f"latency at {frac:.0%} of peak"):
+            need = a.latency_seconds + 1 + 15
+            if run.budget.left() < need:
+                raise TimeoutError("skipped: time budget exhausted")
+            settle_disk()
+            probe = disk_probe(run)
+            with contextlib.closing(fresh_broker(run, node_res, nodes)) as b:
+                if frac == 0.5:
+                    lone = workloads.lone_latency(b.bootstrap, "bench-lone", 1024, "all", a.lone_count,
+                                                  run.budget.deadline(30))
+                    res["lone"] = lone
+                rate = frac * peak["msgs_per_s"]
+                deadline = run.budget.deadline(a.latency_seconds * 3 + 60)
+                with procstat.Sampler(b.pids()) as sampler, procstat.CpuMeter(b.pids()) as cpu:
+                    r = workloads.produce_latency(b.bootstrap, f"bench-lat{int(frac * 100)}", 1024, "all", rate,
+                                                  a.latency_seconds, deadline, linger_ms=a.linger_ms,
+                                                  batch_size=a.batch_size)
+                r.update(cpu.as_dict())
+                r["load_fraction"] = frac
+                r["disk_adjacent"] = probe
+                r["rss_peak_mib"] = sampler.peak_mib
+                res["runs"].append(r)
+                log(f"    p50 {r['p50_ms']:.2f} ms p99 {r['p99_ms']:.2f} ms p999 {r['p999_ms']:.2f} ms")
+    res["runs"].sort(key=lambda r: r["load_fraction"])
+    res["plot"] = report.plot_latency(res["runs"], HERE / "latency.png")
+
+
+def run_nodes(run, nodes):
+    node_res = {"nodes": nodes}
+    try:
+        cluster.check_available(nodes)
+    except cluster.NotAvailable as exc:
+        node_res["status"] = str(exc)
+        log(f"--- {exc}")
+        return node_res
+    node_res["status"] = "measured"
+    with run.phase("produce throughput"):
+        phase_produce(run, node_res, nodes)
+    with run.phase("large topic"):
+        phase_large_topic(run, node_res, nodes)
+    with run.phase("latency"):
+        phase_latency(run, node_res, nodes)
+    starts = sorted(x for x in node_res.get("startup_fresh_s", []) if x is not None)
+    if starts:
+        node_res["startup_fresh_median_s"] = starts[len(starts) // 2]
+    idles = sorted(x["after_settle_mib"] for x in node_res.get("idle_rss_samples", []) if x["after_settle_mib"])
+    if idles:
+        node_res["idle_rss_median_mib"] = idles[len(idles) // 2]
+    peaks = [r.get("rss_peak_mib") or 0 for r in node_res.get("produce", [])]
+    hwms = [r.get("vmhwm_mib") or 0 for r in node_res.get("produce", [])]
+    if peaks:
+        node_res["produce_rss_peak_mib"] = max(peaks)
+        node_res["produce_vmhwm_max_mib"] = max(hwms)
+    return node_res
+
+
+def _budget_exceeded(_sig, _frame):
+    raise SystemExit("time budget exceeded")
+
+
+def disk_probe(run):
+    """A short disk measurement right before a run: the disk of a shared machine moves a lot."""
+    import tempfile
+    return machine.disk_fsync(tempfile.gettempdir(), seconds_1m=run.args.probe_seconds,
+                              seconds_4k=run.args.probe_seconds / 2)
+
+
+def settle_disk():
+    """Write back dirty pages left by earlier runs so they do not slow the next one."""
+    t0 = time.monotonic()
+    os.sync()
+    log(f"    sync before the run: {time.monotonic() - t0:.2f} s")
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--nodes", default="1,3",
+                    help="comma-separated node counts to measure (default 1,3; 3 is not available yet)")
+    ap.add_argument("--consume-bytes", type=parse_size, default=parse_size("1GB"),
+                    help="size of the large topic for the consume and recovery tests (default 1GB; "
+                         "reduced automatically when it would not fit the time budget)")
+    ap.add_argument("--budget", type=float, default=540.0, help="overall time budget in seconds (default 540)")
+    ap.add_argument("--produce-seconds", type=float, default=10.0, help="duration of each produce run")
+    ap.add_argument("--latency-seconds", type=float, default=10.0, help="measured duration of each latency run")
+    ap.add_argument("--linger-ms", type=int, default=5)
+    ap.add_argument("--batch-size", type=int, default=1_000_000)
+    ap.add_argument("--lone-count", type=int, default=300, help="messages for the one-at-a-time latency floor")
+    ap.add_argument("--disk-seconds", type=float, default=3.0, help="1 MiB fdatasync test at start and end")
+    ap.add_argument("--probe-seconds", type=float, default=1.0,
+                    help="short disk probe before each produce and latency run")
+    ap.add_argument("--loopback-seconds", type=float, default=2.0)
+    ap.add_argument("--quick", action="store_true",
+                    help="development mode: short runs and a 100 MB topic (figures are rough)")
+    ap.add_argument("--out", default=str(HERE / "results.json"))
+    args = ap.parse_args()
+    if args.quick:
+        args.produce_seconds, args.latency_seconds, args.disk_seconds, args.loopback_seconds = 2, 2, 1, 0.5
+        args.lone_count, args.probe_seconds = 50, 0.5
+        if args.consume_bytes == parse_size("1GB"):
+            args.consume_bytes = parse_size("100MB")
+    node_counts = [int(x) for x in args.nodes.split(",") if x.strip()]
+
+    exit_on_sigterm()
+    # Hard stop shortly after the budget: SystemExit unwinds every `with` (brokers stopped),
+    # and the finally below still writes what was measured.
+    signal.signal(signal.SIGALRM, _budget_exceeded)
+    signal.alarm(int(args.budget + 45))
+
+    run = Run(args)
+    r = run.results
+    r["started_at"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+    r.update(git_info())
+    r["machine"] = machine.machine_info()
+    r["args"] = {k: v for k, v in vars(args).items()}
+    status = 0
+    try:
+        r["binary"] = cluster.binary_info()
+        phase_machine(run)
+        r["clusters"] = {}
+        for n in node_counts:
+            r["clusters"][str(n)] = run_nodes(run, n)
+        phase_machine_again(run)
+    except SystemExit as exc:
+        r["errors"].append(f"aborted: {exc}")
+        status = 1
+    except Exception as exc:  # noqa: BLE001
+        r["errors"].append(f"aborted: {type(exc).__name__}: {exc}")
+        log(traceback.format_exc())
+        status = 1
+    finally:
+        signal.alarm(0)
+        r["runtime_s"] = run.budget.elapsed()
+        finalize(r)
+        Path(args.out).write_text(json.dumps(r, indent=2, default=str) + "\n")
+        print(report.table(r, args.out))
+    return status
+
+
+if __name__ == "__main__":
+    sys.exit(main())
