@@ -178,6 +178,22 @@ fn bad_batches_get_kafka_error_codes_and_store_nothing() {
         43
     );
 
+    // A 320-byte batch found by fuzzing, framed with a valid CRC: its record
+    // declares 2^31 headers, which once made validation touch 4 GB.
+    let mut bomb = include_bytes!("fixtures/header-count-bomb.bin").to_vec();
+    let length = bomb.len() as i32 - 12;
+    bomb[8..12].copy_from_slice(&length.to_be_bytes());
+    bomb[16] = 2;
+    let crc = crc32c::crc32c(&bomb[21..]);
+    bomb[17..21].copy_from_slice(&crc.to_be_bytes());
+    let response = client.produce("bad-batches", 0, bytes::Bytes::from(bomb), -1).unwrap();
+    assert_eq!(response.error_code, 2, "CORRUPT_MESSAGE for an absurd header count");
+    assert!(
+        broker.peak_rss_kib() < 512 * 1024,
+        "peak RSS {} KiB",
+        broker.peak_rss_kib()
+    );
+
     let ok = client
         .produce("bad-batches", 0, record_batch(&["good".into()], Compression::None), -1)
         .unwrap();

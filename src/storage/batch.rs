@@ -6,8 +6,10 @@
 //! cover, is rewritten when the state machine assigns offsets.
 
 use bytes::{Buf, Bytes};
-use kafka_protocol::records::RecordBatchDecoder;
+use kafka_protocol::records::{Compression, RecordBatchDecoder};
 use serde::{Deserialize, Serialize};
+
+use super::decompress::decompress;
 
 /// Bytes before the batch length field: the base offset.
 const BASE_OFFSET_LEN: usize = 8;
@@ -92,7 +94,8 @@ fn next_batch_size(rest: &Bytes) -> Result<usize, BatchError> {
 }
 
 fn validate_batch(bytes: Bytes) -> Result<ValidatedBatch, BatchError> {
-    let set = RecordBatchDecoder::decode(&mut bytes.clone()).map_err(|err| BatchError::Corrupt(err.to_string()))?;
+    let set = RecordBatchDecoder::decode_with_custom_compression(&mut bytes.clone(), Some(&checked_records))
+        .map_err(|err| BatchError::Corrupt(err.to_string()))?;
     if set.records.is_empty() {
         return Err(BatchError::Corrupt("batch holds no records".into()));
     }
@@ -115,6 +118,64 @@ fn validate_batch(bytes: Bytes) -> Result<ValidatedBatch, BatchError> {
         producer_epoch: first.producer_epoch,
         base_sequence: first.sequence,
     })
+}
+
+/// Decompresses a batch's records (with a cap) and checks their framing before
+/// `kafka-protocol` decodes them: its record decoder sizes the header map from
+/// the count on the wire, and a 320-byte batch found by fuzzing that declared
+/// 2^31 headers made it write gigabytes of hash-table control bytes.
+fn checked_records(compressed: &mut Bytes, codec: Compression) -> anyhow::Result<Bytes> {
+    let records = decompress(compressed, codec)?;
+    let mut rest = &records[..];
+    while !rest.is_empty() {
+        let length = read_varint(&mut rest)?;
+        anyhow::ensure!(
+            length >= 0 && length as usize <= rest.len(),
+            "record length {length} exceeds the batch"
+        );
+        let (record, after) = rest.split_at(length as usize);
+        check_record(record)?;
+        rest = after;
+    }
+    Ok(records)
+}
+
+/// A record's fields: attributes, timestamp delta, offset delta, key, value,
+/// then the header count, which must fit in what is left (a header takes at
+/// least two bytes).
+fn check_record(mut record: &[u8]) -> anyhow::Result<()> {
+    anyhow::ensure!(!record.is_empty(), "empty record");
+    record = &record[1..];
+    read_varint(&mut record)?;
+    read_varint(&mut record)?;
+    for _ in 0..2 {
+        let len = read_varint(&mut record)?;
+        anyhow::ensure!(
+            len >= -1 && len <= record.len() as i64,
+            "key or value length {len} exceeds the record"
+        );
+        record = &record[len.max(0) as usize..];
+    }
+    let headers = read_varint(&mut record)?;
+    anyhow::ensure!(
+        headers >= 0 && headers as usize <= record.len() / 2,
+        "{headers} headers cannot fit the record"
+    );
+    Ok(())
+}
+
+/// A zig-zag varint as records encode their fields.
+fn read_varint(buf: &mut &[u8]) -> anyhow::Result<i64> {
+    let mut value: u64 = 0;
+    for shift in (0..64).step_by(7) {
+        let (&byte, rest) = buf.split_first().ok_or_else(|| anyhow::anyhow!("truncated varint"))?;
+        *buf = rest;
+        value |= u64::from(byte & 0x7f) << shift;
+        if byte & 0x80 == 0 {
+            return Ok((value >> 1) as i64 ^ -((value & 1) as i64));
+        }
+    }
+    anyhow::bail!("varint longer than 10 bytes")
 }
 
 /// The batch as it is stored and served: the client's bytes with `base_offset` set.
@@ -143,7 +204,7 @@ pub fn unseal(value: &[u8]) -> Option<&[u8]> {
 pub(crate) mod tests {
     use super::*;
     use bytes::BytesMut;
-    use kafka_protocol::records::{Compression, Record, RecordBatchEncoder, RecordEncodeOptions, TimestampType};
+    use kafka_protocol::records::{Record, RecordBatchEncoder, RecordEncodeOptions, TimestampType};
 
     pub fn encode_batch(values: &[&str], compression: Compression) -> Bytes {
         let records: Vec<Record> = values

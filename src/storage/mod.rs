@@ -1,6 +1,7 @@
 //! RocksDB storage: one database per node shared by every Raft group.
 
 pub mod batch;
+pub mod decompress;
 pub mod keys;
 pub mod partition;
 pub mod producers;

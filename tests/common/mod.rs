@@ -132,6 +132,17 @@ impl Broker {
         self.spawn();
     }
 
+    /// Peak resident memory of the broker process, from /proc.
+    pub fn peak_rss_kib(&self) -> u64 {
+        let pid = self.child.as_ref().expect("broker running").id();
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+        status
+            .lines()
+            .find_map(|line| line.strip_prefix("VmHWM:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .expect("VmHWM in /proc status")
+    }
+
     pub fn is_running(&mut self) -> bool {
         self.child.as_mut().is_some_and(|c| c.try_wait().unwrap().is_none())
     }
