@@ -14,8 +14,6 @@ calls there ("Cannot block on net.run() from the IO thread itself"), so the list
 tracks the assignment and never commits.
 """
 
-import itertools
-import os
 import sys
 import threading
 import time
@@ -26,16 +24,16 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from harness import expect, expect_eq, run_suite, wait_until  # noqa: E402
+from group_helpers import (ALL, PARTITIONS, SEQ, TIMEOUT, MemberView, Members, broker_env,  # noqa: E402
+                           check_exactly_once, consumed, timer, wait_balanced, wait_consumed)
 
 from kafka import (ConsumerRebalanceListener, KafkaAdminClient, KafkaConsumer,  # noqa: E402
                    KafkaProducer, TopicPartition)
 from kafka.structs import OffsetAndMetadata  # noqa: E402
 
-TIMEOUT = 30  # seconds, for any single client operation or wait
-PARTITIONS = 6
-REBALANCE_DELAY_MS = 500  # RAFKA_GROUP_INITIAL_REBALANCE_DELAY_MS for this suite's broker
+SUITE = "kafka-python-groups"
 MEMBER_CONF = {"session_timeout_ms": 10000, "heartbeat_interval_ms": 1000}
-ALL = set(range(PARTITIONS))
+timing = timer(SUITE)
 
 
 def client_conf(bootstrap):
@@ -89,10 +87,7 @@ def wait_committed_to_end(bootstrap, group, topic):
 
 
 # -- group members ----------------------------------------------------------------
-SEQ = itertools.count()  # global receive order across all members
-
-
-class Member(ConsumerRebalanceListener):
+class Member(MemberView, ConsumerRebalanceListener):
     """A subscribed KafkaConsumer polling in its own thread.
 
     commit="batch": commit every processed batch synchronously.
@@ -170,76 +165,6 @@ class Member(ConsumerRebalanceListener):
             self.pending.pop(p, None)
         with self.lock:
             self.assignment -= gone
-
-    # main-thread view
-    def assigned(self):
-        with self.lock:
-            return set(self.assignment)
-
-    def snapshot(self):
-        with self.lock:
-            return list(self.records)
-
-    def close(self):
-        self.stopping.set()
-        if not self.done.wait(TIMEOUT):
-            raise TimeoutError(f"{self.name} did not close within {TIMEOUT}s")
-        expect(not self.errors, f"{self.name} errors: {self.errors}")
-
-
-class Members(list):
-    """A list of Members that closes every one of them on exit, even after a failure."""
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        for m in self:
-            m.stopping.set()
-        for m in self:
-            m.done.wait(TIMEOUT)
-
-
-def wait_balanced(members, sizes, since, what):
-    """Wait until the assignments are disjoint, cover all partitions, and have `sizes`; return seconds since `since`."""
-    def balanced():
-        sets = [m.assigned() for m in members]
-        return sorted(p for s in sets for p in s) == sorted(ALL) and [len(s) for s in sets] == sizes
-
-    try:
-        wait_until(balanced, TIMEOUT, interval=0.02, what=what)
-    except TimeoutError as exc:
-        raise TimeoutError(f"{exc}; assignments {[sorted(m.assigned()) for m in members]}") from None
-    return time.monotonic() - since
-
-
-def consumed(members):
-    return sorted(r for m in members for r in m.snapshot())
-
-
-def wait_consumed(members, expected):
-    wait_until(lambda: set(expected) <= {(p, o) for _s, p, o, _k, _v in consumed(members)}, TIMEOUT,
-               interval=0.1, what=f"{len(expected)} messages consumed")
-
-
-def check_exactly_once(members, expected):
-    """Every expected message consumed exactly once across `members`, in offset order per partition."""
-    recs = consumed(members)
-    counts = Counter((p, o) for _s, p, o, _k, _v in recs)
-    dups = sorted(k for k, n in counts.items() if n > 1)
-    errors = [e for m in members for e in m.commit_errors]
-    expect(not dups, f"{len(dups)} messages consumed more than once, first (partition, offset): {dups[:5]}; "
-                     f"commit errors seen: {errors[:3]}")
-    expect_eq(set(counts), set(expected), "consumed (partition, offset) set")
-    for _s, p, o, k, v in recs:
-        expect_eq((k, v), expected[(p, o)], f"key/value at partition {p} offset {o}")
-    for p in ALL:
-        offsets = [o for _s, q, o, _k, _v in recs if q == p]
-        expect(offsets == sorted(offsets), f"partition {p} consumed out of order: {offsets[:20]}")
-
-
-def timing(label, seconds):
-    print(f"[kafka-python-groups] TIMING {label}: {seconds:.2f}s", flush=True)
 
 
 # -- checks -------------------------------------------------------------------------
@@ -375,7 +300,4 @@ def main(broker, R):
 
 
 if __name__ == "__main__":
-    run_suite("kafka-python-groups", main, extra_env={
-        "RAFKA_GROUP_INITIAL_REBALANCE_DELAY_MS": str(REBALANCE_DELAY_MS),
-        # refused OffsetCommits are logged at debug level; show them in the log tail on failure
-        "RUST_LOG": os.environ.get("RUST_LOG", "info,openraft=warn,rafka::protocol::offset_commit=debug")})
+    run_suite(SUITE, main, extra_env=broker_env())

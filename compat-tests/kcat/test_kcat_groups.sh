@@ -10,96 +10,10 @@
 # the committed offsets pass no -o.
 set -uo pipefail
 
-HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
-ROOT=$(cd "$HERE/../.." && pwd)
-TIMEOUT=30          # seconds for any single kcat invocation
-READY_TIMEOUT=${RAFKA_READY_TIMEOUT:-30}
-STOP_TIMEOUT=10
+SUITE=kcat-groups DEFAULT_RUST_LOG=info,openraft=warn
 TOPIC=kcat-groups GROUP=kcat-grp FMT='%p:%o:%k:%s\n'
-
-passed=0 failed=0 failed_names=() BROKER_PID="" TMP="" BIN=""
-
-# -- results ----------------------------------------------------------------
-pass() { passed=$((passed + 1)); echo "[kcat-groups] PASS $1"; }
-fail() {
-    failed=$((failed + 1)); failed_names+=("$1")
-    echo "[kcat-groups] FAIL $1: $2"
-    if [ "$failed" -eq 1 ] && [ -n "$TMP" ]; then log_tail; fi
-}
-finish() {
-    [ "$failed" -gt 0 ] && echo "[kcat-groups] failed checks: $(IFS=';'; echo "${failed_names[*]}")"
-    echo "$passed passed, $failed failed"
-    [ "$failed" -eq 0 ]
-    exit
-}
-# expect_eq NAME EXPECTED ACTUAL
-expect_eq() {
-    if [ "$2" == "$3" ]; then pass "$1"
-    else fail "$1" "output differs (< expected, > actual):"$'\n'"$(diff <(printf '%s\n' "$2") <(printf '%s\n' "$3") | head -20)"
-    fi
-}
-
-# -- broker -----------------------------------------------------------------
-find_binary() {
-    if [ -n "${RAFKA_BIN:-}" ]; then
-        [ -x "$RAFKA_BIN" ] && { echo "$RAFKA_BIN"; return; }
-        echo "RAFKA_BIN=$RAFKA_BIN is not an executable file" >&2; return 1
-    fi
-    local c
-    for c in "$ROOT/target/release/rafka" ${CARGO_TARGET_DIR:+"$CARGO_TARGET_DIR/release/rafka"}; do
-        [ -x "$c" ] && { echo "$c"; return; }
-    done
-    echo "rafka binary not found (\$RAFKA_BIN, $ROOT/target/release/rafka${CARGO_TARGET_DIR:+, $CARGO_TARGET_DIR/release/rafka}); run cargo build --release" >&2
-    return 1
-}
-
-log_tail() { echo "---- last 60 lines of $TMP/broker.log ----"; tail -n 60 "$TMP/broker.log" 2>/dev/null; }
-
-stop_broker() {
-    [ -n "$BROKER_PID" ] || return 0
-    kill -TERM "$BROKER_PID" 2>/dev/null
-    local deadline=$((SECONDS + STOP_TIMEOUT))
-    while kill -0 "$BROKER_PID" 2>/dev/null && [ "$SECONDS" -lt "$deadline" ]; do sleep 0.1; done
-    kill -KILL "$BROKER_PID" 2>/dev/null
-    wait "$BROKER_PID" 2>/dev/null
-    BROKER_PID=""
-}
-
-cleanup() { stop_broker; [ -n "$TMP" ] && rm -rf "$TMP"; }
-trap cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
-
-start_broker() {
-    local ports
-    command -v kcat >/dev/null || { fail "broker starts and answers Metadata" "kcat is not installed"; finish; }
-    BIN=$(find_binary 2>&1) || { fail "broker starts and answers Metadata" "$BIN"; finish; }
-    ports=$(python3 -c 'import socket
-socks = [socket.socket() for _ in range(2)]
-for s in socks: s.bind(("127.0.0.1", 0))
-print(*[s.getsockname()[1] for s in socks])') || { fail "broker starts and answers Metadata" "no free ports"; finish; }
-    read -r PORT RAFT_PORT <<<"$ports"
-    BS="127.0.0.1:$PORT"
-    TMP=$(mktemp -d -t rafka-kcat-groups-XXXXXX)
-    (cd "$ROOT" && RUST_LOG=${RUST_LOG:-info,openraft=warn} NO_COLOR=1 RAFKA_LISTENER="$BS" RAFKA_ADVERTISED_LISTENER="$BS" \
-        RAFKA_RAFT_ADDRESS="127.0.0.1:$RAFT_PORT" RAFKA_DATA_DIR="$TMP/data" RAFKA_DEFAULT_PARTITIONS=3 \
-        RAFKA_GROUP_INITIAL_REBALANCE_DELAY_MS=500 \
-        exec "$BIN" --config configs/single-node.toml) </dev/null >"$TMP/broker.log" 2>&1 &
-    BROKER_PID=$!
-    local deadline=$((SECONDS + READY_TIMEOUT))
-    until kcat -b "$BS" -L -m 1 >/dev/null 2>&1; do
-        if ! kill -0 "$BROKER_PID" 2>/dev/null; then
-            wait "$BROKER_PID"
-            fail "broker starts and answers Metadata" "rafka exited with code $? during startup"
-            BROKER_PID=""; finish
-        fi
-        if [ "$SECONDS" -ge "$deadline" ]; then
-            fail "broker starts and answers Metadata" "no Metadata answer on $BS within ${READY_TIMEOUT}s"; finish
-        fi
-        sleep 0.1
-    done
-    pass "broker starts and answers Metadata"
-}
+# shellcheck source=lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 # -- helpers ----------------------------------------------------------------
 # produce_lines TAG FROM TO: messages FROM..TO, each to partition i%3 (key TAG-k<i>, value TAG-v<i>), acks=all.
@@ -179,6 +93,6 @@ check_group_roundtrip() {
     else expect_eq "$name" "$( (expected_lines a 0 299; expected_lines b 0 29) | sort)" "$(strip_offsets)"; fi
 }
 
-start_broker
+start_broker RAFKA_GROUP_INITIAL_REBALANCE_DELAY_MS=500
 check_group_roundtrip
 finish
