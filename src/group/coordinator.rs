@@ -142,6 +142,14 @@ impl Group {
         Ok(())
     }
 
+    /// The member's current assignment; empty for an unknown member.
+    fn assignment_of(&self, member_id: &str) -> Bytes {
+        self.members
+            .get(member_id)
+            .map(|m| m.assignment.clone())
+            .unwrap_or_default()
+    }
+
     fn start_rebalance(&mut self, initial_delay: Duration) {
         let now = Instant::now();
         if self.state == GroupState::Empty {
@@ -417,11 +425,7 @@ impl GroupCoordinator {
                 session_timeout: Duration::from_millis(request.session_timeout_ms as u64),
                 rebalance_timeout: Duration::from_millis(request.rebalance_timeout_ms.max(0) as u64),
                 protocols: request.protocols.clone(),
-                assignment: group
-                    .members
-                    .get(&member_id)
-                    .map(|m| m.assignment.clone())
-                    .unwrap_or_default(),
+                assignment: group.assignment_of(&member_id),
                 last_heartbeat: Instant::now(),
                 joined: true,
             };
@@ -477,11 +481,7 @@ impl GroupCoordinator {
                 GroupState::Empty => return Err(BrokerError::UnknownMemberId),
                 GroupState::PreparingRebalance => return Err(BrokerError::RebalanceInProgress),
                 GroupState::Stable => {
-                    let assignment = group
-                        .members
-                        .get(member_id)
-                        .map(|m| m.assignment.clone())
-                        .unwrap_or_default();
+                    let assignment = group.assignment_of(member_id);
                     return Ok(answer(group, assignment));
                 }
                 GroupState::CompletingRebalance => {}
@@ -492,15 +492,11 @@ impl GroupCoordinator {
                     member.assignment = assignments.remove(id).unwrap_or_default();
                 }
                 group.state = GroupState::Stable;
-                for (id, waiter) in group.sync_waiters.drain() {
-                    let assignment = group.members.get(&id).map(|m| m.assignment.clone()).unwrap_or_default();
+                for (id, waiter) in std::mem::take(&mut group.sync_waiters) {
+                    let assignment = group.assignment_of(&id);
                     let _ = waiter.send(Ok(assignment));
                 }
-                let own = group
-                    .members
-                    .get(member_id)
-                    .map(|m| m.assignment.clone())
-                    .unwrap_or_default();
+                let own = group.assignment_of(member_id);
                 return Ok(answer(group, own));
             }
             let (reply, receiver) = oneshot::channel();
