@@ -104,3 +104,13 @@ def timer(suite):
     def timing(label, seconds):
         print(f"[{suite}] TIMING {label}: {seconds:.2f}s", flush=True)
     return timing
+
+
+def produce_and_check(produce, wait_committed_to_end, bootstrap, group, topic, members, expected, count, tag):
+    """Produce `count` more messages with the suite's client; the members must consume and commit
+    them, and every message so far must have been consumed exactly once."""
+    new = produce(bootstrap, topic, count, tag)
+    expected.update(new)
+    wait_consumed(members, new)
+    wait_committed_to_end(bootstrap, group, topic)
+    check_exactly_once(members, expected)

@@ -22,7 +22,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from harness import expect, expect_eq, run_suite, wait_until  # noqa: E402
 from group_helpers import (ALL, PARTITIONS, SEQ, TIMEOUT, MemberView, Members, broker_env,  # noqa: E402
-                           check_exactly_once, consumed, timer, wait_balanced, wait_consumed)
+                           check_exactly_once, consumed, produce_and_check, timer, wait_balanced,
+                           wait_consumed)
 
 from confluent_kafka import (ConsumerGroupTopicPartitions, Consumer, KafkaError,  # noqa: E402
                              KafkaException, Producer, TopicPartition)
@@ -282,11 +283,7 @@ def check_range_group(broker, R, topic, group):
             members.append(leaver)  # keep its records for the exactly-once check
 
         with R.check("120 messages produced after the leave consumed exactly once"):
-            new = produce(bs, topic, 120, "b")
-            expected.update(new)
-            wait_consumed(members, new)
-            wait_committed_to_end(bs, group, topic)
-            check_exactly_once(members, expected)
+            produce_and_check(produce, wait_committed_to_end, bs, group, topic, members, expected, 120, "b")
 
         with R.check("member joins a stable group: 2/2/2 again (timed)"):
             live = members[:2]
@@ -296,11 +293,7 @@ def check_range_group(broker, R, topic, group):
             timing("member join (eager range), new member's subscribe() to all 3 holding their new assignment", took)
 
         with R.check("120 messages produced after the join consumed exactly once"):
-            new = produce(bs, topic, 120, "c")
-            expected.update(new)
-            wait_consumed(members, new)
-            wait_committed_to_end(bs, group, topic)
-            check_exactly_once(members, expected)
+            produce_and_check(produce, wait_committed_to_end, bs, group, topic, members, expected, 120, "c")
 
         with R.check("members close cleanly; no commit errors in the whole run"):
             for m in members:
@@ -363,11 +356,7 @@ def check_cooperative(broker, R, topic, group):
             expect_eq(len(desc.members), 2, "members described")
 
         with R.check("cooperative-sticky: 120 more consumed exactly once across both"):
-            new = produce(bs, topic, 120, "coop-b")
-            expected.update(new)
-            wait_consumed(members, new)
-            wait_committed_to_end(bs, group, topic)
-            check_exactly_once(members, expected)
+            produce_and_check(produce, wait_committed_to_end, bs, group, topic, members, expected, 120, "coop-b")
 
         with R.check("cooperative-sticky: second member leaves, first gets all 6 back, 60 more exactly once"):
             leaver = members[1]
@@ -375,11 +364,7 @@ def check_cooperative(broker, R, topic, group):
             leaver.close()
             timing("member leave (cooperative-sticky), close() to the other member holding all 6",
                    wait_balanced(members[:1], [6], t0, "6 partitions back to the first member"))
-            new = produce(bs, topic, 60, "coop-c")
-            expected.update(new)
-            wait_consumed(members, new)
-            wait_committed_to_end(bs, group, topic)
-            check_exactly_once(members, expected)
+            produce_and_check(produce, wait_committed_to_end, bs, group, topic, members, expected, 60, "coop-c")
             members[0].close()
             errors = {m.name: m.commit_errors for m in members if m.commit_errors}
             expect(not errors, f"commit errors: {errors}")

@@ -25,7 +25,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from harness import expect, expect_eq, run_suite, wait_until  # noqa: E402
 from group_helpers import (ALL, PARTITIONS, SEQ, TIMEOUT, MemberView, Members, broker_env,  # noqa: E402
-                           check_exactly_once, consumed, timer, wait_balanced, wait_consumed)
+                           check_exactly_once, consumed, produce_and_check, timer, wait_balanced,
+                           wait_consumed)
 
 from kafka import (ConsumerRebalanceListener, KafkaAdminClient, KafkaConsumer,  # noqa: E402
                    KafkaProducer, TopicPartition)
@@ -208,11 +209,7 @@ def check_group(bootstrap, R, topic, group):
             members.append(leaver)  # keep its records for the exactly-once check
 
         with R.check("60 messages produced after the leave consumed exactly once"):
-            new = produce(bootstrap, topic, 60, "b")
-            expected.update(new)
-            wait_consumed(members, new)
-            wait_committed_to_end(bootstrap, group, topic)
-            check_exactly_once(members, expected)
+            produce_and_check(produce, wait_committed_to_end, bootstrap, group, topic, members, expected, 60, "b")
 
         with R.check("member joins a stable group: 2/2/2 again (timed)"):
             joiner = Member("kp3", bootstrap, group, topic)
@@ -222,11 +219,7 @@ def check_group(bootstrap, R, topic, group):
                    wait_balanced(live, [2, 2, 2], joiner.subscribed_at, "2/2/2 after join"))
 
         with R.check("60 messages produced after the join consumed exactly once"):
-            new = produce(bootstrap, topic, 60, "c")
-            expected.update(new)
-            wait_consumed(members, new)
-            wait_committed_to_end(bootstrap, group, topic)
-            check_exactly_once(members, expected)
+            produce_and_check(produce, wait_committed_to_end, bootstrap, group, topic, members, expected, 60, "c")
 
         with R.check("members close cleanly; no commit errors in the whole run"):
             for m in members:
