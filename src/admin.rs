@@ -1,5 +1,6 @@
-//! `rafka groups`: lists consumer groups, their members and assignments,
-//! committed offsets and lag, speaking the Kafka protocol to any broker.
+//! Admin tools. `rafka groups` lists consumer groups, their members and
+//! assignments, committed offsets and lag, speaking the Kafka protocol to any
+//! broker; `rafka health` checks one broker; `rafka checksums` compares replicas.
 
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
@@ -10,11 +11,16 @@ use bytes::{Buf, BufMut, Bytes, BytesMut};
 use kafka_protocol::messages::list_offsets_request::{ListOffsetsPartition, ListOffsetsTopic};
 use kafka_protocol::messages::{
     ApiKey, BrokerId, ConsumerProtocolAssignment, DescribeGroupsRequest, GroupId, ListGroupsRequest,
-    ListOffsetsRequest, OffsetFetchRequest, RequestHeader, RequestKind, ResponseHeader, ResponseKind,
+    ListOffsetsRequest, MetadataRequest, OffsetFetchRequest, RequestHeader, RequestKind, ResponseHeader, ResponseKind,
 };
 use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
 
+use crate::raft::network::PeerClient;
+use crate::raft::wire::{PeerRequest, PeerResponse};
+
 const TIMEOUT: Duration = Duration::from_secs(30);
+/// Health checks run every few seconds; a broker slower than this is not healthy.
+const HEALTH_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// A blocking connection that sends one request at a time.
 pub struct AdminClient {
@@ -169,4 +175,43 @@ fn end_offset(client: &mut AdminClient, topic: &str, partition: i32) -> anyhow::
         .first()
         .and_then(|t| t.partitions.first())
         .map_or(-1, |p| if p.error_code == 0 { p.offset } else { -1 }))
+}
+
+/// `rafka health`: succeeds when the broker answers Metadata and knows a controller leader.
+pub fn check_health(bootstrap: &str) -> anyhow::Result<()> {
+    let mut client = AdminClient::connect(bootstrap)?;
+    client.stream.set_read_timeout(Some(HEALTH_TIMEOUT))?;
+    let request = MetadataRequest::default().with_topics(Some(Vec::new()));
+    let ResponseKind::Metadata(metadata) = client.request(ApiKey::Metadata, 12, RequestKind::Metadata(request))? else {
+        anyhow::bail!("unexpected Metadata answer");
+    };
+    anyhow::ensure!(metadata.controller_id.0 >= 0, "no controller leader yet");
+    println!(
+        "healthy: {} broker(s), controller {}",
+        metadata.brokers.len(),
+        metadata.controller_id.0
+    );
+    Ok(())
+}
+
+/// `rafka checksums`: asks one node, on its Raft address, for a checksum of every
+/// partition replica it holds, and prints them as JSON.
+pub fn print_checksums(peer: &str) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let client = PeerClient::new(0, peer.to_string());
+    let answer = runtime.block_on(client.call(&PeerRequest::Checksums, TIMEOUT))?;
+    let PeerResponse::Checksums(checksums) = answer else {
+        anyhow::bail!("unexpected answer {answer:?}");
+    };
+    let lines: Vec<String> = checksums
+        .iter()
+        .map(|c| {
+            format!(
+                r#"{{"topic": {:?}, "partition": {}, "group": {}, "applied_index": {}, "checksum": "{:08x}", "batches": {}}}"#,
+                c.topic, c.partition, c.group, c.applied_index, c.checksum, c.batches
+            )
+        })
+        .collect();
+    println!("[{}]", lines.join(",\n "));
+    Ok(())
 }

@@ -98,7 +98,12 @@ impl BrokerConfig {
                 "election_rtt must be greater than heartbeat_rtt (>= 1)".into(),
             ));
         }
-        self.initial_member_ids()?;
+        if !self.initial_member_ids()?.contains(&self.node_id) {
+            return Err(ConfigError::Invalid(format!(
+                "node_id {} is not one of initial_members",
+                self.node_id
+            )));
+        }
         Ok(())
     }
 
@@ -138,5 +143,18 @@ mod tests {
         assert_eq!(cfg.node_id, 1);
         assert_eq!(cfg.initial_member_ids().unwrap(), vec![1]);
         assert!(cfg.election_timeout() > cfg.heartbeat_interval());
+    }
+
+    #[test]
+    fn shipped_cluster_configs_describe_one_three_node_cluster() {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+        for node in 1..=3u64 {
+            let path = root.join(format!("configs/broker-cluster-node{node}.json"));
+            let cfg = BrokerConfig::load(&path).expect("shipped config must load");
+            assert_eq!(cfg.node_id, node);
+            assert_eq!(cfg.initial_member_ids().unwrap(), vec![1, 2, 3]);
+            assert_eq!(cfg.initial_members[&node.to_string()], cfg.raft_address);
+            assert_eq!(cfg.default_replication_factor, 3);
+        }
     }
 }

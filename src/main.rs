@@ -32,6 +32,18 @@ enum Tool {
         #[arg(long, default_value = "127.0.0.1:9092")]
         bootstrap: String,
     },
+    /// Exit 0 if the broker answers Metadata and knows a controller leader (for health checks).
+    Health {
+        /// The broker to check, host:port.
+        #[arg(long, default_value = "127.0.0.1:9092")]
+        bootstrap: String,
+    },
+    /// Print a checksum of every partition replica a node holds, as JSON.
+    Checksums {
+        /// The node's Raft address, host:port.
+        #[arg(long)]
+        peer: String,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
@@ -40,8 +52,11 @@ fn main() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .init();
     let args = Args::parse();
-    if let Some(Tool::Groups { bootstrap }) = args.command {
-        return rafka::admin::print_groups(&bootstrap);
+    match args.command {
+        Some(Tool::Groups { bootstrap }) => return rafka::admin::print_groups(&bootstrap),
+        Some(Tool::Health { bootstrap }) => return rafka::admin::check_health(&bootstrap),
+        Some(Tool::Checksums { peer }) => return rafka::admin::print_checksums(&peer),
+        None => {}
     }
     let cfg = BrokerConfig::load(&args.config).with_context(|| format!("loading {}", args.config.display()))?;
     tokio::runtime::Builder::new_multi_thread()

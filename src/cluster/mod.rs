@@ -1,14 +1,18 @@
 //! The node's view of the cluster: the controller group, the partition groups it
 //! hosts, and routing of reads and writes to them.
 
+pub mod leaders;
 pub mod metadata;
+pub mod peer_service;
 pub mod topics;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, RwLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use openraft::error::{ClientWriteError, RaftError};
+use openraft::{BasicNode, RaftMetrics};
+use tokio::net::TcpListener;
 use tokio::sync::{watch, Mutex};
 use tokio_util::sync::CancellationToken;
 
@@ -16,13 +20,16 @@ use crate::config::BrokerConfig;
 use crate::error::BrokerError;
 use crate::group::store::{GroupCommand, SharedGroups};
 use crate::raft::command::{Command, CommandResponse};
-use crate::raft::group::{start_group, GroupStartError};
+use crate::raft::group::{effective_leader, start_group, GroupStartError};
+use crate::raft::network::{CallError, Peers};
 use crate::raft::state_machine::GroupRole;
+use crate::raft::wire::{Announcement, LeaderClaim, PartitionChecksum, PeerRequest, PeerResponse, ProposeError};
 use crate::raft::{GroupId, NodeId, Raft, CONTROLLER_GROUP};
 use crate::storage::batch::ValidatedBatch;
 use crate::storage::keys::ALL_CFS;
 use crate::storage::partition::{PartitionLog, PartitionOffsets};
 use crate::storage::{StorageError, Store};
+use leaders::{LeaderBoard, LeaderView, ANNOUNCE_INTERVAL};
 use metadata::{ClusterState, TopicState};
 
 /// The internal topic whose partitions replicate consumer groups' offsets.
@@ -30,6 +37,12 @@ pub const OFFSETS_TOPIC: &str = "__consumer_offsets";
 
 /// How long admin requests wait for new partitions to elect leaders.
 const LEADER_WAIT: Duration = Duration::from_secs(15);
+/// How long a proposal keeps looking for its group's leader (an election may be under way).
+const LEADER_SEARCH: Duration = Duration::from_secs(10);
+/// How long a forwarded or local controller proposal may take to commit.
+const PROPOSE_TIMEOUT: Duration = Duration::from_secs(10);
+/// A replica whose log is within this many entries of the leader's counts as in sync.
+const ISR_MAX_LAG_ENTRIES: u64 = 1000;
 
 /// A partition group running on this node.
 pub struct PartitionHandle {
@@ -39,11 +52,13 @@ pub struct PartitionHandle {
     pub offsets: watch::Receiver<PartitionOffsets>,
     /// Set for `__consumer_offsets` partitions: the consumer groups they store.
     pub consumer_groups: Option<SharedGroups>,
+    /// How long a leader may go without a majority's acknowledgement and still act as leader.
+    lease: Duration,
 }
 
 impl PartitionHandle {
     pub fn leader(&self) -> Option<NodeId> {
-        self.raft.metrics().borrow().current_leader
+        effective_leader(&self.raft.metrics().borrow(), self.lease)
     }
 
     pub fn offsets(&self) -> PartitionOffsets {
@@ -55,6 +70,8 @@ pub struct Cluster {
     cfg: Arc<BrokerConfig>,
     store: Store,
     members: BTreeMap<NodeId, String>,
+    peers: Arc<Peers>,
+    board: LeaderBoard,
     controller: Raft,
     metadata: watch::Receiver<Arc<ClusterState>>,
     partitions: RwLock<HashMap<GroupId, Arc<PartitionHandle>>>,
@@ -71,34 +88,50 @@ pub enum StartError {
     Group(#[from] GroupStartError),
     #[error(transparent)]
     Config(#[from] crate::config::ConfigError),
+    #[error("cannot listen for peers on {0}: {1}")]
+    Bind(String, std::io::Error),
 }
 
 impl Cluster {
     /// Opens storage, starts the controller group and every partition group this node hosts.
     pub async fn start(cfg: Arc<BrokerConfig>, shutdown: CancellationToken) -> Result<Arc<Self>, StartError> {
+        let peer_listener = TcpListener::bind(&cfg.raft_address)
+            .await
+            .map_err(|err| StartError::Bind(cfg.raft_address.clone(), err))?;
         let store = Store::open(&cfg.data_dir)?;
         let mut members = BTreeMap::new();
         for (id, addr) in cfg.initial_member_ids()?.into_iter().zip(cfg.initial_members.values()) {
             members.insert(id, addr.clone());
         }
+        let peers = Peers::new(members.clone());
         let (published, metadata) = watch::channel(Arc::new(ClusterState::default()));
         let role = GroupRole::Controller {
             cluster: ClusterState::default(),
             published,
         };
-        let controller = start_group(&cfg, &store, CONTROLLER_GROUP, role, &members).await?;
+        // Ascending ids: the lowest member bootstraps the controller group.
+        let voters: Vec<(NodeId, String)> = members.iter().map(|(id, addr)| (*id, addr.clone())).collect();
+        let controller = start_group(&cfg, &store, &peers, CONTROLLER_GROUP, role, &voters).await?;
         let cluster = Arc::new(Cluster {
             cfg,
             store,
             members,
+            peers,
+            board: LeaderBoard::default(),
             controller,
             metadata,
             partitions: RwLock::new(HashMap::new()),
             appends: Arc::new(watch::channel(0).0),
             reconciling: Mutex::new(()),
         });
+        tokio::spawn(peer_service::serve_peers(
+            peer_listener,
+            Arc::clone(&cluster),
+            shutdown.clone(),
+        ));
         cluster.reconcile().await?;
-        tokio::spawn(Arc::clone(&cluster).follow_metadata(shutdown));
+        tokio::spawn(Arc::clone(&cluster).follow_metadata(shutdown.clone()));
+        tokio::spawn(Arc::clone(&cluster).announce(shutdown));
         Ok(cluster)
     }
 
@@ -110,15 +143,221 @@ impl Cluster {
         self.cfg.node_id
     }
 
-    /// The brokers clients can reach: `(node id, host, port)`.
+    /// The live brokers clients can reach, this one and the peers heard from: `(node id, host, port)`.
     pub fn brokers(&self) -> Vec<(NodeId, String, i32)> {
-        let advertised = self.cfg.advertised_listener();
-        let (host, port) = advertised.rsplit_once(':').unwrap_or((advertised.as_str(), "9092"));
-        vec![(self.cfg.node_id, host.to_string(), port.parse().unwrap_or(9092))]
+        let mut listeners = self.board.live_peers();
+        listeners.push((self.cfg.node_id, self.cfg.advertised_listener()));
+        listeners.sort();
+        listeners
+            .into_iter()
+            .map(|(id, listener)| {
+                let (host, port) = listener.rsplit_once(':').unwrap_or((listener.as_str(), "9092"));
+                (id, host.to_string(), port.parse().unwrap_or(9092))
+            })
+            .collect()
     }
 
     pub fn controller_leader(&self) -> Option<NodeId> {
-        self.controller.metrics().borrow().current_leader
+        self.leader_view(CONTROLLER_GROUP).map(|view| view.leader)
+    }
+
+    fn lease(&self) -> Duration {
+        self.cfg.election_timeout()
+    }
+
+    fn raft_of(&self, group: GroupId) -> Option<Raft> {
+        if group == CONTROLLER_GROUP {
+            return Some(self.controller.clone());
+        }
+        self.partition_by_group(group).map(|handle| handle.raft.clone())
+    }
+
+    /// Who leads `group`: this node's own Raft view if it hosts the group,
+    /// otherwise the freshest claim its peers announced.
+    pub fn leader_view(&self, group: GroupId) -> Option<LeaderView> {
+        if let Some(raft) = self.raft_of(group) {
+            let metrics = raft.metrics().borrow().clone();
+            match effective_leader(&metrics, self.lease()) {
+                Some(leader) if leader == self.node_id() => {
+                    return Some(LeaderView {
+                        leader,
+                        term: metrics.current_term,
+                        in_sync: self.in_sync(&metrics),
+                    })
+                }
+                Some(leader) => {
+                    let voters = metrics.membership_config.membership().voter_ids().collect();
+                    let announced = self.board.leader_of(group).filter(|view| view.leader == leader);
+                    return Some(announced.unwrap_or(LeaderView {
+                        leader,
+                        term: metrics.current_term,
+                        in_sync: voters,
+                    }));
+                }
+                None => {}
+            }
+        }
+        self.board.leader_of(group)
+    }
+
+    /// The voters a leader sees caught up: alive, and close to the end of its log.
+    fn in_sync(&self, metrics: &RaftMetrics<NodeId, BasicNode>) -> Vec<NodeId> {
+        let last = metrics.last_log_index.unwrap_or(0);
+        let matched = |id: &NodeId| {
+            metrics
+                .replication
+                .as_ref()
+                .and_then(|replication| replication.get(id).cloned().flatten())
+                .map(|log_id| log_id.index)
+        };
+        metrics
+            .membership_config
+            .membership()
+            .voter_ids()
+            .filter(|id| {
+                *id == self.node_id()
+                    || (self.board.is_live(*id) && matched(id).is_some_and(|index| index + ISR_MAX_LAG_ENTRIES >= last))
+            })
+            .collect()
+    }
+
+    /// Tells every peer, a few times a second, where clients reach this node and which groups it leads.
+    async fn announce(self: Arc<Self>, shutdown: CancellationToken) {
+        let mut ticker = tokio::time::interval(ANNOUNCE_INTERVAL);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = ticker.tick() => {}
+            }
+            let announcement = self.announcement();
+            for peer in self.members.keys().copied().filter(|id| *id != self.node_id()) {
+                let peers = Arc::clone(&self.peers);
+                let request = PeerRequest::Announce(announcement.clone());
+                tokio::spawn(async move {
+                    let _ = peers.call(peer, &request, ANNOUNCE_INTERVAL * 2).await;
+                });
+            }
+        }
+    }
+
+    fn announcement(&self) -> Announcement {
+        let handles: Vec<(GroupId, Raft)> = self
+            .partitions
+            .read()
+            .map(|map| map.values().map(|h| (h.group, h.raft.clone())).collect())
+            .unwrap_or_default();
+        let leading = std::iter::once((CONTROLLER_GROUP, self.controller.clone()))
+            .chain(handles)
+            .filter_map(|(group, raft)| {
+                let metrics = raft.metrics().borrow().clone();
+                (effective_leader(&metrics, self.lease()) == Some(self.node_id())).then(|| LeaderClaim {
+                    group,
+                    term: metrics.current_term,
+                    in_sync: self.in_sync(&metrics),
+                })
+            })
+            .collect();
+        Announcement {
+            node: self.node_id(),
+            advertised_listener: self.cfg.advertised_listener(),
+            leading,
+        }
+    }
+
+    /// Answers one request from a peer.
+    pub async fn answer_peer(&self, request: PeerRequest) -> PeerResponse {
+        match request {
+            PeerRequest::AppendEntries { group, rpc } => match self.raft_of(group) {
+                Some(raft) => PeerResponse::AppendEntries(raft.append_entries(rpc).await),
+                None => PeerResponse::GroupNotHere,
+            },
+            PeerRequest::Vote { group, rpc } => match self.raft_of(group) {
+                Some(raft) => PeerResponse::Vote(raft.vote(rpc).await),
+                None => PeerResponse::GroupNotHere,
+            },
+            PeerRequest::InstallSnapshot { group, rpc } => match self.raft_of(group) {
+                Some(raft) => PeerResponse::InstallSnapshot(raft.install_snapshot(rpc).await),
+                None => PeerResponse::GroupNotHere,
+            },
+            PeerRequest::Propose { group, command } => PeerResponse::Proposed(self.propose_here(group, command).await),
+            PeerRequest::Probe { group } => PeerResponse::Probed {
+                // An unreadable store must not look like a blank one.
+                has_state: self.store.has_raft_state(group).unwrap_or(true),
+            },
+            PeerRequest::Announce(announcement) => {
+                self.board.record(announcement);
+                PeerResponse::Announced
+            }
+            PeerRequest::Checksums => PeerResponse::Checksums(self.checksums()),
+        }
+    }
+
+    /// A checksum of every partition replica this node holds, with the index it has applied.
+    pub fn checksums(&self) -> Vec<PartitionChecksum> {
+        let metadata = self.metadata();
+        metadata
+            .partitions()
+            .filter_map(|(topic, partition, assignment)| {
+                let handle = self.partition_by_group(assignment.group)?;
+                let applied_index = handle.raft.metrics().borrow().last_applied.map_or(0, |id| id.index);
+                let (checksum, batches) = self.store.checksum_group(assignment.group).ok()?;
+                Some(PartitionChecksum {
+                    topic: topic.to_string(),
+                    partition,
+                    group: assignment.group,
+                    applied_index,
+                    checksum,
+                    batches,
+                })
+            })
+            .collect()
+    }
+
+    /// Proposes `command` to this node's replica of `group`.
+    async fn propose_here(&self, group: GroupId, command: Command) -> Result<CommandResponse, ProposeError> {
+        let raft = self.raft_of(group).ok_or(ProposeError::GroupNotHere)?;
+        match tokio::time::timeout(PROPOSE_TIMEOUT, raft.client_write(command)).await {
+            Ok(Ok(response)) => Ok(response.data),
+            Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(forward)))) => {
+                Err(ProposeError::NotLeader(forward.leader_id))
+            }
+            Ok(Err(err)) => Err(ProposeError::Unavailable(err.to_string())),
+            Err(_) => Err(ProposeError::Unavailable(format!(
+                "not committed within {PROPOSE_TIMEOUT:?}"
+            ))),
+        }
+    }
+
+    /// Proposes `command` to `group` wherever its leader is, here or on a peer,
+    /// waiting out an election. Only a proposal refused for want of leadership is
+    /// retried: that one was certainly not applied.
+    async fn propose_to_leader(&self, group: GroupId, command: Command) -> Result<CommandResponse, ProposeError> {
+        let deadline = Instant::now() + LEADER_SEARCH;
+        loop {
+            let outcome = match self.propose_here(group, command.clone()).await {
+                Err(ProposeError::NotLeader(Some(leader))) if leader != self.node_id() => {
+                    let request = PeerRequest::Propose {
+                        group,
+                        command: command.clone(),
+                    };
+                    match self.peers.call(leader, &request, PROPOSE_TIMEOUT).await {
+                        Ok(PeerResponse::Proposed(result)) => result,
+                        Ok(other) => Err(ProposeError::Unavailable(format!("unexpected answer {other:?}"))),
+                        // Never delivered, so safe to retry once a leader is found.
+                        Err(CallError::Unreachable(..)) => Err(ProposeError::NotLeader(None)),
+                        Err(err) => Err(ProposeError::Unavailable(err.to_string())),
+                    }
+                }
+                other => other,
+            };
+            match outcome {
+                Err(ProposeError::NotLeader(_)) if Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                other => return other,
+            }
+        }
     }
 
     pub fn metadata(&self) -> Arc<ClusterState> {
@@ -228,11 +467,11 @@ impl Cluster {
                 appends: self.appends.clone(),
             },
         };
-        let members = replicas
+        let members: Vec<(NodeId, String)> = replicas
             .iter()
             .map(|id| (*id, self.members.get(id).cloned().unwrap_or_default()))
             .collect();
-        let raft = start_group(&self.cfg, &self.store, group, role, &members).await?;
+        let raft = start_group(&self.cfg, &self.store, &self.peers, group, role, &members).await?;
         tracing::info!(group, stores_offsets, "partition group started");
         Ok(PartitionHandle {
             group,
@@ -240,6 +479,7 @@ impl Cluster {
             log,
             offsets,
             consumer_groups,
+            lease: self.lease(),
         })
     }
 
@@ -261,15 +501,12 @@ impl Cluster {
 
     /// Proposes a metadata change; returns the partition groups it touched.
     async fn propose_to_controller(&self, command: Command) -> Result<Vec<GroupId>, BrokerError> {
-        match self.controller.client_write(command).await {
-            Ok(response) => match response.data {
-                CommandResponse::Controller(result) => result.map_err(BrokerError::from),
-                other => Err(BrokerError::InvalidRequest(format!(
-                    "unexpected controller answer {other:?}"
-                ))),
-            },
-            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_))) => Err(BrokerError::NotController),
-            Err(err) => Err(BrokerError::LeaderNotAvailable(err.to_string())),
+        match self.propose_to_leader(CONTROLLER_GROUP, command).await {
+            Ok(CommandResponse::Controller(result)) => result.map_err(BrokerError::from),
+            Ok(other) => Err(BrokerError::InvalidRequest(format!(
+                "unexpected controller answer {other:?}"
+            ))),
+            Err(err) => Err(controller_error(err)),
         }
     }
 
@@ -325,11 +562,10 @@ impl Cluster {
         configs: BTreeMap<String, String>,
     ) -> Result<(), BrokerError> {
         let (count, factor) = self.check_new_topic(name, partitions, replication_factor)?;
-        let nodes: Vec<NodeId> = self.members.keys().copied().collect();
         let command = Command::CreateTopic {
             name: name.to_string(),
             topic_id: *uuid::Uuid::new_v4().as_bytes(),
-            replicas: topics::place_replicas(&nodes, 0, count, factor),
+            replicas: self.place_replicas(0, count, factor),
             configs,
         };
         let groups = self.propose_to_controller(command).await?;
@@ -356,15 +592,15 @@ impl Cluster {
 
     /// A new idempotent producer id, unique in the cluster.
     pub async fn allocate_producer_id(&self) -> Result<i64, BrokerError> {
-        match self.controller.client_write(Command::AllocateProducerId).await {
-            Ok(response) => match response.data {
-                CommandResponse::ProducerId(id) => Ok(id),
-                other => Err(BrokerError::InvalidRequest(format!(
-                    "unexpected controller answer {other:?}"
-                ))),
-            },
-            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_))) => Err(BrokerError::NotController),
-            Err(err) => Err(BrokerError::LeaderNotAvailable(err.to_string())),
+        match self
+            .propose_to_leader(CONTROLLER_GROUP, Command::AllocateProducerId)
+            .await
+        {
+            Ok(CommandResponse::ProducerId(id)) => Ok(id),
+            Ok(other) => Err(BrokerError::InvalidRequest(format!(
+                "unexpected controller answer {other:?}"
+            ))),
+            Err(err) => Err(controller_error(err)),
         }
     }
 
@@ -389,14 +625,8 @@ impl Cluster {
         let topic = self.check_partition_growth(name, total)?;
         let current = topic.partitions.len();
         let factor = topic.partitions.first().map_or(1, |p| p.replicas.len());
-        let nodes: Vec<NodeId> = self.members.keys().copied().collect();
         let mut replicas: Vec<Vec<NodeId>> = topic.partitions.iter().map(|p| p.replicas.clone()).collect();
-        replicas.extend(topics::place_replicas(
-            &nodes,
-            current,
-            total as usize - current,
-            factor,
-        ));
+        replicas.extend(self.place_replicas(current, total as usize - current, factor));
         let groups = self
             .propose_to_controller(Command::CreatePartitions {
                 name: name.to_string(),
@@ -406,28 +636,71 @@ impl Cluster {
         self.await_leaders(&groups).await
     }
 
-    /// Waits until every group in `groups` hosted here runs and knows its leader.
+    /// Replica lists for new partitions. The first replica bootstraps the group
+    /// and so usually leads it: it is chosen among the nodes known to be alive,
+    /// or a partition created while a node is down would wait for that node.
+    fn place_replicas(&self, first: usize, count: usize, factor: usize) -> Vec<Vec<NodeId>> {
+        let nodes: Vec<NodeId> = self.members.keys().copied().collect();
+        let alive = |id: &NodeId| *id == self.node_id() || self.board.is_live(*id);
+        topics::place_replicas(&nodes, first, count, factor)
+            .into_iter()
+            .map(|mut replicas| {
+                if let Some(live) = replicas.iter().position(alive) {
+                    replicas.rotate_left(live);
+                }
+                replicas
+            })
+            .collect()
+    }
+
+    /// Waits until this node's metadata holds `groups` and each of them has a known leader.
     async fn await_leaders(&self, groups: &[GroupId]) -> Result<(), BrokerError> {
+        let deadline = Instant::now() + LEADER_WAIT;
+        let newest = groups.iter().copied().max().unwrap_or(0);
+        let mut metadata = self.metadata.clone();
+        while self.metadata().next_group < newest {
+            if tokio::time::timeout_at(deadline.into(), metadata.changed())
+                .await
+                .is_err()
+            {
+                return Err(BrokerError::Timeout("metadata did not reach this node".into()));
+            }
+        }
         self.reconcile()
             .await
             .map_err(|err| BrokerError::LeaderNotAvailable(err.to_string()))?;
         for group in groups {
-            let Some(handle) = self.partition_by_group(*group) else {
-                continue;
-            };
-            handle
-                .raft
-                .wait(Some(LEADER_WAIT))
-                .metrics(|m| m.current_leader.is_some(), "partition leader elected")
-                .await
-                .map_err(|err| BrokerError::Timeout(err.to_string()))?;
+            while self.leader_view(*group).is_none() {
+                if Instant::now() >= deadline {
+                    return Err(BrokerError::Timeout(format!(
+                        "partition group {group} elected no leader"
+                    )));
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
         }
         Ok(())
     }
 
-    /// The `__consumer_offsets` partition that stores `group_id`, created on first use.
-    /// Like Kafka, the partition is the group id's Java string hash modulo the partition count.
+    /// The local replica of the `__consumer_offsets` partition that stores `group_id`.
     pub async fn offsets_partition(&self, group_id: &str) -> Result<Arc<PartitionHandle>, BrokerError> {
+        let index = self.offsets_partition_index(group_id).await?;
+        self.partition(OFFSETS_TOPIC, index)
+    }
+
+    /// Which node coordinates `group_id`: the leader of its offsets partition, wherever it is.
+    pub async fn coordinator_of(&self, group_id: &str) -> Result<NodeId, BrokerError> {
+        self.offsets_partition_index(group_id).await?;
+        let (_, group) = self
+            .offsets_partition_of(group_id)
+            .ok_or(BrokerError::UnknownTopicOrPartition)?;
+        self.leader_view(group)
+            .map(|view| view.leader)
+            .ok_or_else(|| BrokerError::CoordinatorNotAvailable("offsets partition has no leader".into()))
+    }
+
+    /// The `__consumer_offsets` partition index of `group_id`, creating the topic on first use.
+    async fn offsets_partition_index(&self, group_id: &str) -> Result<i32, BrokerError> {
         if !self.metadata().topics.contains_key(OFFSETS_TOPIC) {
             let mut configs = BTreeMap::new();
             configs.insert("cleanup.policy".to_string(), "compact".to_string());
@@ -439,16 +712,29 @@ impl Cluster {
                 Err(err) => return Err(err),
             }
         }
-        let count = self
-            .metadata()
-            .topics
-            .get(OFFSETS_TOPIC)
-            .map_or(1, |t| t.partitions.len().max(1));
+        self.offsets_partition_of(group_id)
+            .map(|(index, _)| index)
+            .ok_or(BrokerError::UnknownTopicOrPartition)
+    }
+
+    /// The offsets partition of `group_id` (index and Raft group), if the topic exists.
+    /// Like Kafka, the index is the group id's Java string hash modulo the partition count.
+    fn offsets_partition_of(&self, group_id: &str) -> Option<(i32, GroupId)> {
+        let metadata = self.metadata();
+        let partitions = &metadata.topics.get(OFFSETS_TOPIC)?.partitions;
         let hash = group_id
             .encode_utf16()
             .fold(0i32, |h, c| h.wrapping_mul(31).wrapping_add(c as i32));
-        let index = (hash.unsigned_abs() as usize % count) as i32;
-        self.partition(OFFSETS_TOPIC, index)
+        let index = hash.unsigned_abs() as usize % partitions.len().max(1);
+        Some((index as i32, partitions.get(index)?.group))
+    }
+
+    /// Whether Raft has this node leading the offsets partition of `group_id`.
+    /// Deliberately not lease-checked: a short stall must not discard live groups.
+    pub fn coordinates(&self, group_id: &str) -> bool {
+        self.offsets_partition_of(group_id)
+            .and_then(|(_, group)| self.partition_by_group(group))
+            .is_some_and(|handle| handle.raft.metrics().borrow().current_leader == Some(self.node_id()))
     }
 
     /// Replicates a consumer-group change through its offsets partition.
@@ -469,13 +755,19 @@ impl Cluster {
         }
     }
 
-    /// Replicates `batches` through the partition's Raft group; returns (base offset, log start offset).
+    /// Replicates `batches` through the partition's Raft group and waits up to
+    /// `timeout` for the commit; returns (base offset, log start offset).
     pub async fn append(
         &self,
         handle: &PartitionHandle,
         batches: Vec<ValidatedBatch>,
+        timeout: Duration,
     ) -> Result<(i64, i64), BrokerError> {
-        match handle.raft.client_write(Command::Append { batches }).await {
+        let committed = tokio::time::timeout(timeout, handle.raft.client_write(Command::Append { batches }));
+        let Ok(written) = committed.await else {
+            return Err(BrokerError::Timeout(format!("not committed within {timeout:?}")));
+        };
+        match written {
             Ok(response) => match response.data {
                 CommandResponse::Appended {
                     base_offset,
@@ -489,5 +781,12 @@ impl Cluster {
             Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_))) => Err(BrokerError::NotLeader),
             Err(err) => Err(BrokerError::LeaderNotAvailable(err.to_string())),
         }
+    }
+}
+
+fn controller_error(err: ProposeError) -> BrokerError {
+    match err {
+        ProposeError::NotLeader(_) | ProposeError::GroupNotHere => BrokerError::NotController,
+        ProposeError::Unavailable(reason) => BrokerError::LeaderNotAvailable(reason),
     }
 }

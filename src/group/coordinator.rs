@@ -333,7 +333,11 @@ impl GroupCoordinator {
         let now = Instant::now();
         let initial_delay = self.initial_delay();
         let mut finished = Vec::new();
-        for (name, group) in self.lock().iter_mut() {
+        let mut groups = self.lock();
+        // Members follow a moved coordinator and rejoin there; a copy left here
+        // would be stale if the coordinator ever came back.
+        groups.retain(|name, _| self.cluster.coordinates(name));
+        for (name, group) in groups.iter_mut() {
             if group.expire_members(now) && group.state != GroupState::PreparingRebalance {
                 if group.members.is_empty() {
                     group.state = GroupState::Empty;
@@ -345,6 +349,7 @@ impl GroupCoordinator {
                 finished.push((name.clone(), generation, group.protocol_type.clone()));
             }
         }
+        drop(groups);
         for (group, generation, protocol_type) in finished {
             self.persist_generation(group, generation, protocol_type);
         }

@@ -41,13 +41,7 @@ async fn locate(cluster: &Cluster, key_type: i8, key: &str) -> Result<(i32, Stri
     if key.is_empty() {
         return Err(BrokerError::InvalidGroupId);
     }
-    let handle = cluster.offsets_partition(key).await.map_err(|err| match err {
-        BrokerError::NotLeader => BrokerError::CoordinatorNotAvailable("offsets partition is starting".into()),
-        other => other,
-    })?;
-    let leader = handle
-        .leader()
-        .ok_or_else(|| BrokerError::CoordinatorNotAvailable("offsets partition has no leader".into()))?;
+    let leader = cluster.coordinator_of(key).await?;
     cluster
         .brokers()
         .into_iter()

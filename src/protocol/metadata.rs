@@ -11,6 +11,7 @@ use crate::cluster::metadata::TopicState;
 use crate::cluster::topics::validate_topic_name;
 use crate::cluster::Cluster;
 use crate::error::BrokerError;
+use crate::raft::NodeId;
 
 pub const VERSIONS: VersionRange = VersionRange { min: 1, max: 12 };
 
@@ -71,22 +72,23 @@ fn describe_partitions(cluster: &Cluster, topic: &TopicState) -> Vec<MetadataRes
         .iter()
         .enumerate()
         .map(|(index, assignment)| {
-            let replicas: Vec<BrokerId> = assignment.replicas.iter().map(|id| BrokerId(*id as i32)).collect();
-            let leader = cluster
-                .partition_by_group(assignment.group)
-                .and_then(|handle| handle.leader());
+            let replicas: Vec<BrokerId> = assignment.replicas.iter().map(|id| broker_id(*id)).collect();
             let partition = MetadataResponsePartition::default()
                 .with_partition_index(index as i32)
                 .with_leader_epoch(-1)
-                .with_replica_nodes(replicas.clone());
-            match leader {
-                Some(leader) => partition
-                    .with_leader_id(BrokerId(leader as i32))
-                    .with_isr_nodes(replicas),
+                .with_replica_nodes(replicas);
+            match cluster.leader_view(assignment.group) {
+                Some(view) => partition
+                    .with_leader_id(broker_id(view.leader))
+                    .with_isr_nodes(view.in_sync.into_iter().map(broker_id).collect()),
                 None => partition
                     .with_leader_id(BrokerId(-1))
                     .with_error_code(BrokerError::LeaderNotAvailable(String::new()).code()),
             }
         })
         .collect()
+}
+
+fn broker_id(node: NodeId) -> BrokerId {
+    BrokerId(node as i32)
 }

@@ -1,6 +1,8 @@
 //! Produce: validate each partition's batches, replicate them through the
 //! partition's Raft group and answer once they are committed.
 
+use std::time::Duration;
+
 use bytes::Bytes;
 use futures::future::join_all;
 use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
@@ -14,6 +16,9 @@ use crate::error::{code_of, BrokerError};
 use crate::storage::batch::validate_produce_records;
 
 pub const VERSIONS: VersionRange = VersionRange { min: 3, max: 9 };
+
+/// Kafka's default `request.timeout.ms`.
+const DEFAULT_COMMIT_TIMEOUT_MS: u64 = 30_000;
 
 /// Returns `None` for acks=0, which Kafka never answers.
 pub async fn handle(cluster: &Cluster, request: ProduceRequest) -> Option<ProduceResponse> {
@@ -30,23 +35,25 @@ pub async fn handle(cluster: &Cluster, request: ProduceRequest) -> Option<Produc
     }
     // Every partition's proposal is started before any is awaited: join_all polls
     // in order, so batches reach each Raft group in request order.
+    // A negative timeout is the client leaving it to the broker.
+    let timeout = Duration::from_millis(u64::try_from(request.timeout_ms).unwrap_or(DEFAULT_COMMIT_TIMEOUT_MS));
     let topics = join_all(
         request
             .topic_data
             .into_iter()
-            .map(|topic| produce_topic(cluster, topic)),
+            .map(|topic| produce_topic(cluster, topic, timeout)),
     )
     .await;
     (acks != 0).then(|| ProduceResponse::default().with_responses(topics))
 }
 
-async fn produce_topic(cluster: &Cluster, topic: TopicProduceData) -> TopicProduceResponse {
+async fn produce_topic(cluster: &Cluster, topic: TopicProduceData, timeout: Duration) -> TopicProduceResponse {
     let name = topic.name.0.to_string();
     let partitions = join_all(
         topic
             .partition_data
             .into_iter()
-            .map(|data| produce_partition(cluster, &name, data)),
+            .map(|data| produce_partition(cluster, &name, data, timeout)),
     )
     .await;
     TopicProduceResponse::default()
@@ -54,8 +61,13 @@ async fn produce_topic(cluster: &Cluster, topic: TopicProduceData) -> TopicProdu
         .with_partition_responses(partitions)
 }
 
-async fn produce_partition(cluster: &Cluster, topic: &str, data: PartitionProduceData) -> PartitionProduceResponse {
-    let result = append(cluster, topic, data.index, data.records.unwrap_or_default()).await;
+async fn produce_partition(
+    cluster: &Cluster,
+    topic: &str,
+    data: PartitionProduceData,
+    timeout: Duration,
+) -> PartitionProduceResponse {
+    let result = append(cluster, topic, data.index, data.records.unwrap_or_default(), timeout).await;
     if let Err(err) = &result {
         tracing::debug!(topic, partition = data.index, error = %err, "produce refused");
     }
@@ -69,7 +81,13 @@ async fn produce_partition(cluster: &Cluster, topic: &str, data: PartitionProduc
         .with_log_start_offset(log_start_offset)
 }
 
-async fn append(cluster: &Cluster, topic: &str, partition: i32, records: Bytes) -> Result<(i64, i64), BrokerError> {
+async fn append(
+    cluster: &Cluster,
+    topic: &str,
+    partition: i32,
+    records: Bytes,
+    timeout: Duration,
+) -> Result<(i64, i64), BrokerError> {
     let handle = match cluster.led_partition(topic, partition) {
         Err(BrokerError::UnknownTopicOrPartition) if cluster.config().auto_create_topics => {
             cluster.ensure_topic(topic).await?;
@@ -78,7 +96,7 @@ async fn append(cluster: &Cluster, topic: &str, partition: i32, records: Bytes) 
         other => other?,
     };
     let batches = validate_produce_records(&records, cluster.config().message_max_bytes)?;
-    cluster.append(&handle, batches).await
+    cluster.append(&handle, batches, timeout).await
 }
 
 fn reject_all(topics: Vec<TopicProduceData>, code: i16) -> ProduceResponse {

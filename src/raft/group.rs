@@ -3,14 +3,25 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use openraft::{BasicNode, SnapshotPolicy};
+use std::time::Duration;
+
+use futures::future::join_all;
+use openraft::{BasicNode, RaftMetrics, SnapshotPolicy};
 
 use super::log_store::GroupLogStore;
-use super::network::GroupNetwork;
+use super::network::{GroupNetwork, Peers};
 use super::state_machine::{GroupRole, GroupStateMachine};
+use super::wire::{PeerRequest, PeerResponse};
 use super::{GroupId, NodeId, Raft};
 use crate::config::BrokerConfig;
 use crate::storage::Store;
+
+const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
+const BOOTSTRAP_RETRY_MIN: Duration = Duration::from_millis(100);
+const BOOTSTRAP_RETRY_MAX: Duration = Duration::from_secs(2);
+/// Bounds an AppendEntries frame: entries are produce requests of up to
+/// `message_max_bytes` per partition.
+const MAX_PAYLOAD_ENTRIES: u64 = 64;
 
 #[derive(Debug, thiserror::Error)]
 pub enum GroupStartError {
@@ -31,6 +42,7 @@ fn raft_config(cfg: &BrokerConfig, group: GroupId) -> Result<Arc<openraft::Confi
         // Keep a tail of the log after a snapshot so a briefly lagging follower
         // catches up from the log instead of a full snapshot.
         max_in_snapshot_log_to_keep: (cfg.snapshot_entries / 10).max(1),
+        max_payload_entries: MAX_PAYLOAD_ENTRIES,
         ..Default::default()
     };
     config
@@ -39,42 +51,105 @@ fn raft_config(cfg: &BrokerConfig, group: GroupId) -> Result<Arc<openraft::Confi
         .map_err(|err| GroupStartError::Raft(err.to_string()))
 }
 
-/// Opens the group's storage, starts its Raft instance and, when this node is the
-/// designated bootstrapper of a group that has never run, initialises its membership.
+/// Opens the group's storage and starts its Raft instance. `members` lists the
+/// group's voters, the designated bootstrapper first: if the group has never run
+/// anywhere, that node initialises its membership.
 pub async fn start_group(
     cfg: &BrokerConfig,
     store: &Store,
+    peers: &Arc<Peers>,
     group: GroupId,
     role: GroupRole,
-    members: &BTreeMap<NodeId, String>,
+    members: &[(NodeId, String)],
 ) -> Result<Raft, GroupStartError> {
     let log_store = GroupLogStore::new(group, store.clone());
     let state_machine = GroupStateMachine::open(group, store.clone(), role, &cfg.data_dir.join("snapshots"))?;
     let raft = Raft::new(
         cfg.node_id,
         raft_config(cfg, group)?,
-        GroupNetwork::new(group),
+        GroupNetwork::new(group, Arc::clone(peers)),
         log_store,
         state_machine,
     )
     .await
-    .map_err(|err| GroupStartError::Raft(err.to_string()))?;
-    let initialized = raft
-        .is_initialized()
-        .await
-        .map_err(|err| GroupStartError::Raft(err.to_string()))?;
-    let bootstrapper = members.keys().next() == Some(&cfg.node_id);
-    if !initialized && bootstrapper {
-        let nodes: BTreeMap<NodeId, BasicNode> = members.iter().map(|(id, addr)| (*id, BasicNode::new(addr))).collect();
-        raft.initialize(nodes)
-            .await
-            .map_err(|err| GroupStartError::Raft(err.to_string()))?;
-    } else if initialized && members.len() == 1 && bootstrapper {
+    .map_err(raft_error)?;
+    let initialized = raft.is_initialized().await.map_err(raft_error)?;
+    let bootstrapper = members.first().map(|(id, _)| *id) == Some(cfg.node_id);
+    match (initialized, bootstrapper, members.len()) {
+        (false, true, 1) => {
+            raft.initialize(voters(members)).await.map_err(raft_error)?;
+        }
+        (false, true, _) => {
+            tokio::spawn(bootstrap(raft.clone(), Arc::clone(peers), group, members.to_vec()));
+        }
         // A sole voter need not wait out an election timeout after a restart.
-        raft.trigger()
-            .elect()
-            .await
-            .map_err(|err| GroupStartError::Raft(err.to_string()))?;
+        (true, true, 1) => raft.trigger().elect().await.map_err(raft_error)?,
+        _ => {}
     }
     Ok(raft)
+}
+
+fn raft_error(err: impl std::fmt::Display) -> GroupStartError {
+    GroupStartError::Raft(err.to_string())
+}
+
+fn voters(members: &[(NodeId, String)]) -> BTreeMap<NodeId, BasicNode> {
+    members.iter().map(|(id, addr)| (*id, BasicNode::new(addr))).collect()
+}
+
+/// Initialises a new multi-node group once a majority of its members answer and
+/// none of them has ever held state for it. The second condition keeps a node
+/// whose data was wiped from founding a rival group: it waits to be caught up
+/// by the existing leader instead.
+async fn bootstrap(raft: Raft, peers: Arc<Peers>, group: GroupId, members: Vec<(NodeId, String)>) {
+    let majority = members.len() / 2 + 1;
+    let mut delay = BOOTSTRAP_RETRY_MIN;
+    loop {
+        match raft.is_initialized().await {
+            Ok(false) => {}
+            // Initialised by the leader's replication, or shut down.
+            _ => return,
+        }
+        let probes = members[1..].iter().map(|(peer, _)| {
+            let peers = Arc::clone(&peers);
+            async move { peers.call(*peer, &PeerRequest::Probe { group }, PROBE_TIMEOUT).await }
+        });
+        let answers: Vec<bool> = join_all(probes)
+            .await
+            .into_iter()
+            .filter_map(|answer| match answer {
+                Ok(PeerResponse::Probed { has_state }) => Some(has_state),
+                _ => None,
+            })
+            .collect();
+        if answers.iter().any(|has_state| *has_state) {
+            tracing::info!(group, "group already formed on a peer; waiting for its leader");
+            return;
+        }
+        if answers.len() + 1 >= majority {
+            match raft.initialize(voters(&members)).await {
+                Ok(()) => tracing::info!(group, voters = members.len(), "group initialised"),
+                Err(err) => tracing::warn!(group, error = %err, "cannot initialise group"),
+            }
+            return;
+        }
+        tokio::time::sleep(delay).await;
+        delay = (delay * 2).min(BOOTSTRAP_RETRY_MAX);
+    }
+}
+
+/// The group's leader as this node sees it. A leader that has not heard from a
+/// majority within `lease` may already be deposed on the other side of a
+/// network split, so it stops counting itself leader: clients then look for
+/// the new leader instead of writing to one that cannot commit.
+pub fn effective_leader(metrics: &RaftMetrics<NodeId, BasicNode>, lease: Duration) -> Option<NodeId> {
+    let leader = metrics.current_leader?;
+    if leader != metrics.id {
+        return Some(leader);
+    }
+    let sole_voter = metrics.membership_config.membership().voter_ids().count() == 1;
+    let acknowledged = metrics
+        .millis_since_quorum_ack
+        .is_some_and(|millis| u128::from(millis) < lease.as_millis());
+    (sole_voter || acknowledged).then_some(leader)
 }

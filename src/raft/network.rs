@@ -1,48 +1,265 @@
-//! Raft RPC transport. This build runs every group on one node, so a group never
-//! has a peer to call: any RPC reports the target unreachable, which is exactly
-//! what openraft expects of a node that cannot be contacted. The multi-node
-//! transport (one multiplexed TCP connection per node pair, tagged by group id)
-//! plugs in behind the same factory.
+//! Raft RPC transport, client side: one multiplexed TCP connection from this
+//! node to each peer carries the requests of every group (tagged by group id);
+//! responses are matched to requests by id, so a slow snapshot chunk never
+//! holds up another group's heartbeat. A broken connection is re-dialled on the
+//! next request, with exponential backoff while the peer stays unreachable.
 
-use openraft::error::{InstallSnapshotError, RPCError, RaftError, Unreachable};
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex as SyncMutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use futures::{SinkExt, StreamExt};
+use openraft::error::{InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Timeout, Unreachable};
 use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
 use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse, VoteRequest,
     VoteResponse,
 };
-use openraft::BasicNode;
+use openraft::{AnyError, BasicNode, RPCTypes};
+use tokio::net::TcpStream;
+use tokio::sync::{mpsc, oneshot, Mutex};
+use tokio_util::codec::{FramedRead, FramedWrite};
+use tokio_util::sync::CancellationToken;
 
+use super::wire::{self, PeerRequest, PeerResponse};
 use super::{GroupId, NodeId, TypeConfig};
 
-type RpcResult<T, E = RaftError<NodeId>> = Result<T, RPCError<NodeId, BasicNode, E>>;
+const DIAL_TIMEOUT: Duration = Duration::from_secs(1);
+const MIN_BACKOFF: Duration = Duration::from_millis(50);
+const MAX_BACKOFF: Duration = Duration::from_secs(1);
+/// Frames queued for one peer before senders wait.
+const OUTGOING_QUEUE: usize = 1024;
 
-#[derive(Debug, Clone)]
+#[derive(Debug, thiserror::Error)]
+pub enum CallError {
+    #[error("peer {0} unreachable: {1}")]
+    Unreachable(NodeId, String),
+    #[error("connection to peer {0} lost: {1}")]
+    Broken(NodeId, String),
+    #[error("peer {0} did not answer within {1:?}")]
+    Timeout(NodeId, Duration),
+    #[error("node {0} is not a member this node knows an address for")]
+    UnknownPeer(NodeId),
+}
+
+/// Connections from this node to every peer, by the addresses in this node's configuration.
+pub struct Peers {
+    addresses: BTreeMap<NodeId, String>,
+    links: SyncMutex<HashMap<NodeId, Arc<PeerClient>>>,
+}
+
+impl Peers {
+    pub fn new(addresses: BTreeMap<NodeId, String>) -> Arc<Self> {
+        Arc::new(Peers {
+            addresses,
+            links: SyncMutex::new(HashMap::new()),
+        })
+    }
+
+    fn client(&self, peer: NodeId) -> Result<Arc<PeerClient>, CallError> {
+        let address = self.addresses.get(&peer).ok_or(CallError::UnknownPeer(peer))?;
+        let mut links = self.links.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        Ok(Arc::clone(
+            links
+                .entry(peer)
+                .or_insert_with(|| Arc::new(PeerClient::new(peer, address.clone()))),
+        ))
+    }
+
+    pub async fn call(
+        &self,
+        peer: NodeId,
+        request: &PeerRequest,
+        timeout: Duration,
+    ) -> Result<PeerResponse, CallError> {
+        self.client(peer)?.call(request, timeout).await
+    }
+}
+
+/// A client for one peer address. Also used by the admin tools, which are not nodes.
+pub struct PeerClient {
+    peer: NodeId,
+    address: String,
+    next_id: AtomicU64,
+    link: Mutex<LinkState>,
+}
+
+#[derive(Default)]
+struct LinkState {
+    connection: Option<Connection>,
+    retry_at: Option<Instant>,
+    backoff: Duration,
+}
+
+#[derive(Clone)]
+struct Connection {
+    outgoing: mpsc::Sender<Bytes>,
+    pending: Arc<SyncMutex<HashMap<u64, oneshot::Sender<PeerResponse>>>>,
+    closed: CancellationToken,
+}
+
+impl PeerClient {
+    pub fn new(peer: NodeId, address: String) -> Self {
+        PeerClient {
+            peer,
+            address,
+            next_id: AtomicU64::new(1),
+            link: Mutex::new(LinkState::default()),
+        }
+    }
+
+    pub async fn call(&self, request: &PeerRequest, timeout: Duration) -> Result<PeerResponse, CallError> {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let frame = wire::encode(id, request).map_err(|err| CallError::Broken(self.peer, err.to_string()))?;
+        let connection = self.connection().await?;
+        let (answer, answered) = oneshot::channel();
+        lock(&connection.pending).insert(id, answer);
+        if connection.outgoing.send(frame).await.is_err() {
+            lock(&connection.pending).remove(&id);
+            return Err(CallError::Broken(self.peer, "writer stopped".into()));
+        }
+        match tokio::time::timeout(timeout, answered).await {
+            Ok(Ok(response)) => Ok(response),
+            Ok(Err(_)) => Err(CallError::Broken(self.peer, "connection closed".into())),
+            Err(_) => {
+                lock(&connection.pending).remove(&id);
+                Err(CallError::Timeout(self.peer, timeout))
+            }
+        }
+    }
+
+    /// The live connection, dialling a new one unless the last dial failed too recently.
+    async fn connection(&self) -> Result<Connection, CallError> {
+        let mut link = self.link.lock().await;
+        if let Some(connection) = link.connection.as_ref().filter(|c| !c.closed.is_cancelled()) {
+            return Ok(connection.clone());
+        }
+        link.connection = None;
+        if link.retry_at.is_some_and(|at| Instant::now() < at) {
+            return Err(CallError::Unreachable(
+                self.peer,
+                "backing off after a failed dial".into(),
+            ));
+        }
+        match tokio::time::timeout(DIAL_TIMEOUT, TcpStream::connect(&self.address)).await {
+            Ok(Ok(socket)) => {
+                let _ = socket.set_nodelay(true);
+                link.retry_at = None;
+                link.backoff = MIN_BACKOFF;
+                let connection = start_connection(socket);
+                link.connection = Some(connection.clone());
+                Ok(connection)
+            }
+            failed => {
+                link.backoff = (link.backoff * 2).clamp(MIN_BACKOFF, MAX_BACKOFF);
+                link.retry_at = Some(Instant::now() + link.backoff);
+                let reason = match failed {
+                    Ok(Err(err)) => err.to_string(),
+                    _ => "dial timed out".to_string(),
+                };
+                Err(CallError::Unreachable(self.peer, format!("{}: {reason}", self.address)))
+            }
+        }
+    }
+}
+
+fn lock<T>(mutex: &SyncMutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+fn start_connection(socket: TcpStream) -> Connection {
+    let (read_half, write_half) = socket.into_split();
+    let (outgoing, queued) = mpsc::channel(OUTGOING_QUEUE);
+    let connection = Connection {
+        outgoing,
+        pending: Arc::default(),
+        closed: CancellationToken::new(),
+    };
+    tokio::spawn(write_frames(
+        FramedWrite::new(write_half, wire::frame_codec()),
+        queued,
+        connection.closed.clone(),
+    ));
+    tokio::spawn(read_responses(
+        FramedRead::new(read_half, wire::frame_codec()),
+        Arc::clone(&connection.pending),
+        connection.closed.clone(),
+    ));
+    connection
+}
+
+/// Writes queued frames, flushing once per burst rather than once per frame.
+pub async fn write_frames<W>(
+    mut sink: FramedWrite<W, tokio_util::codec::LengthDelimitedCodec>,
+    mut queued: mpsc::Receiver<Bytes>,
+    closed: CancellationToken,
+) where
+    W: tokio::io::AsyncWrite + Unpin,
+{
+    loop {
+        let frame = tokio::select! {
+            _ = closed.cancelled() => break,
+            frame = queued.recv() => match frame {
+                Some(frame) => frame,
+                None => break,
+            },
+        };
+        let mut written = sink.feed(frame).await;
+        while let (Ok(()), Ok(more)) = (&written, queued.try_recv()) {
+            written = sink.feed(more).await;
+        }
+        if written.is_err() || SinkExt::<Bytes>::flush(&mut sink).await.is_err() {
+            break;
+        }
+    }
+    closed.cancel();
+}
+
+async fn read_responses<R>(
+    mut frames: FramedRead<R, tokio_util::codec::LengthDelimitedCodec>,
+    pending: Arc<SyncMutex<HashMap<u64, oneshot::Sender<PeerResponse>>>>,
+    closed: CancellationToken,
+) where
+    R: tokio::io::AsyncRead + Unpin,
+{
+    loop {
+        let frame = tokio::select! {
+            _ = closed.cancelled() => break,
+            frame = frames.next() => frame,
+        };
+        let Some(Ok(frame)) = frame else { break };
+        let Ok(envelope) = wire::decode::<PeerResponse>(&frame) else {
+            tracing::warn!("undecodable response from a peer; dropping the connection");
+            break;
+        };
+        if let Some(waiter) = lock(&pending).remove(&envelope.id) {
+            let _ = waiter.send(envelope.body);
+        }
+    }
+    closed.cancel();
+    // Dropping the waiters tells every caller the connection is gone.
+    lock(&pending).clear();
+}
+
+/// openraft's network factory for one group: every group shares the node's [`Peers`].
+#[derive(Clone)]
 pub struct GroupNetwork {
     group: GroupId,
+    peers: Arc<Peers>,
 }
 
 impl GroupNetwork {
-    pub fn new(group: GroupId) -> Self {
-        GroupNetwork { group }
+    pub fn new(group: GroupId, peers: Arc<Peers>) -> Self {
+        GroupNetwork { group, peers }
     }
 }
 
 pub struct PeerLink {
     group: GroupId,
     target: NodeId,
-}
-
-impl PeerLink {
-    fn unreachable<E: std::error::Error>(&self) -> RPCError<NodeId, BasicNode, E> {
-        let reason = std::io::Error::new(
-            std::io::ErrorKind::NotConnected,
-            format!(
-                "group {}: no transport to node {} in single-node mode",
-                self.group, self.target
-            ),
-        );
-        RPCError::Unreachable(Unreachable::new(&reason))
-    }
+    peers: Arc<Peers>,
 }
 
 impl RaftNetworkFactory<TypeConfig> for GroupNetwork {
@@ -52,28 +269,88 @@ impl RaftNetworkFactory<TypeConfig> for GroupNetwork {
         PeerLink {
             group: self.group,
             target,
+            peers: Arc::clone(&self.peers),
         }
     }
+}
+
+type RpcResult<T, E = RaftError<NodeId>> = Result<T, RPCError<NodeId, BasicNode, E>>;
+
+impl PeerLink {
+    async fn call<E: std::error::Error>(
+        &self,
+        request: PeerRequest,
+        action: RPCTypes,
+        option: &RPCOption,
+    ) -> Result<PeerResponse, RPCError<NodeId, BasicNode, E>> {
+        let ttl = option.hard_ttl();
+        match self.peers.call(self.target, &request, ttl).await {
+            Ok(PeerResponse::GroupNotHere) => Err(unreachable(format!(
+                "group {} is not running on node {}",
+                self.group, self.target
+            ))),
+            Ok(response) => Ok(response),
+            Err(CallError::Timeout(..)) => Err(RPCError::Timeout(Timeout {
+                action,
+                id: 0,
+                target: self.target,
+                timeout: ttl,
+            })),
+            Err(err @ CallError::Broken(..)) => Err(RPCError::Network(NetworkError::new(&err))),
+            Err(err) => Err(unreachable(err.to_string())),
+        }
+    }
+
+    // The error type is the one openraft's network trait returns.
+    #[allow(clippy::result_large_err)]
+    fn remote<T, E: std::error::Error>(
+        &self,
+        answer: Result<T, RaftError<NodeId, E>>,
+    ) -> RpcResult<T, RaftError<NodeId, E>> {
+        answer.map_err(|err| RPCError::RemoteError(RemoteError::new(self.target, err)))
+    }
+}
+
+fn unreachable<E: std::error::Error>(reason: String) -> RPCError<NodeId, BasicNode, E> {
+    RPCError::Unreachable(Unreachable::new(&AnyError::error(reason)))
+}
+
+fn unexpected<E: std::error::Error>(response: &PeerResponse) -> RPCError<NodeId, BasicNode, E> {
+    RPCError::Network(NetworkError::new(&AnyError::error(format!(
+        "unexpected peer response {response:?}"
+    ))))
 }
 
 impl RaftNetwork<TypeConfig> for PeerLink {
     async fn append_entries(
         &mut self,
-        _rpc: AppendEntriesRequest<TypeConfig>,
-        _option: RPCOption,
+        rpc: AppendEntriesRequest<TypeConfig>,
+        option: RPCOption,
     ) -> RpcResult<AppendEntriesResponse<NodeId>> {
-        Err(self.unreachable())
+        let request = PeerRequest::AppendEntries { group: self.group, rpc };
+        match self.call(request, RPCTypes::AppendEntries, &option).await? {
+            PeerResponse::AppendEntries(answer) => self.remote(answer),
+            other => Err(unexpected(&other)),
+        }
     }
 
     async fn install_snapshot(
         &mut self,
-        _rpc: InstallSnapshotRequest<TypeConfig>,
-        _option: RPCOption,
+        rpc: InstallSnapshotRequest<TypeConfig>,
+        option: RPCOption,
     ) -> RpcResult<InstallSnapshotResponse<NodeId>, RaftError<NodeId, InstallSnapshotError>> {
-        Err(self.unreachable())
+        let request = PeerRequest::InstallSnapshot { group: self.group, rpc };
+        match self.call(request, RPCTypes::InstallSnapshot, &option).await? {
+            PeerResponse::InstallSnapshot(answer) => self.remote(answer),
+            other => Err(unexpected(&other)),
+        }
     }
 
-    async fn vote(&mut self, _rpc: VoteRequest<NodeId>, _option: RPCOption) -> RpcResult<VoteResponse<NodeId>> {
-        Err(self.unreachable())
+    async fn vote(&mut self, rpc: VoteRequest<NodeId>, option: RPCOption) -> RpcResult<VoteResponse<NodeId>> {
+        let request = PeerRequest::Vote { group: self.group, rpc };
+        match self.call(request, RPCTypes::Vote, &option).await? {
+            PeerResponse::Vote(answer) => self.remote(answer),
+            other => Err(unexpected(&other)),
+        }
     }
 }

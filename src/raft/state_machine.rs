@@ -286,6 +286,7 @@ impl RaftStateMachine<TypeConfig> for GroupStateMachine {
             self.applied = meta.last_log_id;
             self.membership = meta.last_membership.clone();
             self.role.publish();
+            tracing::info!(group = self.group, last_log_id = ?meta.last_log_id, "snapshot installed");
             Ok::<_, StorageError>(())
         };
         install

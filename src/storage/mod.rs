@@ -89,6 +89,37 @@ impl Store {
         }
     }
 
+    /// Whether this node ever held Raft state (a vote or a log entry) for `group`.
+    pub fn has_raft_state(&self, group: u64) -> Result<bool, StorageError> {
+        for cf in [keys::CF_RAFT_LOG, keys::CF_RAFT_STATE] {
+            if self
+                .scan_group(cf, group, &group.to_be_bytes())
+                .next()
+                .transpose()?
+                .is_some()
+            {
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+
+    /// CRC-32 over every state-machine key and value of `group`, in key order, and
+    /// the number of stored record batches: equal on replicas that applied the same entries.
+    pub fn checksum_group(&self, group: u64) -> Result<(u32, u64), StorageError> {
+        let mut hasher = crc32fast::Hasher::new();
+        let mut batches = 0;
+        for cf in keys::STATE_MACHINE_CFS {
+            for item in self.scan_group(cf, group, &group.to_be_bytes()) {
+                let (key, value) = item?;
+                hasher.update(&key);
+                hasher.update(&value);
+                batches += u64::from(cf == keys::CF_RECORDS);
+            }
+        }
+        Ok((hasher.finalize(), batches))
+    }
+
     /// Iterates `(key, value)` of `group` in `cf` from `from` (inclusive) upwards.
     pub fn scan_group<'a>(
         &'a self,

@@ -357,3 +357,136 @@ impl Client {
         }
     }
 }
+
+/// A three-node cluster of broker processes on free loopback ports, one JSON
+/// config file per node; every process is killed when dropped.
+pub struct ClusterNodes {
+    pub nodes: Vec<ClusterNode>,
+    _dir: tempfile::TempDir,
+}
+
+pub struct ClusterNode {
+    pub id: u64,
+    pub port: u16,
+    pub raft_port: u16,
+    config: PathBuf,
+    log: PathBuf,
+    child: Option<Child>,
+}
+
+impl ClusterNodes {
+    pub fn start(count: u64) -> ClusterNodes {
+        let dir = tempfile::tempdir().unwrap();
+        let ports: Vec<(u16, u16)> = (0..count).map(|_| (free_port(), free_port())).collect();
+        let members: serde_json::Map<String, serde_json::Value> = ports
+            .iter()
+            .enumerate()
+            .map(|(i, (_, raft))| ((i + 1).to_string(), format!("127.0.0.1:{raft}").into()))
+            .collect();
+        let mut nodes = Vec::new();
+        for (i, (port, raft_port)) in ports.iter().enumerate() {
+            let id = i as u64 + 1;
+            let config = serde_json::json!({
+                "node_id": id,
+                "listener": format!("127.0.0.1:{port}"),
+                "raft_address": format!("127.0.0.1:{raft_port}"),
+                "initial_members": members,
+                "data_dir": dir.path().join(format!("node{id}")),
+                "rtt_millis": 50, "election_rtt": 10, "heartbeat_rtt": 1, "snapshot_entries": 10000,
+                "auto_create_topics": true, "default_partitions": 3, "default_replication_factor": 3,
+                "message_max_bytes": 1048588, "socket_request_max_bytes": 104857600, "max_connections": 1024,
+                "offsets_topic_partitions": 3, "group_initial_rebalance_delay_ms": 0,
+            });
+            let path = dir.path().join(format!("node{id}.json"));
+            std::fs::write(&path, config.to_string()).unwrap();
+            nodes.push(ClusterNode {
+                id,
+                port: *port,
+                raft_port: *raft_port,
+                config: path,
+                log: dir.path().join(format!("node{id}.log")),
+                child: None,
+            });
+        }
+        let mut cluster = ClusterNodes { nodes, _dir: dir };
+        for node in &mut cluster.nodes {
+            node.spawn();
+        }
+        cluster
+    }
+
+    pub fn logs(&self) -> String {
+        self.nodes
+            .iter()
+            .map(|n| {
+                format!(
+                    "---- node {} ----\n{}",
+                    n.id,
+                    std::fs::read_to_string(&n.log).unwrap_or_default()
+                )
+            })
+            .collect()
+    }
+
+    pub fn node(&self, id: u64) -> &ClusterNode {
+        &self.nodes[id as usize - 1]
+    }
+
+    /// Polls `check` until it returns `Some`, or fails the test with every node's log.
+    pub fn wait_for<T>(&self, what: &str, mut check: impl FnMut() -> Option<T>) -> T {
+        let start = Instant::now();
+        loop {
+            if let Some(value) = check() {
+                return value;
+            }
+            assert!(
+                start.elapsed() < DEADLINE,
+                "timed out waiting for {what}\n{}",
+                self.logs()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl ClusterNode {
+    fn spawn(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_rafka"))
+            .args(["--config".as_ref(), self.config.as_os_str()])
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("broker binary starts");
+        self.child = Some(child);
+    }
+
+    pub fn client(&self) -> Option<Client> {
+        Client::connect(self.port).ok()
+    }
+
+    /// The node's per-partition checksums, from `rafka checksums`.
+    pub fn checksums(&self) -> Vec<serde_json::Value> {
+        let output = Command::new(env!("CARGO_BIN_EXE_rafka"))
+            .args(["checksums", "--peer", &format!("127.0.0.1:{}", self.raft_port)])
+            .output()
+            .unwrap();
+        assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+        serde_json::from_slice(&output.stdout).unwrap()
+    }
+}
+
+impl Drop for ClusterNodes {
+    fn drop(&mut self) {
+        for node in &mut self.nodes {
+            if let Some(mut child) = node.child.take() {
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+        }
+    }
+}
