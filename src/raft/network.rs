@@ -98,6 +98,13 @@ struct Connection {
     outgoing: mpsc::Sender<Bytes>,
     pending: Arc<SyncMutex<HashMap<u64, oneshot::Sender<PeerResponse>>>>,
     closed: CancellationToken,
+    last_heard: Arc<SyncMutex<Instant>>,
+}
+
+impl Connection {
+    fn silent_for(&self) -> Duration {
+        lock(&self.last_heard).elapsed()
+    }
 }
 
 impl PeerClient {
@@ -116,15 +123,25 @@ impl PeerClient {
         let connection = self.connection().await?;
         let (answer, answered) = oneshot::channel();
         lock(&connection.pending).insert(id, answer);
-        if connection.outgoing.send(frame).await.is_err() {
-            lock(&connection.pending).remove(&id);
-            return Err(CallError::Broken(self.peer, "writer stopped".into()));
-        }
-        match tokio::time::timeout(timeout, answered).await {
-            Ok(Ok(response)) => Ok(response),
-            Ok(Err(_)) => Err(CallError::Broken(self.peer, "connection closed".into())),
+        let exchange = async {
+            if connection.outgoing.send(frame).await.is_err() {
+                return Err(CallError::Broken(self.peer, "writer stopped".into()));
+            }
+            answered
+                .await
+                .map_err(|_| CallError::Broken(self.peer, "connection closed".into()))
+        };
+        let outcome = tokio::time::timeout(timeout, exchange).await;
+        lock(&connection.pending).remove(&id);
+        match outcome {
+            Ok(result) => result,
             Err(_) => {
-                lock(&connection.pending).remove(&id);
+                // A peer that vanished without closing the socket (power loss, a
+                // black-holing network) leaves a connection that never answers
+                // again; one that merely answers slowly keeps its connection.
+                if connection.silent_for() >= timeout {
+                    connection.closed.cancel();
+                }
                 Err(CallError::Timeout(self.peer, timeout))
             }
         }
@@ -176,6 +193,7 @@ fn start_connection(socket: TcpStream) -> Connection {
         outgoing,
         pending: Arc::default(),
         closed: CancellationToken::new(),
+        last_heard: Arc::new(SyncMutex::new(Instant::now())),
     };
     tokio::spawn(write_frames(
         FramedWrite::new(write_half, wire::frame_codec()),
@@ -184,8 +202,7 @@ fn start_connection(socket: TcpStream) -> Connection {
     ));
     tokio::spawn(read_responses(
         FramedRead::new(read_half, wire::frame_codec()),
-        Arc::clone(&connection.pending),
-        connection.closed.clone(),
+        connection.clone(),
     ));
     connection
 }
@@ -217,19 +234,23 @@ pub async fn write_frames<W>(
     closed.cancel();
 }
 
-async fn read_responses<R>(
-    mut frames: FramedRead<R, tokio_util::codec::LengthDelimitedCodec>,
-    pending: Arc<SyncMutex<HashMap<u64, oneshot::Sender<PeerResponse>>>>,
-    closed: CancellationToken,
-) where
+async fn read_responses<R>(mut frames: FramedRead<R, tokio_util::codec::LengthDelimitedCodec>, connection: Connection)
+where
     R: tokio::io::AsyncRead + Unpin,
 {
+    let Connection {
+        pending,
+        closed,
+        last_heard,
+        ..
+    } = connection;
     loop {
         let frame = tokio::select! {
             _ = closed.cancelled() => break,
             frame = frames.next() => frame,
         };
         let Some(Ok(frame)) = frame else { break };
+        *lock(&last_heard) = Instant::now();
         let Ok(envelope) = wire::decode::<PeerResponse>(&frame) else {
             tracing::warn!("undecodable response from a peer; dropping the connection");
             break;
