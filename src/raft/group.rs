@@ -19,9 +19,10 @@ use crate::storage::Store;
 const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
 const BOOTSTRAP_RETRY_MIN: Duration = Duration::from_millis(100);
 const BOOTSTRAP_RETRY_MAX: Duration = Duration::from_secs(2);
-/// Bounds an AppendEntries frame: entries are produce requests of up to
-/// `message_max_bytes` per partition.
-const MAX_PAYLOAD_ENTRIES: u64 = 64;
+/// Bounds an AppendEntries request: entries are produce requests of up to
+/// `message_max_bytes` per partition, and openraft gives each request only one
+/// heartbeat interval to complete (follower fsync included).
+const MAX_PAYLOAD_ENTRIES: u64 = 16;
 
 #[derive(Debug, thiserror::Error)]
 pub enum GroupStartError {

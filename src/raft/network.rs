@@ -29,6 +29,9 @@ use super::{GroupId, NodeId, TypeConfig};
 const DIAL_TIMEOUT: Duration = Duration::from_secs(1);
 const MIN_BACKOFF: Duration = Duration::from_millis(50);
 const MAX_BACKOFF: Duration = Duration::from_secs(1);
+/// A connection with requests outstanding that has received nothing for this
+/// long is presumed dead: heartbeats alone answer several times within it.
+const SILENT_CONNECTION: Duration = Duration::from_secs(2);
 /// Frames queued for one peer before senders wait.
 const OUTGOING_QUEUE: usize = 1024;
 
@@ -139,7 +142,7 @@ impl PeerClient {
                 // A peer that vanished without closing the socket (power loss, a
                 // black-holing network) leaves a connection that never answers
                 // again; one that merely answers slowly keeps its connection.
-                if connection.silent_for() >= timeout {
+                if connection.silent_for() >= SILENT_CONNECTION {
                     connection.closed.cancel();
                 }
                 Err(CallError::Timeout(self.peer, timeout))
