@@ -6,6 +6,9 @@ connection, send one request, parse just enough of the answer and return, so a
 caller can poll every few milliseconds against a deadline.
 
 * `metadata_ok`: Metadata v1 (no topics) answered with at least one broker.
+* `metadata`: Metadata v4 (never auto-creates a topic) parsed into brokers,
+  controller id and each requested topic's partition leaders; the 3-node
+  readiness check and the leader lookup of the fetch probe use it.
 * `fetch_last`: Fetch v4 at a given offset answered without error and with a
   record batch containing that offset.
 """
@@ -55,6 +58,58 @@ def metadata_ok(bootstrap, timeout=1.0):
     payload, pos = _request(bootstrap, 3, 1, struct.pack(">i", 0), timeout)
     brokers = struct.unpack_from(">i", payload, pos)[0]
     return brokers > 0
+
+
+def _read_string(payload, pos, nullable=False):
+    (n,) = struct.unpack_from(">h", payload, pos)
+    pos += 2
+    if n < 0:
+        if not nullable:
+            raise ProbeError("null string")
+        return None, pos
+    return payload[pos:pos + n].decode(errors="replace"), pos + n
+
+
+def metadata(bootstrap, topics=(), timeout=1.0):
+    """Metadata v4 with allow_auto_topic_creation=false, as answered by `bootstrap` itself.
+
+    Returns {"brokers": {node_id: "host:port"}, "controller_id": int,
+    "topics": {name: {"error": code, "partitions": {index: leader_id},
+                      "replicas": {index: [ids]}, "isr": {index: [ids]}}}}.
+    """
+    body = struct.pack(">i", len(topics)) + b"".join(_string(t) for t in topics) + struct.pack(">b", 0)
+    payload, pos = _request(bootstrap, 3, 4, body, timeout)
+    pos += 4  # throttle_time_ms
+    (nbrokers,) = struct.unpack_from(">i", payload, pos)
+    pos += 4
+    brokers = {}
+    for _ in range(nbrokers):
+        (node_id,) = struct.unpack_from(">i", payload, pos)
+        host, pos = _read_string(payload, pos + 4)
+        (port,) = struct.unpack_from(">i", payload, pos)
+        _rack, pos = _read_string(payload, pos + 4, nullable=True)
+        brokers[node_id] = f"{host}:{port}"
+    _cluster_id, pos = _read_string(payload, pos, nullable=True)
+    (controller_id, ntopics) = struct.unpack_from(">ii", payload, pos)
+    pos += 8
+    out_topics = {}
+    for _ in range(max(ntopics, 0)):
+        (err,) = struct.unpack_from(">h", payload, pos)
+        name, pos = _read_string(payload, pos + 2)
+        pos += 1  # is_internal
+        (nparts,) = struct.unpack_from(">i", payload, pos)
+        pos += 4
+        leaders, replicas, isr = {}, {}, {}
+        for _ in range(max(nparts, 0)):
+            _perr, index, leader = struct.unpack_from(">hii", payload, pos)
+            pos += 10
+            for into in (replicas, isr):
+                (n,) = struct.unpack_from(">i", payload, pos)
+                into[index] = list(struct.unpack_from(f">{max(n, 0)}i", payload, pos + 4))
+                pos += 4 + 4 * max(n, 0)
+            leaders[index] = leader
+        out_topics[name] = {"error": err, "partitions": leaders, "replicas": replicas, "isr": isr}
+    return {"brokers": brokers, "controller_id": controller_id, "topics": out_topics}
 
 
 def fetch_last(bootstrap, topic, partition, offset, timeout=1.0, max_wait_ms=0):

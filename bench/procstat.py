@@ -76,13 +76,19 @@ def self_cpu_seconds():
 
 
 class Sampler:
-    """Samples VmRSS of `pids` every `interval` s; `.peak_mib` is the max seen (sum over pids)."""
+    """Samples VmRSS of `pids` every `interval` s; `.peak_mib` is the max seen (sum over pids).
+
+    `.at_peak` holds the status fields at that sample (summed over pids), `.per_pid_at_peak`
+    each pid's VmRSS at that sample and `.per_pid_peak_mib` each pid's own maximum.
+    """
 
     def __init__(self, pids, interval=0.05):
         self.pids = list(pids)
         self.interval = interval
         self.peak_mib = 0.0
-        self.at_peak = {}  # RssAnon / RssFile of the single pid at the peak sample
+        self.at_peak = {}
+        self.per_pid_at_peak = []
+        self.per_pid_peak_mib = [0.0] * len(self.pids)
         self.samples = 0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
@@ -91,10 +97,12 @@ class Sampler:
         while not self._stop.is_set():
             values = [status_mib(p) for p in self.pids]
             total = sum(v.get("VmRSS", 0.0) for v in values)
+            for i, v in enumerate(values):
+                self.per_pid_peak_mib[i] = max(self.per_pid_peak_mib[i], v.get("VmRSS", 0.0))
             if total > self.peak_mib:
                 self.peak_mib = total
-                if len(values) == 1:
-                    self.at_peak = values[0]
+                self.at_peak = {k: sum(v.get(k, 0.0) for v in values) for k in ("VmRSS", "RssAnon", "RssFile")}
+                self.per_pid_at_peak = [v.get("VmRSS") for v in values]
             self.samples += 1
             self._stop.wait(self.interval)
 
@@ -123,7 +131,8 @@ class CpuMeter:
     def __exit__(self, *exc):
         self.wall_s = time.perf_counter() - self._t0
         b1 = [cpu_seconds(p) for p in self.pids]
-        self.broker_cpu_s = sum((b or 0.0) - a for a, b in zip(self._b0, b1))
+        self.per_pid_cpu_s = [(b or 0.0) - a for a, b in zip(self._b0, b1)]
+        self.broker_cpu_s = sum(self.per_pid_cpu_s)
         self.client_cpu_s = self_cpu_seconds() - self._s0
         w1 = [io_write_bytes(p) for p in self.pids]
         self.broker_disk_write_bytes = sum((b or 0) - a for a, b in zip(self._w0, w1))

@@ -1,7 +1,10 @@
 """Client-side workloads with one librdkafka (confluent-kafka) client each.
 
 Every function takes an absolute `deadline` (time.monotonic()) and raises
-TimeoutError rather than waiting past it.
+TimeoutError rather than waiting past it. The produce functions also take
+`stall_s`: with no delivery progress for that long they raise `Stalled` (a
+TimeoutError) at once instead of waiting for the deadline, so a broker that
+stops acknowledging costs seconds of the time budget, not minutes.
 """
 
 import itertools
@@ -24,6 +27,29 @@ def payloads(size):
 
 def _left(deadline):
     return max(0.0, deadline - time.monotonic())
+
+
+class Stalled(TimeoutError):
+    """No delivery progress for stall_s seconds."""
+
+
+def _flush(producer, deadline, stall_s, what):
+    """producer.flush() up to `deadline`, giving up early after `stall_s` s without progress.
+
+    Returns the number of messages still undelivered (0 when all were acknowledged).
+    """
+    best = None
+    since = time.monotonic()
+    while True:
+        remaining = producer.flush(min(1.0, _left(deadline)))
+        now = time.monotonic()
+        if not remaining or now >= deadline:
+            return remaining
+        if best is None or remaining < best:
+            best, since = remaining, now
+        elif stall_s and now - since >= stall_s:
+            raise Stalled(f"{what}: no delivery for {now - since:.0f} s, {remaining} messages unacknowledged "
+                          f"(stalled)")
 
 
 def producer_config(bootstrap, acks, linger_ms, batch_size, **extra):
@@ -126,14 +152,14 @@ class _Failures:
             self.first = self.first or err
 
 
-def _warm_up(producer, topic, payload, failures, deadline):
+def _warm_up(producer, topic, payload, failures, deadline, stall_s=None):
     producer.produce(topic, payload)
-    if producer.flush(_left(deadline)) or failures.count:
+    if _flush(producer, deadline, stall_s, f"warm-up message to {topic}") or failures.count:
         raise RuntimeError(f"warm-up message to {topic} failed: {failures.first}")
 
 
 def produce_throughput(bootstrap, topic, size, acks, seconds, deadline, linger_ms=5, batch_size=1_000_000,
-                       count=None):
+                       count=None, stall_s=None):
     """Produce `size`-byte messages as fast as one producer can, for `seconds` (or `count` messages).
 
     Only failed deliveries produce callbacks (delivery.report.only.error), so the
@@ -152,6 +178,7 @@ def produce_throughput(bootstrap, topic, size, acks, seconds, deadline, linger_m
     warm_up_s = time.perf_counter() - t_warm
     stats.mark()
     produced = 0
+    stall_mark = (0, time.monotonic())  # (produced, when): checked only when the queue stays full
     target = None if count is None else count - 1
     start = time.perf_counter()
     stop_at = start + seconds if seconds else None
@@ -172,12 +199,18 @@ def produce_throughput(bootstrap, topic, size, acks, seconds, deadline, linger_m
                 try:
                     produce(topic, value)
                 except BufferError:
+                    now = time.monotonic()
+                    if produced != stall_mark[0]:
+                        stall_mark = (produced, now)
+                    elif stall_s and now - stall_mark[1] >= stall_s:
+                        raise Stalled(f"produce to {topic}: local queue full and no delivery for "
+                                      f"{now - stall_mark[1]:.0f} s after {produced} messages (stalled)") from None
                     continue
             produced += 1
         poll(0)
         if time.monotonic() >= deadline:
             raise TimeoutError(f"produce to {topic}: deadline passed after {produced} messages")
-    remaining = producer.flush(_left(deadline))
+    remaining = _flush(producer, deadline, stall_s, f"produce to {topic}")
     elapsed = time.perf_counter() - start
     if remaining:
         raise TimeoutError(f"produce to {topic}: {remaining} messages undelivered at the deadline")
@@ -244,7 +277,7 @@ def consume_all(bootstrap, topic, expected, deadline, partition=0, **extra):
 
 
 def produce_latency(bootstrap, topic, size, acks, rate, seconds, deadline, warmup_s=1.0, linger_ms=5,
-                    batch_size=1_000_000):
+                    batch_size=1_000_000, stall_s=None):
     """Offer `rate` msgs/s for warmup_s + seconds; per-message latency from librdkafka.
 
     Latency is Message.latency(): librdkafka's time from produce() to the
@@ -297,7 +330,7 @@ def produce_latency(bootstrap, topic, size, acks, rate, seconds, deadline, warmu
         if time.monotonic() >= deadline:
             raise TimeoutError(f"latency run on {topic}: deadline passed")
         time.sleep(0.0005)
-    remaining = producer.flush(_left(deadline))
+    remaining = _flush(producer, deadline, stall_s, f"latency run on {topic}")
     _drain_stats(producer, stats, deadline)
     if remaining:
         raise TimeoutError(f"latency run on {topic}: {remaining} messages undelivered at the deadline")
