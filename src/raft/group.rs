@@ -142,7 +142,10 @@ async fn bootstrap(raft: Raft, peers: Arc<Peers>, group: GroupId, members: Vec<(
 /// The group's leader as this node sees it. A leader that has not heard from a
 /// majority within `lease` may already be deposed on the other side of a
 /// network split, so it stops counting itself leader: clients then look for
-/// the new leader instead of writing to one that cannot commit.
+/// the new leader instead of writing to one that cannot commit. A new leader
+/// also waits until it has applied an entry of its own term: before that its
+/// state machine may lag what the previous leader served, and a consumer would
+/// see its position as out of range.
 pub fn effective_leader(metrics: &RaftMetrics<NodeId, BasicNode>, lease: Duration) -> Option<NodeId> {
     let leader = metrics.current_leader?;
     if leader != metrics.id {
@@ -152,5 +155,8 @@ pub fn effective_leader(metrics: &RaftMetrics<NodeId, BasicNode>, lease: Duratio
     let acknowledged = metrics
         .millis_since_quorum_ack
         .is_some_and(|millis| u128::from(millis) < lease.as_millis());
-    (sole_voter || acknowledged).then_some(leader)
+    let caught_up = metrics
+        .last_applied
+        .is_some_and(|applied| applied.leader_id.get_term() == metrics.current_term);
+    ((sole_voter || acknowledged) && caught_up).then_some(leader)
 }
