@@ -1,4 +1,5 @@
-//! A global allocator that keeps a hostile request from aborting the process.
+//! Memory: a global allocator that keeps a hostile request from aborting the
+//! process, and the system allocator tuning a broker needs.
 //!
 //! Measured need for `unsafe`: `kafka-protocol` sizes a decoded array with
 //! `Vec::with_capacity(n)` from the count on the wire, before reading any
@@ -96,5 +97,29 @@ mod tests {
             assert_eq!(block.read(), 0);
             allocator.dealloc(block, small);
         }
+    }
+}
+
+/// glibc gives each thread that contends for the heap an arena of its own (up to
+/// eight per core) and keeps freed record batches in them: three nodes of a
+/// local cluster held 450-600 MiB each after a produce burst. Two arenas
+/// measured the same produce throughput with a third less resident memory.
+const MALLOC_ARENAS: libc::c_int = 2;
+
+/// Limits the system allocator's arenas; call once at startup, before threads start.
+pub fn limit_malloc_arenas() {
+    // SAFETY: mallopt only changes allocator parameters; M_ARENA_MAX with a
+    // positive value is valid at any time, and no other thread exists yet.
+    unsafe {
+        libc::mallopt(libc::M_ARENA_MAX, MALLOC_ARENAS);
+    }
+}
+
+/// Returns memory the system allocator holds free to the kernel.
+pub fn release_free_memory() {
+    // SAFETY: malloc_trim is thread safe and only releases memory no
+    // allocation uses.
+    unsafe {
+        libc::malloc_trim(0);
     }
 }

@@ -10,6 +10,8 @@ use rafka::protocol::Broker;
 use tokio_util::sync::CancellationToken;
 use tracing_subscriber::EnvFilter;
 
+const MEMORY_TRIM_INTERVAL: std::time::Duration = std::time::Duration::from_secs(10);
+
 #[global_allocator]
 static ALLOCATOR: rafka::huge_alloc::ReservingAllocator = rafka::huge_alloc::ReservingAllocator;
 
@@ -59,6 +61,7 @@ fn main() -> anyhow::Result<()> {
         None => {}
     }
     let cfg = BrokerConfig::load(&args.config).with_context(|| format!("loading {}", args.config.display()))?;
+    rafka::huge_alloc::limit_malloc_arenas();
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?
@@ -80,12 +83,26 @@ async fn run(cfg: Arc<BrokerConfig>) -> anyhow::Result<()> {
         groups,
     });
     let server = tokio::spawn(rafka::server::serve(listener, broker, shutdown.clone()));
+    tokio::spawn(trim_memory(shutdown.clone()));
     wait_for_signal().await?;
     tracing::info!("shutting down");
     shutdown.cancel();
     let _ = server.await;
     cluster.shutdown().await;
     Ok(())
+}
+
+/// Produce bursts leave freed batches with the allocator; hand them back to the
+/// kernel now and then so an idle broker's footprint shrinks again.
+async fn trim_memory(shutdown: CancellationToken) {
+    let mut ticker = tokio::time::interval(MEMORY_TRIM_INTERVAL);
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = ticker.tick() => {}
+        }
+        tokio::task::spawn_blocking(rafka::huge_alloc::release_free_memory);
+    }
 }
 
 async fn wait_for_signal() -> anyhow::Result<()> {

@@ -29,6 +29,9 @@ impl From<bincode::Error> for StorageError {
     }
 }
 
+/// Memory all column families' memtables may use before RocksDB flushes the largest.
+const MEMTABLE_BUDGET_BYTES: usize = 128 << 20;
+
 /// A raw key and value read from RocksDB.
 pub type KeyValue = (Box<[u8]>, Box<[u8]>);
 
@@ -44,6 +47,9 @@ impl Store {
         let mut opts = Options::default();
         opts.create_if_missing(true);
         opts.create_missing_column_families(true);
+        // One cap for the memtables of every column family: RocksDB's default of
+        // 64 MiB twice per family let one node reach half a gigabyte under load.
+        opts.set_db_write_buffer_size(MEMTABLE_BUDGET_BYTES);
         // Every column family shares the WAL, so a synced Raft log write also makes
         // the state machine's earlier unsynced writes durable.
         let descriptors = keys::ALL_CFS
