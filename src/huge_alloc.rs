@@ -76,30 +76,6 @@ unsafe impl GlobalAlloc for ReservingAllocator {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn huge_blocks_are_reserved_not_committed() {
-        let layout = Layout::from_size_align(200 << 30, 8).unwrap();
-        let allocator = ReservingAllocator;
-        unsafe {
-            let block = allocator.alloc(layout);
-            assert!(!block.is_null(), "a 200 GiB reservation succeeds");
-            block.write(7);
-            assert_eq!(block.read(), 7);
-            let grown = allocator.realloc(block, layout, (201 << 30) as usize);
-            assert_eq!(grown.read(), 7);
-            allocator.dealloc(grown, Layout::from_size_align(201 << 30, 8).unwrap());
-            let small = Layout::from_size_align(64, 8).unwrap();
-            let block = allocator.alloc_zeroed(small);
-            assert_eq!(block.read(), 0);
-            allocator.dealloc(block, small);
-        }
-    }
-}
-
 /// glibc gives each thread that contends for the heap an arena of its own (up to
 /// eight per core) and keeps freed record batches in them: three nodes of a
 /// local cluster held 450-600 MiB each after a produce burst. Two arenas
@@ -121,5 +97,29 @@ pub fn release_free_memory() {
     // allocation uses.
     unsafe {
         libc::malloc_trim(0);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn huge_blocks_are_reserved_not_committed() {
+        let layout = Layout::from_size_align(200 << 30, 8).unwrap();
+        let allocator = ReservingAllocator;
+        unsafe {
+            let block = allocator.alloc(layout);
+            assert!(!block.is_null(), "a 200 GiB reservation succeeds");
+            block.write(7);
+            assert_eq!(block.read(), 7);
+            let grown = allocator.realloc(block, layout, (201 << 30) as usize);
+            assert_eq!(grown.read(), 7);
+            allocator.dealloc(grown, Layout::from_size_align(201 << 30, 8).unwrap());
+            let small = Layout::from_size_align(64, 8).unwrap();
+            let block = allocator.alloc_zeroed(small);
+            assert_eq!(block.read(), 0);
+            allocator.dealloc(block, small);
+        }
     }
 }
