@@ -19,6 +19,7 @@ suite_cmd() {
         kafka-python-groups) cmd=("$PY" "$HERE/kafka-python/test_groups.py") ;;
         kcat-groups) cmd=(bash "$HERE/kcat/test_kcat_groups.sh") ;;
         durability) cmd=("$PY" "$HERE/durability/test_durability.py") ;;
+        cluster) cmd=("$PY" "$HERE/cluster/test_failover.py") ;;
         compose) cmd=(bash "$HERE/compose/test_compose.sh") ;;
     esac
 }
@@ -27,7 +28,7 @@ total_passed=0 total_failed=0 summary=()
 out=$(mktemp)
 trap 'rm -f "$out"' EXIT
 
-for name in confluent kafka-python kcat confluent-groups kafka-python-groups kcat-groups durability compose; do
+for name in confluent kafka-python kcat confluent-groups kafka-python-groups kcat-groups durability cluster compose; do
     suite_cmd "$name"
     echo "==== $name ===="
     # On timeout the suite gets SIGTERM (it then stops its broker), SIGKILL 30 s later.

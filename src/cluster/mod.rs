@@ -693,7 +693,7 @@ impl Cluster {
         self.offsets_partition_index(group_id).await?;
         let (_, group) = self
             .offsets_partition_of(group_id)
-            .ok_or(BrokerError::UnknownTopicOrPartition)?;
+            .ok_or_else(|| BrokerError::CoordinatorNotAvailable("the offsets topic is being created".into()))?;
         self.leader_view(group)
             .map(|view| view.leader)
             .ok_or_else(|| BrokerError::CoordinatorNotAvailable("offsets partition has no leader".into()))
@@ -712,9 +712,10 @@ impl Cluster {
                 Err(err) => return Err(err),
             }
         }
+        // Created by another node a moment ago: this node has not applied it yet.
         self.offsets_partition_of(group_id)
             .map(|(index, _)| index)
-            .ok_or(BrokerError::UnknownTopicOrPartition)
+            .ok_or_else(|| BrokerError::CoordinatorNotAvailable("the offsets topic is being created".into()))
     }
 
     /// The offsets partition of `group_id` (index and Raft group), if the topic exists.

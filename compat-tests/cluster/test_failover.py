@@ -1,0 +1,431 @@
+#!/usr/bin/env python3
+"""Three-node failure tests of rafka with confluent-kafka (librdkafka), on real processes.
+
+Scenarios, each on a fresh cluster of three nodes (see README.md for what each one proves):
+  leader-kill    kill -9 a partition leader during acks=all produce, restart it
+  follower-kill  kill -9 a follower during produce, restart it under load
+  isolation      cut the leader off the network (TCP proxies), heal
+  wipe           stop a follower, write many entries, wipe its data dir, start it
+
+    python3 compat-tests/cluster/test_failover.py [--repeat N] [--only leader-kill,wipe]
+
+Prints `TIMING <scenario> <name>=<seconds>` lines and ends with `N passed, N failed`.
+"""
+
+import argparse
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "durability"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from harness import Results, exit_on_sigterm, expect, expect_eq, find_binary, wait_until  # noqa: E402
+from cluster import READY_TIMEOUT, Cluster, NotYet, ReplicasDiverged, replicas_agree  # noqa: E402
+from workload import Workload, offset_mismatches, stray_records, verify_read_back  # noqa: E402
+
+import checker  # noqa: E402  (durability/checker.py)
+
+SUITE = "cluster"
+RATE = 150  # values/s per producer thread: steady, and light enough for a loaded 2-core machine
+PRODUCERS = 2
+WARMUP_ACKS = 50  # per partition, before any fault: the load is flowing
+ACKS_AFTER_FAULT = 100  # per partition, after a fault: the load flows again, well past in-flight retries
+FAULT_DEADLINE = 60  # seconds for any recovery (election, catch-up): generous, timings are printed
+LOAD_AFTER_RECOVERY_S = 2  # steady writes on the recovered cluster, not just the burst of retries
+FOLLOWER_DOWN_S = 3  # how long writes run with a follower down
+MINORITY_PRODUCER = 9  # producer index of the isolated side's values, distinct from the majority's
+WIPE_SNAPSHOT_ENTRIES = 200
+WIPE_ENTRIES = 15 * WIPE_SNAPSHOT_ENTRIES  # far past what a leader keeps in its log after a snapshot
+
+
+class ClusterResults(Results):
+    """harness.Results that prints every node's log tail under each failed check."""
+
+    cluster = None
+
+    def record(self, name, ok, detail=""):
+        super().record(name, ok, detail)
+        if not ok and self.cluster is not None:
+            print(self.cluster.log_tail(), flush=True)
+
+
+class Steps:
+    """Runs the named checks of one scenario in order; after a failure the rest are skipped,
+    since each step builds on the state the previous one left."""
+
+    def __init__(self, results, scenario):
+        self.results = results
+        self.scenario = scenario
+        self.broken = False
+
+    def __call__(self, name, fn, timeout=180, even_after_failure=False):
+        full_name = f"{self.scenario}: {name}"
+        if self.broken and not even_after_failure:
+            print(f"[{SUITE}] SKIP {full_name} (an earlier step failed)", flush=True)
+            return
+        failed_before = len(self.results.failed)
+        with self.results.check(full_name, timeout=timeout):
+            fn()
+        self.broken = self.broken or len(self.results.failed) > failed_before
+
+
+def keep_producing(seconds):
+    """Let the workload threads run on for `seconds`: pacing the load, not waiting for the broker."""
+    time.sleep(seconds)
+
+
+def timing(scenario, **seconds):
+    for name, value in seconds.items():
+        print(f"TIMING {scenario} {name}={value:.3f}", flush=True)
+
+
+# -- steps shared by the scenarios --------------------------------------------------
+def form_cluster(cluster):
+    cluster.start_all()
+    for node_id in cluster.ids:
+        expect_eq(cluster.health(node_id), 0, f"`rafka health` exit code against node {node_id}")
+
+
+def pick_follower(cluster, topic):
+    """A node that does not lead partition 0, preferably not the controller leader either,
+    so that killing it is a pure follower failure."""
+    leader, controller = cluster.leader_of(topic, 0), cluster.controller_id()
+    followers = [i for i in cluster.ids if i != leader]
+    return next((i for i in followers if i != controller), followers[0])
+
+
+def led_by(cluster, topic, node_id):
+    return [p for p, leader in cluster.leaders(topic).items() if leader == node_id]
+
+
+def start_and_catch_up(cluster, node_id, topic, scenario):
+    started = time.monotonic()
+    cluster.start(node_id)
+    views = cluster.wait_replicas_agree(topic, timeout=FAULT_DEADLINE)
+    timing(scenario, catch_up_s=time.monotonic() - started)
+    print_agreement(views)
+
+
+def print_agreement(views):
+    for partition in sorted(views):
+        index, checksum = next(iter(views[partition].values()))
+        print(f"  partition {partition}: {len(views[partition])} replicas at applied_index {index}, "
+              f"checksum {checksum}", flush=True)
+
+
+# -- a. leader kill -9 --------------------------------------------------------------
+def leader_kill(cluster, step):
+    topic, partitions, state = "leader-kill", 3, {}
+    work = Workload(cluster.bootstrap(), topic, partitions, producers=PRODUCERS, rate=RATE, client_id="leader-kill")
+    try:
+        step(f"topic with {partitions} partitions, RF 3, hosted on every node",
+             lambda: cluster.create_topic(topic, partitions))
+        step("leader kill -9 during acks=all produce: a new leader is elected, every partition is acked again, "
+             "no delivery fails", lambda: kill_leader_during_produce(cluster, work, topic, state), timeout=400)
+        step("every acknowledged record is read back once, in order, at its acknowledged offset",
+             lambda: verify_read_back(cluster.bootstrap(cluster.running_ids()), work))
+        step("the killed leader restarts and catches up: checksums of all replicas agree",
+             lambda: start_and_catch_up(cluster, state["victim"], topic, "leader-kill"))
+    finally:
+        work.close()
+
+
+def kill_leader_during_produce(cluster, work, topic, state):
+    work.start()
+    work.wait_acks(WARMUP_ACKS, timeout=FAULT_DEADLINE)
+    victim = cluster.leader_of(topic, 0)
+    victim_partitions = led_by(cluster, topic, victim)
+    print(f"  kill -9 node {victim}, leader of {topic} partitions {victim_partitions}", flush=True)
+    killed_at = time.monotonic()
+    cluster.kill9(victim)
+    state["victim"] = victim
+    new_leader = cluster.wait_new_leader(topic, 0, excluded={victim}, timeout=FAULT_DEADLINE)
+    elected_after = time.monotonic() - killed_at
+    print(f"  node {new_leader} reports itself leader of {topic}/0", flush=True)
+    work.wait_acks(ACKS_AFTER_FAULT, since=killed_at, timeout=FAULT_DEADLINE)
+    keep_producing(LOAD_AFTER_RECOVERY_S)
+    gap = work.max_ack_gap(victim_partitions, since=killed_at - 1)
+    work.stop()
+    timing("leader-kill", unavailability_s=gap, new_leader_metadata_s=elected_after)
+    work.expect_no_failures()
+
+
+# -- b. follower kill -9 ------------------------------------------------------------
+def follower_kill(cluster, step):
+    topic, state = "follower-kill", {}
+    # One partition: with three, leaders are spread over all nodes and every kill is a leader kill.
+    work = Workload(cluster.bootstrap(), topic, 1, producers=PRODUCERS, rate=RATE, client_id="follower-kill")
+    try:
+        step("topic with 1 partition, RF 3, hosted on every node", lambda: cluster.create_topic(topic, 1))
+        step("follower kill -9 during acks=all produce: acks continue, no delivery fails",
+             lambda: kill_follower_during_produce(cluster, work, topic, state))
+        step("the killed follower restarts under load and catches up: checksums of all replicas agree",
+             lambda: restart_follower_under_load(cluster, work, topic, state["victim"]))
+        step("every acknowledged record is read back once, in order, at its acknowledged offset",
+             lambda: verify_read_back(cluster.bootstrap(), work))
+    finally:
+        work.close()
+
+
+def kill_follower_during_produce(cluster, work, topic, state):
+    work.start()
+    work.wait_acks(WARMUP_ACKS, timeout=FAULT_DEADLINE)
+    leader, victim = cluster.leader_of(topic, 0), pick_follower(cluster, topic)
+    print(f"  kill -9 node {victim}, a follower of {topic}/0 (leader: node {leader})", flush=True)
+    killed_at = time.monotonic()
+    cluster.kill9(victim)
+    state["victim"] = victim
+    work.wait_acks(ACKS_AFTER_FAULT, since=killed_at, timeout=FAULT_DEADLINE)
+    keep_producing(FOLLOWER_DOWN_S)
+    timing("follower-kill", max_ack_gap_s=work.max_ack_gap([0], since=killed_at - 1))
+    leader_after = cluster.leader_of(topic, 0)
+    if leader_after != leader:
+        print(f"  note: leadership of {topic}/0 moved from node {leader} to node {leader_after}", flush=True)
+    work.expect_no_failures()
+
+
+def restart_follower_under_load(cluster, work, topic, victim):
+    restarted_at = time.monotonic()
+    cluster.start(victim)
+    work.wait_acks(ACKS_AFTER_FAULT, since=restarted_at, timeout=FAULT_DEADLINE)
+    keep_producing(LOAD_AFTER_RECOVERY_S)
+    work.stop()
+    work.expect_no_failures()
+    views = cluster.wait_replicas_agree(topic, timeout=FAULT_DEADLINE)
+    timing("follower-kill", catch_up_s=time.monotonic() - restarted_at)
+    print_agreement(views)
+
+
+# -- c. network isolation of the leader ----------------------------------------------
+def isolation(cluster, step):
+    topic, partitions, state = "isolation", 3, {}
+    try:
+        step(f"topic with {partitions} partitions, RF 3, hosted on every node",
+             lambda: cluster.create_topic(topic, partitions))
+        step("leader isolated: the majority elects a new leader and keeps acknowledging; "
+             "the isolated node steps down and acknowledges nothing",
+             lambda: isolate_leader_during_produce(cluster, topic, partitions, state), timeout=400)
+        step("after heal all replicas agree (checksums)", lambda: heal_under_load(cluster, topic, state))
+        step("every acknowledged record is read back once, in order, at its acknowledged offset; "
+             "no record of the isolated producer is in the log",
+             lambda: verify_read_back(cluster.bootstrap(), state["majority"],
+                                      unexpected_producers={MINORITY_PRODUCER}))
+    finally:
+        for work in state.get("workloads", []):
+            work.close()
+        if cluster.isolated_ids():
+            cluster.heal()
+
+
+def isolate_leader_during_produce(cluster, topic, partitions, state):
+    victim = cluster.leader_of(topic, 0)
+    majority_ids = [i for i in cluster.ids if i != victim]
+    majority = Workload(cluster.bootstrap(majority_ids), topic, partitions, producers=PRODUCERS, rate=RATE,
+                        client_id=cluster.client_id("majority", "producer"))
+    state["majority"] = majority
+    state["workloads"] = [majority]
+    majority.start()
+    majority.wait_acks(WARMUP_ACKS, timeout=FAULT_DEADLINE)
+    victim_partitions = led_by(cluster, topic, victim)
+    print(f"  isolate node {victim}, leader of {topic} partitions {victim_partitions}", flush=True)
+    isolated_at = time.monotonic()
+    cluster.isolate(victim)
+    # Started at once, while the isolated node may still believe it leads: the dangerous window.
+    minority = Workload(cluster.bootstrap([victim]), topic, partitions, producers=1, rate=20,
+                        first_producer=MINORITY_PRODUCER, client_id=cluster.client_id("isolated", "producer"),
+                        idempotent=False, message_timeout_ms=5000, conf={"request.timeout.ms": 5000})
+    state["workloads"].append(minority)
+    minority.start()
+
+    new_leader = cluster.wait_new_leader(topic, 0, excluded={victim}, timeout=FAULT_DEADLINE)
+    elected_after = time.monotonic() - isolated_at
+    print(f"  node {new_leader} reports itself leader of {topic}/0", flush=True)
+    stepped_down_after = wait_stepped_down(cluster, victim, topic, 0, isolated_at)
+    majority.wait_acks(ACKS_AFTER_FAULT, since=isolated_at, timeout=FAULT_DEADLINE)
+    keep_producing(LOAD_AFTER_RECOVERY_S)
+    gap = majority.max_ack_gap(victim_partitions, since=isolated_at - 1)
+    minority.stop(flush_timeout=30)
+    timing("isolation", new_leader_metadata_s=elected_after, old_leader_stepdown_s=stepped_down_after,
+           majority_max_ack_gap_s=gap)
+
+    errors = Counter(err for _value, err in minority.failed)
+    print(f"  isolated producer: {minority.sent} sent, {len(minority.acked)} acked, failures: {dict(errors)}",
+          flush=True)
+    expect(minority.sent > 0, "the isolated producer sent nothing")
+    expect(not minority.acked, f"the isolated side acknowledged {len(minority.acked)} of {minority.sent} records, "
+                               f"e.g. {list(minority.acked.items())[:3]}")
+    expect_eq(len(minority.failed), minority.sent, "failed deliveries of the isolated producer")
+    majority.expect_no_failures()
+
+
+def wait_stepped_down(cluster, node_id, topic, partition, since):
+    """Until the isolated node no longer reports itself leader of the partition; seconds since `since`."""
+    def stepped_down():
+        md = cluster.metadata(node_id, topic).topics.get(topic)
+        if md is None or md.error is not None or partition not in md.partitions:
+            return True
+        leader = md.partitions[partition].leader
+        if leader == node_id:
+            raise NotYet(f"node {node_id} still reports itself leader of {topic}/{partition}")
+        return True
+
+    wait_until(stepped_down, FAULT_DEADLINE, interval=0.1, what=f"isolated node {node_id} to step down")
+    return time.monotonic() - since
+
+
+def heal_under_load(cluster, topic, state):
+    majority = state["majority"]
+    healed_at = time.monotonic()
+    cluster.heal()
+    cluster.wait_ready()
+    majority.wait_acks(ACKS_AFTER_FAULT, since=healed_at, timeout=FAULT_DEADLINE)
+    keep_producing(LOAD_AFTER_RECOVERY_S)
+    majority.stop()
+    majority.expect_no_failures()
+    views = cluster.wait_replicas_agree(topic, timeout=FAULT_DEADLINE)
+    timing("isolation", heal_catch_up_s=time.monotonic() - healed_at)
+    print_agreement(views)
+
+
+# -- d. wiped follower -----------------------------------------------------------------
+def wiped_follower(cluster, step):
+    topic, state = "wipe", {}
+    try:
+        step("topic with 1 partition, RF 3, hosted on every node", lambda: cluster.create_topic(topic, 1))
+        step(f"a follower is stopped while the others commit {WIPE_ENTRIES} Raft entries "
+             f"(snapshot_entries={WIPE_SNAPSHOT_ENTRIES})",
+             lambda: write_entries_without_follower(cluster, topic, state))
+        step("the wiped follower starts empty, installs a snapshot and catches up: checksums agree",
+             lambda: wipe_and_catch_up(cluster, topic, state["victim"]))
+        step("every acknowledged record is read back once, in order, at its acknowledged offset",
+             lambda: verify_read_back(cluster.bootstrap(), state["work"]))
+    finally:
+        if "work" in state:
+            state["work"].close()
+
+
+def write_entries_without_follower(cluster, topic, state):
+    victim = pick_follower(cluster, topic)
+    print(f"  stop node {victim}, a follower of {topic}/0", flush=True)
+    cluster.stop(victim)
+    state["victim"] = victim
+    # One record per batch and no linger: each produce request becomes its own Raft entry. The
+    # small local queue paces the producer to what the cluster commits, so stop() flushes quickly.
+    work = Workload(cluster.bootstrap(cluster.running_ids()), topic, 1, producers=1, rate=1000, client_id="wipe",
+                    conf={"linger.ms": 0, "batch.num.messages": 1, "queue.buffering.max.messages": 500})
+    state["work"] = work
+    work.start()
+    wait_until(lambda: applied_index(cluster, topic, 0) >= WIPE_ENTRIES, 120, interval=0.5,
+               what=f"{WIPE_ENTRIES} applied entries in {topic}/0")
+    work.stop()
+    work.expect_no_failures()
+
+
+def applied_index(cluster, topic, partition):
+    """Highest applied Raft index of the partition over the running nodes."""
+    views = cluster.replica_views(topic)
+    return max(index for index, _checksum in views.get(partition, {}).values())
+
+
+def wipe_and_catch_up(cluster, topic, victim):
+    started = time.monotonic()
+    cluster.wipe(victim)
+    views = cluster.wait_replicas_agree(topic, timeout=FAULT_DEADLINE * 2)
+    timing("wipe", catch_up_s=time.monotonic() - started)
+    print_agreement(views)
+    expect("snapshot installed" in cluster.nodes[victim].log_since_last_start(),
+           f"node {victim}'s log since its restart has no 'snapshot installed' line")
+
+
+def expect_no_panics(cluster):
+    panics = [f"node {i}: {line.strip()}" for i in cluster.ids
+              for line in cluster.nodes[i].log_text().splitlines() if "panicked" in line]
+    expect(not panics, f"{len(panics)} panics, first: {panics[:3]}")
+
+
+def self_test():
+    """The verdicts this suite relies on do fire on bad data (no cluster needed)."""
+    views = {0: {1: (7, "aa"), 2: (7, "aa"), 3: (7, "aa")}}
+    expect_eq(replicas_agree(views, "t", 1, [1, 2, 3]), views, "agreeing replicas")
+    for lagging in ({0: {1: (7, "aa"), 2: (7, "aa"), 3: (5, "bb")}}, {0: {1: (7, "aa"), 2: (7, "aa")}}):
+        expect(raises(NotYet, lambda: replicas_agree(lagging, "t", 1, [1, 2, 3])), f"lagging not seen: {lagging}")
+    diverged = {0: {1: (7, "aa"), 2: (7, "ab"), 3: (5, "bb")}}
+    expect(raises(ReplicasDiverged, lambda: replicas_agree(diverged, "t", 1, [1, 2, 3])), "divergence not seen")
+    v = checker.value_of
+    records = {0: [(0, v(0, 0)), (1, v(9, 0)), (2, v(0, 1))]}
+    acked = {v(0, 0): (0, 0), v(0, 1): (0, 1)}
+    expect_eq(offset_mismatches(records, acked), ["p0-000000001 acked at (0, 1), read at (0, 2)"], "moved record")
+    expect_eq(stray_records(records, {9}), ["p9-000000000"], "record of a failed producer")
+
+
+def raises(exc_type, fn):
+    try:
+        fn()
+    except exc_type:
+        return True
+    return False
+
+
+# -- the suite ---------------------------------------------------------------------------
+SCENARIOS = {
+    "leader-kill": (leader_kill, {}),
+    "follower-kill": (follower_kill, {}),
+    "isolation": (isolation, {"proxies": True}),
+    "wipe": (wiped_follower, {"snapshot_entries": WIPE_SNAPSHOT_ENTRIES}),
+}
+
+
+def run_scenario(results, name):
+    body, options = SCENARIOS[name]
+    step = Steps(results, name)
+    cluster = Cluster(name=name, **options)
+    results.cluster = cluster
+    try:
+        step("3 nodes form a cluster: each lists 3 brokers and a controller, `rafka health` exits 0",
+             lambda: form_cluster(cluster), timeout=READY_TIMEOUT + 30)
+        if not step.broken:
+            body(cluster, step)
+        step("no broker logged a panic", lambda: expect_no_panics(cluster), even_after_failure=True)
+    finally:
+        results.cluster = None
+        cluster.close()
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--repeat", type=int, default=1, help="run the whole set N times")
+    parser.add_argument("--only", default=",".join(SCENARIOS),
+                        help=f"comma-separated scenarios (default: all of {','.join(SCENARIOS)})")
+    args = parser.parse_args()
+    names = [n for n in args.only.split(",") if n]
+    unknown = set(names) - set(SCENARIOS)
+    if unknown:
+        parser.error(f"unknown scenarios {sorted(unknown)}")
+    exit_on_sigterm()
+    results = ClusterResults(SUITE)
+    find_binary()  # fail now, clearly, rather than once per scenario
+    with results.check("self-test: divergence, lagging replicas, moved and stray records are detected"):
+        self_test()
+    runs = []
+    for run in range(1, args.repeat + 1):
+        passed_before, failed_before = len(results.passed), len(results.failed)
+        started = time.monotonic()
+        print(f"==== run {run}/{args.repeat} ====", flush=True)
+        for name in names:
+            run_scenario(results, name)
+        runs.append((len(results.passed) - passed_before, len(results.failed) - failed_before,
+                     time.monotonic() - started))
+        print(f"==== run {run}/{args.repeat}: {runs[-1][0]} passed, {runs[-1][1]} failed "
+              f"in {runs[-1][2]:.0f}s ====", flush=True)
+    if args.repeat > 1:
+        print("==== per-run summary ====")
+        for run, (passed, failed, seconds) in enumerate(runs, 1):
+            print(f"run {run}: {'PASS' if failed == 0 else 'FAIL'} ({passed} passed, {failed} failed, {seconds:.0f}s)")
+        print(f"{sum(1 for _p, f, _s in runs if f == 0)} of {len(runs)} runs passed")
+    results.finish()
+
+
+if __name__ == "__main__":
+    main()
