@@ -17,7 +17,6 @@ listing all nodes and a known controller leader".
 
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -28,8 +27,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "compat-tests"))
 
-from harness import (Broker, BrokerDied, CONFIG, LOG_TAIL_LINES, READY_TIMEOUT, REPO_ROOT,  # noqa: E402
-                     STOP_TIMEOUT, _die_with_parent, find_binary, free_ports)
+from harness import (Broker, BrokerDied, BrokerProcesses, CONFIG, LOG_TAIL_LINES, READY_TIMEOUT,  # noqa: E402
+                     REPO_ROOT, STOP_TIMEOUT, find_binary, free_ports, log_tail, spawn_broker, stop_brokers)
 
 import kafka_probe  # noqa: E402
 
@@ -160,14 +159,17 @@ class _Node:
         return self.proc is not None and self.proc.poll() is None
 
 
-class BenchCluster:
+class BenchCluster(BrokerProcesses):
     """`size` rafka processes (node ids 1..size) forming one Raft cluster; a context manager.
 
     Attributes as BenchBroker: bootstrap (every listener, comma-separated), pids(),
     data_dir (the parent of every node's data dir, so its size is the cluster's),
     data_dirs, kill9() (SIGKILL every node, start them all again), stop(), start(),
-    fetch_probe, ready_timeout, last_timing, close().
+    fetch_probe, ready_timeout, last_timing, close(). The `with`, restart(), kill9() and
+    close() come from harness.BrokerProcesses, like BenchBroker's.
     """
+
+    kept_what = "cluster data and logs"
 
     def __init__(self, size=3, default_partitions=None, replication_factor=None, raft_timing=None):
         self.binary = find_binary()
@@ -223,30 +225,13 @@ class BenchCluster:
         return [n.data_dir for n in self.members]
 
     # -- lifecycle -----------------------------------------------------------
-    def __enter__(self):
-        try:
-            self.start()
-        except BaseException:
-            self.close()
-            raise
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
-
     def start(self):
         """Spawn every stopped node (from the main thread: PR_SET_PDEATHSIG is per thread), wait."""
         self.starts += 1
         self._t_spawn = time.monotonic()
         for n in self.members:
-            if n.running:
-                continue
-            with open(n.log_path, "ab") as log:
-                log.write(f"\n==== start #{self.starts} ====\n".encode())
-                log.flush()
-                n.proc = subprocess.Popen(
-                    [self.binary, "--config", str(n.config_path)], cwd=self.tmp, env=self.env,
-                    stdin=subprocess.DEVNULL, stdout=log, stderr=log, preexec_fn=_die_with_parent)
+            if not n.running:
+                n.proc = spawn_broker(self.binary, n.config_path, n.log_path, self.starts, self.tmp, self.env)
         self.wait_ready()
 
     def wait_ready(self, timeout=None):
@@ -350,41 +335,7 @@ class BenchCluster:
         procs = [n.proc for n in self.members]
         for n in self.members:
             n.proc = None
-        for p in procs:
-            if p is not None and p.poll() is None:
-                p.send_signal(sig)
-        end = time.monotonic() + timeout
-        codes = []
-        for p in procs:
-            if p is None:
-                codes.append(None)
-                continue
-            try:
-                p.wait(max(0.1, end - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                p.kill()
-                p.wait(timeout)
-            codes.append(p.returncode)
-        return codes
-
-    def restart(self):
-        codes = self.stop()
-        self.start()
-        return codes
-
-    def kill9(self):
-        """SIGKILL every node (no chance to flush) and start them all again on the same ports and dirs."""
-        self.stop(signal.SIGKILL)
-        self.start()
-
-    def close(self):
-        try:
-            self.stop()
-        finally:
-            if os.environ.get("RAFKA_COMPAT_KEEP_TMP"):
-                print(f"kept cluster data and logs in {self.tmp}", file=sys.stderr)
-            else:
-                shutil.rmtree(self.tmp, ignore_errors=True)
+        return stop_brokers(procs, sig, timeout)
 
     @property
     def last_timing(self):
@@ -397,16 +348,8 @@ class BenchCluster:
         return log_events([n.log_path for n in self.members])
 
     def log_tail(self, node_id=None, lines=LOG_TAIL_LINES // 2):
-        parts = []
-        for n in self.members:
-            if node_id is not None and n.id != node_id:
-                continue
-            try:
-                text = n.log_path.read_text(errors="replace").splitlines()[-lines:]
-            except OSError:
-                text = ["(no log)"]
-            parts.append(f"---- last {len(text)} lines of node {n.id} ({n.log_path}) ----\n" + "\n".join(text))
-        return "\n".join(parts)
+        return "\n".join(log_tail(n.log_path, lines, node_id=n.id) for n in self.members
+                         if node_id is None or n.id == node_id)
 
 
 SUPPORTED_NODES = (1, 3)

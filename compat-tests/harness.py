@@ -94,6 +94,114 @@ def _die_with_parent():
         pass
 
 
+# -- broker processes: shared by Broker, cluster/cluster.py and bench/cluster.py ----------
+def spawn_broker(binary, config, log_path, start_number, cwd, env):
+    """Start `rafka --config CONFIG` with stdout and stderr appended to `log_path`.
+
+    A `==== start #N ====` line goes first so that a log kept across restarts shows which
+    start said what. The broker dies with the thread that spawned it (_die_with_parent).
+    """
+    with open(log_path, "ab") as log:
+        log.write(f"\n==== start #{start_number} ====\n".encode())
+        log.flush()
+        return subprocess.Popen(
+            [binary, "--config", str(config)], cwd=cwd, env=env,
+            stdin=subprocess.DEVNULL, stdout=log, stderr=log, preexec_fn=_die_with_parent)
+
+
+def stop_brokers(procs, sig=signal.SIGTERM, timeout=STOP_TIMEOUT):
+    """Send `sig` to every running process, wait up to `timeout` in all, SIGKILL the rest.
+
+    All are signalled before any is waited for, so the nodes of a cluster shut down in
+    parallel. Returns the exit codes in order, None for a None entry (not started).
+    """
+    for proc in procs:
+        if proc is not None and proc.poll() is None:
+            proc.send_signal(sig)
+    deadline = time.monotonic() + timeout
+    codes = []
+    for proc in procs:
+        if proc is None:
+            codes.append(None)
+            continue
+        try:
+            proc.wait(max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout)
+        codes.append(proc.returncode)
+    return codes
+
+
+def log_tail(log_path, lines=LOG_TAIL_LINES, node_id=None):
+    """The last `lines` lines of a broker log under a header naming it (and its node, if any)."""
+    what = f"node {node_id} ({log_path})" if node_id is not None else str(log_path)
+    try:
+        text = Path(log_path).read_text(errors="replace").splitlines()[-lines:]
+    except OSError:
+        return f"(no broker log at {what})"
+    return f"---- last {len(text)} lines of {what} ----\n" + "\n".join(text)
+
+
+def remove_tmp(path, what):
+    """Delete a test's temporary directory, or keep it and say where (RAFKA_COMPAT_KEEP_TMP=1)."""
+    if os.environ.get("RAFKA_COMPAT_KEEP_TMP"):
+        print(f"kept {what} in {path}", file=sys.stderr)
+    else:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+class StartedInWith:
+    """`with x:` starts x and closes it on the way out.
+
+    A start that fails (a broker dies, readiness times out, Ctrl-C) closes x too: `__exit__`
+    does not run when `__enter__` raises, and without that the processes and the temporary
+    directory would outlive the test. Subclasses define close() and either start() or, when
+    start() means something else for them, _start_in_with().
+    """
+
+    def __enter__(self):
+        try:
+            self._start_in_with()
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def _start_in_with(self):
+        self.start()
+
+
+class BrokerProcesses(StartedInWith):
+    """One or more rafka processes in the temporary directory `tmp`, started together by
+    start() and stopped together by stop(sig): harness.Broker and bench's BenchCluster.
+
+    restart() and kill9() keep the ports and data dirs; close() stops and removes `tmp`.
+    """
+
+    kept_what = "broker data and log"  # for the RAFKA_COMPAT_KEEP_TMP message
+
+    def restart(self):
+        """Graceful stop (SIGTERM) and start again; returns what stop() returned."""
+        code = self.stop()
+        self.start()
+        return code
+
+    def kill9(self):
+        """SIGKILL (no chance to flush) and start again."""
+        self.stop(signal.SIGKILL)
+        self.start()
+
+    def close(self):
+        try:
+            self.stop()
+        finally:
+            remove_tmp(self.tmp, self.kept_what)
+
+
 def metadata_ok(bootstrap, timeout=1.0):
     """True if a Metadata request to `bootstrap` succeeds and lists at least one broker."""
     host, port = bootstrap.rsplit(":", 1)
@@ -106,7 +214,7 @@ def metadata_ok(bootstrap, timeout=1.0):
     return len(admin.list_topics(timeout=timeout).brokers) > 0
 
 
-class Broker:
+class Broker(BrokerProcesses):
     """A rafka process on free loopback ports with its own temporary data dir.
 
     Use as a context manager; `restart()` stops it gracefully and starts it again,
@@ -141,27 +249,10 @@ class Broker:
         env.update(extra_env or {})
         self.env = env
 
-    # -- lifecycle -----------------------------------------------------------
-    def __enter__(self):
-        try:
-            self.start()
-        except BaseException:
-            self.close()
-            raise
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
-
+    # -- lifecycle (with, restart, kill9, close: BrokerProcesses) ----------------
     def start(self):
         self.starts += 1
-        with open(self.log_path, "ab") as log:
-            log.write(f"\n==== start #{self.starts} ====\n".encode())
-            log.flush()
-            self.proc = subprocess.Popen(
-                [self.binary, "--config", CONFIG], cwd=REPO_ROOT, env=self.env,
-                stdin=subprocess.DEVNULL, stdout=log, stderr=log,
-                preexec_fn=_die_with_parent)
+        self.proc = spawn_broker(self.binary, CONFIG, self.log_path, self.starts, REPO_ROOT, self.env)
         self.wait_ready()
 
     def wait_ready(self, timeout=READY_TIMEOUT):
@@ -178,44 +269,11 @@ class Broker:
 
     def stop(self, sig=signal.SIGTERM, timeout=STOP_TIMEOUT):
         """Send `sig`, wait up to `timeout`, then SIGKILL. Returns the exit code."""
-        if self.proc is None:
-            return None
         proc, self.proc = self.proc, None
-        if proc.poll() is None:
-            proc.send_signal(sig)
-            try:
-                proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(timeout)
-        return proc.returncode
-
-    def restart(self):
-        """Graceful stop (SIGTERM) and start again on the same ports and data dir."""
-        code = self.stop()
-        self.start()
-        return code
-
-    def kill9(self):
-        """SIGKILL (no chance to flush) and start again on the same ports and data dir."""
-        self.stop(signal.SIGKILL)
-        self.start()
-
-    def close(self):
-        try:
-            self.stop()
-        finally:
-            if os.environ.get("RAFKA_COMPAT_KEEP_TMP"):
-                print(f"kept broker data and log in {self.tmp}", file=sys.stderr)
-            else:
-                shutil.rmtree(self.tmp, ignore_errors=True)
+        return stop_brokers([proc], sig, timeout)[0]
 
     def log_tail(self, lines=LOG_TAIL_LINES):
-        try:
-            text = self.log_path.read_text(errors="replace").splitlines()[-lines:]
-        except OSError:
-            return "(no broker log)"
-        return f"---- last {len(text)} lines of {self.log_path} ----\n" + "\n".join(text)
+        return log_tail(self.log_path, lines)
 
 
 class BrokerDied(RuntimeError):

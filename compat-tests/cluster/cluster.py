@@ -36,12 +36,12 @@ import subprocess
 import sys
 import tempfile
 import threading
-import time
 import uuid
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from harness import REPO_ROOT, _die_with_parent, find_binary, free_ports, wait_until  # noqa: E402
+from harness import (REPO_ROOT, StartedInWith, _die_with_parent, find_binary, free_ports,  # noqa: E402
+                     log_tail, remove_tmp, spawn_broker, stop_brokers, wait_until)
 from proxy import TcpProxy, kafka_client_id  # noqa: E402
 
 from confluent_kafka.admin import AdminClient, NewTopic  # noqa: E402
@@ -107,7 +107,7 @@ class Node:
         return text[text.rfind(marker):] if marker in text else text
 
 
-class Cluster:
+class Cluster(StartedInWith):
     """`size` rafka nodes (ids 1..size) forming one Raft cluster; a context manager."""
 
     def __init__(self, size=3, proxies=False, snapshot_entries=10000, rtt_millis=50, election_rtt=10,
@@ -132,16 +132,8 @@ class Cluster:
             self._link_ports = {link: next(ports) for link in links}
 
     # -- lifecycle -----------------------------------------------------------------
-    def __enter__(self):
-        try:
-            self.start_all()
-        except BaseException:
-            self.close()
-            raise
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
+    def _start_in_with(self):
+        self.start_all()  # `with Cluster()`: start() is start(node_id), one stopped node
 
     def start_all(self, timeout=READY_TIMEOUT):
         """Write the configs, start the proxies and every node, wait until the cluster has formed."""
@@ -166,16 +158,7 @@ class Cluster:
         """Send `sig`, wait up to `timeout`, then SIGKILL. Returns the exit code (None if not running)."""
         node = self.nodes[node_id]
         proc, node.proc = node.proc, None
-        if proc is None:
-            return None
-        if proc.poll() is None:
-            proc.send_signal(sig)
-            try:
-                proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(timeout)
-        return proc.returncode
+        return stop_brokers([proc], sig, timeout)[0]
 
     def kill9(self, node_id):
         """SIGKILL: no chance to flush or say goodbye. Unlike harness.Broker.kill9, no restart."""
@@ -193,25 +176,14 @@ class Cluster:
 
     def close(self):
         """Stop every node (SIGTERM to all at once, SIGKILL after STOP_TIMEOUT) and every proxy."""
-        running = [n for n in self.nodes.values() if n.proc is not None]
-        for node in running:
-            if node.proc.poll() is None:
-                node.proc.send_signal(signal.SIGTERM)
-        deadline = time.monotonic() + STOP_TIMEOUT
-        for node in running:
-            try:
-                node.proc.wait(max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                node.proc.kill()
-                node.proc.wait()
+        procs = [n.proc for n in self.nodes.values()]
+        for node in self.nodes.values():
             node.proc = None
+        stop_brokers(procs, signal.SIGTERM, STOP_TIMEOUT)
         for proxy in self.proxies:
             proxy.close()
         self.proxies = []
-        if os.environ.get("RAFKA_COMPAT_KEEP_TMP"):
-            print(f"kept cluster data and logs in {self.root}", file=sys.stderr)
-        else:
-            shutil.rmtree(self.root, ignore_errors=True)
+        remove_tmp(self.root, "cluster data and logs")
 
     # -- which nodes ---------------------------------------------------------------
     @property
@@ -370,12 +342,8 @@ class Cluster:
 
     # -- diagnostics -----------------------------------------------------------------
     def log_tail(self, node_id=None, lines=LOG_TAIL_LINES):
-        parts = []
-        for i in [node_id] if node_id is not None else self.ids:
-            node = self.nodes[i]
-            text = node.log_text().splitlines()[-lines:]
-            parts.append(f"---- last {len(text)} lines of node {i} ({node.log_path}) ----\n" + "\n".join(text))
-        return "\n".join(parts)
+        return "\n".join(log_tail(self.nodes[i].log_path, lines, node_id=i)
+                         for i in ([node_id] if node_id is not None else self.ids))
 
     # -- internals -------------------------------------------------------------------
     def _config_of(self, node):
@@ -416,12 +384,7 @@ class Cluster:
         if threading.current_thread() is not threading.main_thread():
             raise RuntimeError("start brokers from the main thread (see the module docstring)")
         node.starts += 1
-        with open(node.log_path, "ab") as log:
-            log.write(f"\n==== start #{node.starts} ====\n".encode())
-            log.flush()
-            node.proc = subprocess.Popen(
-                [self.binary, "--config", str(node.config_path)], cwd=node.dir, env=self._env(),
-                stdin=subprocess.DEVNULL, stdout=log, stderr=log, preexec_fn=_die_with_parent)
+        node.proc = spawn_broker(self.binary, node.config_path, node.log_path, node.starts, node.dir, self._env())
 
     def _tool(self, *args):
         return subprocess.run([self.binary, *args], cwd=REPO_ROOT, env=self._env(), capture_output=True,

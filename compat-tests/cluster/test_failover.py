@@ -108,6 +108,21 @@ def start_and_catch_up(cluster, node_id, topic, scenario):
     print_agreement(views)
 
 
+def catch_up_under_load(cluster, work, topic, recover, scenario, timing_name):
+    """Run `recover()` (restart a node, heal the network) while `work` keeps producing: the load
+    is acked again and flows on, then stops with no failed delivery, and every replica catches up
+    (checksums agree). Prints TIMING `timing_name`: seconds from the recovery to agreement."""
+    recovered_at = time.monotonic()
+    recover()
+    work.wait_acks(ACKS_AFTER_FAULT, since=recovered_at, timeout=FAULT_DEADLINE)
+    keep_producing(LOAD_AFTER_RECOVERY_S)
+    work.stop()
+    work.expect_no_failures()
+    views = cluster.wait_replicas_agree(topic, timeout=FAULT_DEADLINE)
+    timing(scenario, **{timing_name: time.monotonic() - recovered_at})
+    print_agreement(views)
+
+
 def print_agreement(views):
     for partition in sorted(views):
         index, checksum = next(iter(views[partition].values()))
@@ -187,15 +202,7 @@ def kill_follower_during_produce(cluster, work, topic, state):
 
 
 def restart_follower_under_load(cluster, work, topic, victim):
-    restarted_at = time.monotonic()
-    cluster.start(victim)
-    work.wait_acks(ACKS_AFTER_FAULT, since=restarted_at, timeout=FAULT_DEADLINE)
-    keep_producing(LOAD_AFTER_RECOVERY_S)
-    work.stop()
-    work.expect_no_failures()
-    views = cluster.wait_replicas_agree(topic, timeout=FAULT_DEADLINE)
-    timing("follower-kill", catch_up_s=time.monotonic() - restarted_at)
-    print_agreement(views)
+    catch_up_under_load(cluster, work, topic, lambda: cluster.start(victim), "follower-kill", "catch_up_s")
 
 
 # -- c. network isolation of the leader ----------------------------------------------
@@ -276,17 +283,11 @@ def wait_stepped_down(cluster, node_id, topic, partition, since):
 
 
 def heal_under_load(cluster, topic, state):
-    majority = state["majority"]
-    healed_at = time.monotonic()
-    cluster.heal()
-    cluster.wait_ready()
-    majority.wait_acks(ACKS_AFTER_FAULT, since=healed_at, timeout=FAULT_DEADLINE)
-    keep_producing(LOAD_AFTER_RECOVERY_S)
-    majority.stop()
-    majority.expect_no_failures()
-    views = cluster.wait_replicas_agree(topic, timeout=FAULT_DEADLINE)
-    timing("isolation", heal_catch_up_s=time.monotonic() - healed_at)
-    print_agreement(views)
+    def heal():
+        cluster.heal()
+        cluster.wait_ready()
+
+    catch_up_under_load(cluster, state["majority"], topic, heal, "isolation", "heal_catch_up_s")
 
 
 # -- d. wiped follower -----------------------------------------------------------------

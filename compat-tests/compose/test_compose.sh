@@ -254,6 +254,22 @@ start_check() {
 }
 others() { local n; for n in 1 2 3; do [ "$n" == "$1" ] || [ "$n" == "${2:-}" ] || echo "$n"; done | xargs; }
 bootstrap_of() { local n bs=""; for n in "$@"; do bs+="${bs:+,}$(addr "$n")"; done; echo "$bs"; }
+# stop_and_fail_over NODE WHY NAME_PREFIX: stop brokerNODE (WHY: the reason, for the progress
+# line), then every partition must get a leader on the two others within FAILOVER_TIMEOUT.
+# Sets LIVE (the two others) and LIVE_BS (their bootstrap) for the checks that follow.
+stop_and_fail_over() {
+    local node=$1 why=$2 name
+    read -r -a LIVE <<<"$(others "$node")"
+    LIVE_BS=$(bootstrap_of "${LIVE[@]}")
+    echo "[$SUITE] stopping broker$node ($why); broker${LIVE[0]} and broker${LIVE[1]} must serve alone"
+    stop_check "$node"
+    name="${3}every partition gets a leader on broker${LIVE[0]}/broker${LIVE[1]} within ${FAILOVER_TIMEOUT}s"
+    if wait_leaders_on "$LIVE_BS" "${LIVE[@]}"; then
+        pass "$name"
+    else
+        fail "$name" "partition leader replicas: ${LEADERS:-<no metadata>}"
+    fi
+}
 
 # -- image and cluster ------------------------------------------------------
 if RAFKA_BIN=$BIN timeout 300 bash "$ROOT/docker/build-scratch-image.sh" "$RAFKA_IMAGE" >"$TMP/build.out" 2>&1; then
@@ -299,19 +315,10 @@ consume_check "consume returns the 100 messages" "$ALL_BS" 100
 # -- lose the leader of partition 0 -----------------------------------------
 victim=$(awk '$1 == 0 && $2 >= 1 && $2 <= 3 { print $2 }' <<<"$LEADERS")
 victim=${victim:-2}
-read -r -a live <<<"$(others "$victim")"
-live_bs=$(bootstrap_of "${live[@]}")
-echo "[$SUITE] stopping broker$victim (leader of partition 0); broker${live[0]} and broker${live[1]} keep serving"
-stop_check "$victim"
-if wait_leaders_on "$live_bs" "${live[@]}"; then
-    pass "every partition gets a leader on broker${live[0]}/broker${live[1]} within ${FAILOVER_TIMEOUT}s"
-else
-    fail "every partition gets a leader on broker${live[0]}/broker${live[1]} within ${FAILOVER_TIMEOUT}s" \
-        "partition leader replicas: ${LEADERS:-<no metadata>}"
-fi
-metadata_check "with broker$victim stopped: Metadata lists only broker${live[0]} and broker${live[1]}" "${live[0]}" "${live[@]}"
-produce_check "with broker$victim stopped: produce 100 more messages" "$live_bs" 101 200
-consume_check "with broker$victim stopped: consume returns all 200 messages" "$live_bs" 200
+stop_and_fail_over "$victim" "leader of partition 0" ""
+metadata_check "with broker$victim stopped: Metadata lists only broker${LIVE[0]} and broker${LIVE[1]}" "${LIVE[0]}" "${LIVE[@]}"
+produce_check "with broker$victim stopped: produce 100 more messages" "$LIVE_BS" 101 200
+consume_check "with broker$victim stopped: consume returns all 200 messages" "$LIVE_BS" 200
 
 # -- bring it back ----------------------------------------------------------
 start_check "$victim"
@@ -319,19 +326,10 @@ metadata_check "Metadata from the restarted broker$victim lists broker1..3" "$vi
 
 # The restarted broker must be a working voter again: stop another one, so that every
 # election and every commit needs broker$victim.
-second=${live[0]}
-read -r -a live2 <<<"$(others "$second")"
-live2_bs=$(bootstrap_of "${live2[@]}")
-echo "[$SUITE] stopping broker$second: broker${live2[0]} and broker${live2[1]} (including the restarted broker$victim) must serve alone"
-stop_check "$second"
-if wait_leaders_on "$live2_bs" "${live2[@]}"; then
-    pass "with broker$second stopped: every partition gets a leader on broker${live2[0]}/broker${live2[1]} within ${FAILOVER_TIMEOUT}s"
-else
-    fail "with broker$second stopped: every partition gets a leader on broker${live2[0]}/broker${live2[1]} within ${FAILOVER_TIMEOUT}s" \
-        "partition leader replicas: ${LEADERS:-<no metadata>}"
-fi
-produce_check "with broker$second stopped: produce 100 more messages" "$live2_bs" 201 300
-consume_check "with broker$second stopped: consume returns all 300 messages" "$live2_bs" 300
+second=${LIVE[0]}
+stop_and_fail_over "$second" "the restarted broker$victim is one of the two left" "with broker$second stopped: "
+produce_check "with broker$second stopped: produce 100 more messages" "$LIVE_BS" 201 300
+consume_check "with broker$second stopped: consume returns all 300 messages" "$LIVE_BS" 300
 start_check "$second"
 
 # -- end state --------------------------------------------------------------
