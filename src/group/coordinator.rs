@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use super::store::{CommittedOffset, GroupCommand, StoredGroup};
@@ -299,6 +300,9 @@ impl Group {
 pub struct GroupCoordinator {
     cluster: Arc<Cluster>,
     groups: Mutex<HashMap<String, Group>>,
+    /// The latest generation record still being replicated, per group: later
+    /// changes of the group wait for it so they reach Raft in order.
+    recording: Mutex<HashMap<String, JoinHandle<()>>>,
 }
 
 impl GroupCoordinator {
@@ -307,6 +311,7 @@ impl GroupCoordinator {
         let coordinator = Arc::new(GroupCoordinator {
             cluster,
             groups: Mutex::new(HashMap::new()),
+            recording: Mutex::new(HashMap::new()),
         });
         let ticking = Arc::clone(&coordinator);
         tokio::spawn(async move {
@@ -350,6 +355,10 @@ impl GroupCoordinator {
             }
         }
         drop(groups);
+        self.recording
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .retain(|_, record| !record.is_finished());
         for (group, generation, protocol_type) in finished {
             self.persist_generation(group, generation, protocol_type);
         }
@@ -359,7 +368,13 @@ impl GroupCoordinator {
     /// monotonic across restarts; membership itself is rebuilt by rejoins.
     fn persist_generation(self: &Arc<Self>, group: String, generation: i32, protocol_type: String) {
         let coordinator = Arc::clone(self);
-        tokio::spawn(async move {
+        let mut recording = self.recording.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let previous = recording.remove(&group);
+        let name = group.clone();
+        let record = tokio::spawn(async move {
+            if let Some(previous) = previous {
+                let _ = previous.await;
+            }
             let change = GroupCommand::Generation {
                 group: group.clone(),
                 generation,
@@ -373,6 +388,20 @@ impl GroupCoordinator {
                 tracing::warn!(group, generation, error = %err, "cannot record group generation");
             }
         });
+        recording.insert(name, record);
+    }
+
+    /// Waits until the generations recorded so far for `group_id` are replicated,
+    /// so that a deletion cannot be overtaken by an older generation record.
+    async fn generations_recorded(&self, group_id: &str) {
+        let pending = self
+            .recording
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .remove(group_id);
+        if let Some(pending) = pending {
+            let _ = pending.await;
+        }
     }
 
     /// The stored state of `group_id`, read from its offsets partition.
@@ -661,6 +690,7 @@ impl GroupCoordinator {
         if in_memory.is_none() && self.stored(group_id).await?.is_none() {
             return Err(BrokerError::GroupIdNotFound);
         }
+        self.generations_recorded(group_id).await;
         let handle = self.cluster.offsets_partition(group_id).await?;
         self.cluster
             .propose_group_change(
