@@ -511,8 +511,11 @@ impl Cluster {
     }
 
     fn replication_factor(&self, requested: i16) -> Result<usize, BrokerError> {
+        // The default never asks for more replicas than there are nodes, so one
+        // configuration serves clusters of any size (Kafka's min(3, brokers)).
+        let nodes = i16::try_from(self.members.len()).unwrap_or(i16::MAX);
         let factor = if requested == -1 {
-            self.cfg.default_replication_factor
+            self.cfg.default_replication_factor.min(nodes)
         } else {
             requested
         };
