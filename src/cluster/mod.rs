@@ -242,19 +242,19 @@ impl Cluster {
     }
 
     fn announcement(&self) -> Announcement {
-        let handles: Vec<(GroupId, Raft)> = self
+        let hosted: Vec<GroupId> = self
             .partitions
             .read()
-            .map(|map| map.values().map(|h| (h.group, h.raft.clone())).collect())
+            .map(|map| map.keys().copied().collect())
             .unwrap_or_default();
-        let leading = std::iter::once((CONTROLLER_GROUP, self.controller.clone()))
-            .chain(handles)
-            .filter_map(|(group, raft)| {
-                let metrics = raft.metrics().borrow().clone();
-                (effective_leader(&metrics, self.lease()) == Some(self.node_id())).then(|| LeaderClaim {
+        let leading = std::iter::once(CONTROLLER_GROUP)
+            .chain(hosted)
+            .filter_map(|group| {
+                let view = self.leader_view(group).filter(|view| view.leader == self.node_id())?;
+                Some(LeaderClaim {
                     group,
-                    term: metrics.current_term,
-                    in_sync: self.in_sync(&metrics),
+                    term: view.term,
+                    in_sync: view.in_sync,
                 })
             })
             .collect();
@@ -687,23 +687,21 @@ impl Cluster {
 
     /// The local replica of the `__consumer_offsets` partition that stores `group_id`.
     pub async fn offsets_partition(&self, group_id: &str) -> Result<Arc<PartitionHandle>, BrokerError> {
-        let index = self.offsets_partition_index(group_id).await?;
+        let (index, _) = self.locate_offsets_partition(group_id).await?;
         self.partition(OFFSETS_TOPIC, index)
     }
 
     /// Which node coordinates `group_id`: the leader of its offsets partition, wherever it is.
     pub async fn coordinator_of(&self, group_id: &str) -> Result<NodeId, BrokerError> {
-        self.offsets_partition_index(group_id).await?;
-        let (_, group) = self
-            .offsets_partition_of(group_id)
-            .ok_or_else(|| BrokerError::CoordinatorNotAvailable("the offsets topic is being created".into()))?;
+        let (_, group) = self.locate_offsets_partition(group_id).await?;
         self.leader_view(group)
             .map(|view| view.leader)
             .ok_or_else(|| BrokerError::CoordinatorNotAvailable("offsets partition has no leader".into()))
     }
 
-    /// The `__consumer_offsets` partition index of `group_id`, creating the topic on first use.
-    async fn offsets_partition_index(&self, group_id: &str) -> Result<i32, BrokerError> {
+    /// The `__consumer_offsets` partition of `group_id` (index and Raft group),
+    /// creating the topic on first use.
+    async fn locate_offsets_partition(&self, group_id: &str) -> Result<(i32, GroupId), BrokerError> {
         if !self.metadata().topics.contains_key(OFFSETS_TOPIC) {
             let mut configs = BTreeMap::new();
             configs.insert("cleanup.policy".to_string(), "compact".to_string());
@@ -717,7 +715,6 @@ impl Cluster {
         }
         // Created by another node a moment ago: this node has not applied it yet.
         self.offsets_partition_of(group_id)
-            .map(|(index, _)| index)
             .ok_or_else(|| BrokerError::CoordinatorNotAvailable("the offsets topic is being created".into()))
     }
 
