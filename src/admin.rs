@@ -203,15 +203,19 @@ pub fn print_checksums(peer: &str) -> anyhow::Result<()> {
     let PeerResponse::Checksums(checksums) = answer else {
         anyhow::bail!("unexpected answer {answer:?}");
     };
-    let lines: Vec<String> = checksums
+    let rows: Vec<serde_json::Value> = checksums
         .iter()
         .map(|c| {
-            format!(
-                r#"{{"topic": {:?}, "partition": {}, "group": {}, "applied_index": {}, "checksum": "{:08x}", "batches": {}}}"#,
-                c.topic, c.partition, c.group, c.applied_index, c.checksum, c.batches
-            )
+            serde_json::json!({
+                "topic": c.topic,
+                "partition": c.partition,
+                "group": c.group,
+                "applied_index": c.applied_index,
+                "checksum": format!("{:08x}", c.checksum),
+                "batches": c.batches,
+            })
         })
         .collect();
-    println!("[{}]", lines.join(",\n "));
+    println!("{}", serde_json::to_string_pretty(&rows)?);
     Ok(())
 }

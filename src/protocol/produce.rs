@@ -33,10 +33,10 @@ pub async fn handle(cluster: &Cluster, request: ProduceRequest) -> Option<Produc
     if let Some(refusal) = refusal {
         return Some(reject_all(request.topic_data, refusal.code()));
     }
-    // Every partition's proposal is started before any is awaited: join_all polls
-    // in order, so batches reach each Raft group in request order.
     // A negative timeout is the client leaving it to the broker.
     let timeout = Duration::from_millis(u64::try_from(request.timeout_ms).unwrap_or(DEFAULT_COMMIT_TIMEOUT_MS));
+    // Every partition's proposal is started before any is awaited: join_all polls
+    // in order, so batches reach each Raft group in request order.
     let topics = join_all(
         request
             .topic_data
