@@ -5,23 +5,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-as_root() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }
-
-install_system_packages() {
-    local missing=()
-    command -v clang >/dev/null || missing+=(clang)
-    [ -n "$(find /usr/lib -name 'libclang*.so*' -print -quit 2>/dev/null)" ] || missing+=(libclang-dev)
-    command -v kcat >/dev/null || missing+=(kcat)
-    command -v python3 >/dev/null || missing+=(python3 python3-pip)
-    if [ ${#missing[@]} -gt 0 ]; then
-        echo "installing ${missing[*]}"
-        as_root apt-get update -qq
-        DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq "${missing[@]}" >/dev/null
-    fi
-}
-
-install_system_packages
-python3 -m pip install -q -r compat-tests/requirements.txt
+# libclang where clang-sys looks, a C++ compiler, kcat and the Python clients
+# at the versions of compat-tests/requirements.txt; each checked for what the
+# tool really loads, installed only when missing.
+scripts/install-deps.sh test
 
 summary=$(mktemp)
 trap 'rm -f "$summary"' EXIT

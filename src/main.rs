@@ -76,7 +76,10 @@ async fn run(cfg: Arc<BrokerConfig>) -> anyhow::Result<()> {
     let cluster = Cluster::start(Arc::clone(&cfg), shutdown.clone())
         .await
         .context("starting raft groups")?;
-    tracing::info!(node_id = cfg.node_id, listener = %cfg.listener, data_dir = %cfg.data_dir.display(), "broker ready");
+    // The absolute path, so that whoever started the broker from a script knows
+    // which directory holds its data.
+    let data_dir = std::fs::canonicalize(&cfg.data_dir).unwrap_or_else(|_| cfg.data_dir.clone());
+    tracing::info!(node_id = cfg.node_id, listener = %cfg.listener, advertised = %cfg.advertised_listener(), data_dir = %data_dir.display(), "broker ready");
     let groups = GroupCoordinator::start(Arc::clone(&cluster), shutdown.clone());
     let broker = Arc::new(Broker {
         cluster: Arc::clone(&cluster),
