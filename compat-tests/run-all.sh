@@ -18,6 +18,7 @@ suite_cmd() {
         confluent-groups) cmd=("$PY" "$HERE/confluent/test_groups.py") ;;
         kafka-python-groups) cmd=("$PY" "$HERE/kafka-python/test_groups.py") ;;
         kcat-groups) cmd=(bash "$HERE/kcat/test_kcat_groups.sh") ;;
+        legacy) cmd=("$PY" "$HERE/legacy/test_legacy_clients.py") ;;
         durability) cmd=("$PY" "$HERE/durability/test_durability.py") ;;
         cluster) cmd=("$PY" "$HERE/cluster/test_failover.py") ;;
         compose) cmd=(bash "$HERE/compose/test_compose.sh") ;;
@@ -28,7 +29,7 @@ total_passed=0 total_failed=0 summary=()
 out=$(mktemp)
 trap 'rm -f "$out"' EXIT
 
-for name in confluent kafka-python kcat confluent-groups kafka-python-groups kcat-groups durability cluster compose; do
+for name in confluent kafka-python kcat confluent-groups kafka-python-groups kcat-groups legacy durability cluster compose; do
     suite_cmd "$name"
     echo "==== $name ===="
     # On timeout the suite gets SIGTERM (it then stops its broker), SIGKILL 30 s later.

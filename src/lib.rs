@@ -5,6 +5,8 @@
 //!
 //! - [`server`]: accepts TCP connections, frames requests, answers them in order.
 //! - [`protocol`]: sans-io codec (`kafka-protocol`) and one handler per Kafka API.
+//! - [`records`]: record format conversion (message sets of Kafka 0.8-0.10 to and
+//!   from the v2 batches the partition log holds).
 //! - [`cluster`]: topics and partition assignments (the controller group's state),
 //!   and routing of reads and writes to the partition groups this node runs.
 //! - [`group`]: the consumer-group coordinator; committed offsets replicated by
@@ -25,5 +27,6 @@ pub mod group;
 pub mod huge_alloc;
 pub mod protocol;
 pub mod raft;
+pub mod records;
 pub mod server;
 pub mod storage;

@@ -11,7 +11,7 @@ use super::error_message;
 use crate::cluster::Cluster;
 use crate::error::{code_of, BrokerError};
 
-pub const VERSIONS: VersionRange = VersionRange { min: 2, max: 7 };
+pub const VERSIONS: VersionRange = VersionRange { min: 0, max: 7 };
 
 pub async fn handle(cluster: &Cluster, request: CreateTopicsRequest) -> CreateTopicsResponse {
     let mut results = Vec::with_capacity(request.topics.len());

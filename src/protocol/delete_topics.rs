@@ -8,7 +8,7 @@ use super::{error_message, str_bytes};
 use crate::cluster::Cluster;
 use crate::error::{code_of, BrokerError};
 
-pub const VERSIONS: VersionRange = VersionRange { min: 1, max: 6 };
+pub const VERSIONS: VersionRange = VersionRange { min: 0, max: 6 };
 
 pub async fn handle(cluster: &Cluster, request: DeleteTopicsRequest) -> DeleteTopicsResponse {
     // v6 lists topics as (name or id); earlier versions list names.

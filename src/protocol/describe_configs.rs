@@ -10,7 +10,7 @@ use crate::cluster::Cluster;
 use crate::config::BrokerConfig;
 use crate::error::{code_of, BrokerError};
 
-pub const VERSIONS: VersionRange = VersionRange { min: 1, max: 4 };
+pub const VERSIONS: VersionRange = VersionRange { min: 0, max: 4 };
 
 const RESOURCE_TOPIC: i8 = 2;
 const RESOURCE_BROKER: i8 = 4;

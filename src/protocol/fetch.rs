@@ -12,13 +12,18 @@ use tokio::time::Instant;
 
 use crate::cluster::Cluster;
 use crate::error::{code_of, BrokerError};
+use crate::records::legacy;
 
-pub const VERSIONS: VersionRange = VersionRange { min: 4, max: 12 };
+pub const VERSIONS: VersionRange = VersionRange { min: 0, max: 12 };
+
+/// Fetch v0-v3 read message sets of magic 0 or 1, converted from the stored v2 batches.
+const LAST_LEGACY_VERSION: i16 = 3;
 
 /// Caps a client's wait so that a connection is never parked for long.
 const MAX_WAIT_CAP: Duration = Duration::from_secs(30);
 
-pub async fn handle(cluster: &Cluster, request: FetchRequest) -> FetchResponse {
+pub async fn handle(cluster: &Cluster, version: i16, request: FetchRequest) -> FetchResponse {
+    let legacy_magic = (version <= LAST_LEGACY_VERSION).then(|| legacy::fetch_magic(version));
     let wait = Duration::from_millis(request.max_wait_ms.max(0) as u64).min(MAX_WAIT_CAP);
     let deadline = Instant::now() + wait;
     let min_bytes = request.min_bytes.max(0) as usize;
@@ -31,7 +36,7 @@ pub async fn handle(cluster: &Cluster, request: FetchRequest) -> FetchResponse {
     let mut appends = cluster.appends();
     loop {
         appends.borrow_and_update();
-        let (topics, bytes, failed) = read_topics(cluster, &request.topics, max_bytes);
+        let (topics, bytes, failed) = read_topics(cluster, &request.topics, max_bytes, legacy_magic);
         if bytes >= min_bytes || failed || Instant::now() >= deadline {
             // Session id 0: no fetch session is created; the client keeps sending full fetches.
             return FetchResponse::default().with_responses(topics);
@@ -53,6 +58,7 @@ fn read_topics(
     cluster: &Cluster,
     topics: &[FetchTopic],
     max_bytes: usize,
+    legacy_magic: Option<i8>,
 ) -> (Vec<FetchableTopicResponse>, usize, bool) {
     let mut remaining = max_bytes;
     let mut total = 0;
@@ -66,7 +72,7 @@ fn read_topics(
                 .iter()
                 .map(|partition| {
                     let budget = remaining.min(partition.partition_max_bytes.max(0) as usize);
-                    let result = read_partition(cluster, name, partition, budget);
+                    let result = read_partition(cluster, name, partition, budget, legacy_magic);
                     failed |= result.is_err();
                     if let Ok((_, _, records)) = &result {
                         remaining = remaining.saturating_sub(records.len());
@@ -83,12 +89,14 @@ fn read_topics(
     (responses, total, failed)
 }
 
-/// `(high watermark, log start offset, records)` of one partition from `fetch_offset`.
+/// `(high watermark, log start offset, records)` of one partition from
+/// `fetch_offset`, as message sets of `legacy_magic` when it is given.
 fn read_partition(
     cluster: &Cluster,
     topic: &str,
     partition: &FetchPartition,
     max_bytes: usize,
+    legacy_magic: Option<i8>,
 ) -> Result<(i64, i64, Bytes), BrokerError> {
     let handle = cluster.led_partition(topic, partition.partition)?;
     let offsets = handle.offsets();
@@ -104,6 +112,10 @@ fn read_partition(
         Bytes::new()
     } else {
         handle.log.read(offset, offsets.next_offset, max_bytes)?
+    };
+    let records = match legacy_magic {
+        Some(magic) if !records.is_empty() => legacy::down_convert(&records, magic, offset)?,
+        _ => records,
     };
     Ok((offsets.next_offset, offsets.log_start_offset, records))
 }

@@ -13,7 +13,7 @@ use crate::cluster::Cluster;
 use crate::error::BrokerError;
 use crate::raft::NodeId;
 
-pub const VERSIONS: VersionRange = VersionRange { min: 1, max: 12 };
+pub const VERSIONS: VersionRange = VersionRange { min: 0, max: 12 };
 
 pub async fn handle(cluster: &Cluster, version: i16, request: MetadataRequest) -> MetadataResponse {
     let brokers = cluster
@@ -29,7 +29,9 @@ pub async fn handle(cluster: &Cluster, version: i16, request: MetadataRequest) -
     // Before v4 a request could not opt out of auto-creation.
     let may_create = cluster.config().auto_create_topics && (version < 4 || request.allow_auto_topic_creation);
     let names: Vec<String> = match request.topics {
+        // v0 has no null list: an empty one asks for every topic.
         None => cluster.metadata().topics.keys().cloned().collect(),
+        Some(topics) if version == 0 && topics.is_empty() => cluster.metadata().topics.keys().cloned().collect(),
         Some(topics) => topics
             .into_iter()
             .filter_map(|t| t.name.map(|n| n.0.to_string()))

@@ -85,12 +85,12 @@ pub async fn handle(broker: Arc<Broker>, peer: SocketAddr, request: Request) -> 
     let response = match request.body {
         RequestKind::ApiVersions(_) => ResponseKind::ApiVersions(api_versions::handle()),
         RequestKind::Metadata(req) => ResponseKind::Metadata(metadata::handle(cluster, version, req).await),
-        RequestKind::Produce(req) => match produce::handle(cluster, req).await {
+        RequestKind::Produce(req) => match produce::handle(cluster, version, req).await {
             Some(response) => ResponseKind::Produce(response),
             None => return None,
         },
-        RequestKind::Fetch(req) => ResponseKind::Fetch(fetch::handle(cluster, req).await),
-        RequestKind::ListOffsets(req) => ResponseKind::ListOffsets(list_offsets::handle(cluster, req)),
+        RequestKind::Fetch(req) => ResponseKind::Fetch(fetch::handle(cluster, version, req).await),
+        RequestKind::ListOffsets(req) => ResponseKind::ListOffsets(list_offsets::handle(cluster, version, req)),
         RequestKind::CreateTopics(req) => ResponseKind::CreateTopics(create_topics::handle(cluster, req).await),
         RequestKind::DeleteTopics(req) => ResponseKind::DeleteTopics(delete_topics::handle(cluster, req).await),
         RequestKind::CreatePartitions(req) => {

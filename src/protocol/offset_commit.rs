@@ -9,7 +9,7 @@ use crate::error::BrokerError;
 use crate::group::coordinator::GroupCoordinator;
 use crate::group::store::CommittedOffset;
 
-pub const VERSIONS: VersionRange = VersionRange { min: 2, max: 8 };
+pub const VERSIONS: VersionRange = VersionRange { min: 0, max: 8 };
 
 pub async fn handle(
     cluster: &Cluster,

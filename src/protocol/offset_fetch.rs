@@ -13,7 +13,7 @@ use super::str_bytes;
 use crate::group::coordinator::GroupCoordinator;
 use crate::group::store::CommittedOffset;
 
-pub const VERSIONS: VersionRange = VersionRange { min: 1, max: 8 };
+pub const VERSIONS: VersionRange = VersionRange { min: 0, max: 8 };
 
 const MULTI_GROUP_SINCE: i16 = 8;
 

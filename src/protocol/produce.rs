@@ -13,15 +13,19 @@ use kafka_protocol::protocol::VersionRange;
 use super::error_message;
 use crate::cluster::Cluster;
 use crate::error::{code_of, BrokerError};
-use crate::storage::batch::validate_produce_records;
+use crate::records::legacy;
+use crate::storage::batch::{validate_produce_records, BatchError};
 
-pub const VERSIONS: VersionRange = VersionRange { min: 3, max: 9 };
+pub const VERSIONS: VersionRange = VersionRange { min: 0, max: 9 };
+
+/// Produce v0-v2 carry message sets of magic 0 or 1, converted to a v2 batch.
+const LAST_LEGACY_VERSION: i16 = 2;
 
 /// Kafka's default `request.timeout.ms`.
 const DEFAULT_COMMIT_TIMEOUT_MS: u64 = 30_000;
 
 /// Returns `None` for acks=0, which Kafka never answers.
-pub async fn handle(cluster: &Cluster, request: ProduceRequest) -> Option<ProduceResponse> {
+pub async fn handle(cluster: &Cluster, version: i16, request: ProduceRequest) -> Option<ProduceResponse> {
     let acks = request.acks;
     let refusal = if request.transactional_id.is_some() {
         Some(BrokerError::TransactionsUnsupported)
@@ -41,19 +45,24 @@ pub async fn handle(cluster: &Cluster, request: ProduceRequest) -> Option<Produc
         request
             .topic_data
             .into_iter()
-            .map(|topic| produce_topic(cluster, topic, timeout)),
+            .map(|topic| produce_topic(cluster, version, topic, timeout)),
     )
     .await;
     (acks != 0).then(|| ProduceResponse::default().with_responses(topics))
 }
 
-async fn produce_topic(cluster: &Cluster, topic: TopicProduceData, timeout: Duration) -> TopicProduceResponse {
+async fn produce_topic(
+    cluster: &Cluster,
+    version: i16,
+    topic: TopicProduceData,
+    timeout: Duration,
+) -> TopicProduceResponse {
     let name = topic.name.0.to_string();
     let partitions = join_all(
         topic
             .partition_data
             .into_iter()
-            .map(|data| produce_partition(cluster, &name, data, timeout)),
+            .map(|data| produce_partition(cluster, version, &name, data, timeout)),
     )
     .await;
     TopicProduceResponse::default()
@@ -63,11 +72,16 @@ async fn produce_topic(cluster: &Cluster, topic: TopicProduceData, timeout: Dura
 
 async fn produce_partition(
     cluster: &Cluster,
+    version: i16,
     topic: &str,
     data: PartitionProduceData,
     timeout: Duration,
 ) -> PartitionProduceResponse {
-    let result = append(cluster, topic, data.index, data.records.unwrap_or_default(), timeout).await;
+    let records = data.records.unwrap_or_default();
+    let result = match legacy_to_batch(version, records) {
+        Ok(records) => append(cluster, topic, data.index, records, timeout).await,
+        Err(err) => Err(err.into()),
+    };
     if let Err(err) = &result {
         tracing::debug!(topic, partition = data.index, error = %err, "produce refused");
     }
@@ -97,6 +111,15 @@ async fn append(
     };
     let batches = validate_produce_records(&records, cluster.config().message_max_bytes)?;
     cluster.append(&handle, batches, timeout).await
+}
+
+/// The records of a Produce v0-v2 as one v2 batch; later versions carry v2
+/// batches already, and anything else is refused by batch validation.
+fn legacy_to_batch(version: i16, records: Bytes) -> Result<Bytes, BatchError> {
+    match legacy::magic_of(&records) {
+        Some(0 | 1) if version <= LAST_LEGACY_VERSION => legacy::up_convert(&records),
+        _ => Ok(records),
+    }
 }
 
 fn reject_all(topics: Vec<TopicProduceData>, code: i16) -> ProduceResponse {

@@ -1,0 +1,3 @@
+//! Record formats on their way between clients and the partition log.
+
+pub mod legacy;
