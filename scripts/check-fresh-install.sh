@@ -107,7 +107,7 @@ else
     echo "FAIL: kcat is not on PATH"; status=1
 fi
 if command -v python3 >/dev/null &&
-    python3 -c 'import confluent_kafka, kafka, kafka.codec, snappy, lz4.frame, zstandard, crc32c; print("ok: confluent_kafka", confluent_kafka.version()[0], "(librdkafka", confluent_kafka.libversion()[0] + "), kafka-python", kafka.__version__)'; then
+    python3 -c 'import confluent_kafka, kafka, kafka.codec, snappy, lz4.frame, zstandard, crc32c; print("ok: confluent_kafka", confluent_kafka.version(), "(librdkafka", confluent_kafka.libversion()[0] + "), kafka-python", kafka.__version__)'; then
     :
 else
     echo "FAIL: the Python clients do not import"; status=1
