@@ -35,7 +35,7 @@ mod tests {
     use kafka_protocol::messages::ApiKey;
 
     #[test]
-    fn advertises_what_modern_clients_need() {
+    fn advertises_old_and_modern_versions() {
         let response = handle();
         let range = |key: ApiKey| {
             response
@@ -44,9 +44,11 @@ mod tests {
                 .find(|v| v.api_key == key as i16)
                 .map(|v| (v.min_version, v.max_version))
         };
-        assert_eq!(range(ApiKey::Produce), Some((3, 9)));
-        assert_eq!(range(ApiKey::Fetch), Some((4, 12)));
-        assert_eq!(range(ApiKey::Metadata), Some((1, 12)));
+        // Down to Kafka 0.8's versions, as Kafka 3.9 accepts them.
+        assert_eq!(range(ApiKey::Produce), Some((0, 9)));
+        assert_eq!(range(ApiKey::Fetch), Some((0, 12)));
+        assert_eq!(range(ApiKey::Metadata), Some((0, 12)));
+        assert_eq!(range(ApiKey::ListOffsets), Some((0, 6)));
         assert_eq!(range(ApiKey::ApiVersions), Some((0, 3)));
         assert_eq!(unsupported_version().error_code, 35);
     }
