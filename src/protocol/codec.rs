@@ -5,7 +5,7 @@ use bytes::{Buf, BufMut, Bytes, BytesMut};
 use kafka_protocol::messages::{ApiKey, RequestHeader, RequestKind, ResponseHeader, ResponseKind};
 use kafka_protocol::protocol::{Decodable, Encodable};
 
-use super::supported_versions;
+use super::{bridge, supported_versions};
 
 /// Size of the length prefix of every frame.
 const LENGTH_PREFIX: usize = 4;
@@ -86,7 +86,12 @@ pub fn decode_request(mut frame: Bytes) -> Result<Request, DecodeError> {
         reason: reason.to_string(),
     };
     let header = RequestHeader::decode(&mut frame, api_key.request_header_version(version)).map_err(malformed)?;
-    let body = RequestKind::decode(api_key, &mut frame, version).map_err(malformed)?;
+    let body = if bridge::needs_bridge(api_key, version) {
+        bridge::decode_request(api_key, &mut frame, version)
+    } else {
+        RequestKind::decode(api_key, &mut frame, version)
+    }
+    .map_err(malformed)?;
     Ok(Request { api_key, header, body })
 }
 
@@ -101,7 +106,11 @@ pub fn encode_response(
     out.put_i32(0);
     let header = ResponseHeader::default().with_correlation_id(correlation_id);
     header.encode(&mut out, api_key.response_header_version(version))?;
-    body.encode(&mut out, version)?;
+    if bridge::needs_bridge(api_key, version) {
+        bridge::encode_response(api_key, version, body, &mut out)?;
+    } else {
+        body.encode(&mut out, version)?;
+    }
     let size = i32::try_from(out.len() - LENGTH_PREFIX)?;
     out[..LENGTH_PREFIX].copy_from_slice(&size.to_be_bytes());
     Ok(out.freeze())

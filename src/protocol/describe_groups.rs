@@ -4,7 +4,7 @@ use kafka_protocol::messages::describe_groups_response::{DescribedGroup, Describ
 use kafka_protocol::messages::{DescribeGroupsRequest, DescribeGroupsResponse};
 use kafka_protocol::protocol::VersionRange;
 
-use super::str_bytes;
+use super::{error_message, str_bytes};
 use crate::error::code_of;
 use crate::group::coordinator::GroupCoordinator;
 
@@ -16,7 +16,8 @@ pub async fn handle(groups: &GroupCoordinator, request: DescribeGroupsRequest) -
         let result = groups.describe(group_id.0.as_str()).await;
         let mut group = DescribedGroup::default()
             .with_group_id(group_id)
-            .with_error_code(code_of(&result));
+            .with_error_code(code_of(&result))
+            .with_error_message(error_message(&result));
         if let Ok(description) = result {
             let members = description
                 .members

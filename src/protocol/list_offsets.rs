@@ -13,10 +13,7 @@ pub const VERSIONS: VersionRange = VersionRange { min: 0, max: 6 };
 const LATEST: i64 = -1;
 const EARLIEST: i64 = -2;
 
-/// v0 answers with a list of offsets instead of one offset and its timestamp.
-const LAST_OFFSET_LIST_VERSION: i16 = 0;
-
-pub fn handle(cluster: &Cluster, version: i16, request: ListOffsetsRequest) -> ListOffsetsResponse {
+pub fn handle(cluster: &Cluster, request: ListOffsetsRequest) -> ListOffsetsResponse {
     let topics = request
         .topics
         .into_iter()
@@ -27,17 +24,12 @@ pub fn handle(cluster: &Cluster, version: i16, request: ListOffsetsRequest) -> L
                 .map(|partition| {
                     let result = lookup(cluster, topic.name.0.as_str(), partition);
                     let (timestamp, offset) = result.as_ref().map_or((-1, -1), |found| *found);
-                    let response = ListOffsetsPartitionResponse::default()
+                    ListOffsetsPartitionResponse::default()
                         .with_partition_index(partition.partition_index)
-                        .with_error_code(code_of(&result));
-                    if version <= LAST_OFFSET_LIST_VERSION {
-                        response.with_old_style_offsets(offset_list(offset, partition.max_num_offsets))
-                    } else {
-                        response
-                            .with_timestamp(timestamp)
-                            .with_offset(offset)
-                            .with_leader_epoch(-1)
-                    }
+                        .with_error_code(code_of(&result))
+                        .with_timestamp(timestamp)
+                        .with_offset(offset)
+                        .with_leader_epoch(-1)
                 })
                 .collect();
             ListOffsetsTopicResponse::default()
@@ -46,18 +38,6 @@ pub fn handle(cluster: &Cluster, version: i16, request: ListOffsetsRequest) -> L
         })
         .collect();
     ListOffsetsResponse::default().with_topics(topics)
-}
-
-/// ListOffsets v0's answer: the one offset found, when the client asked for
-/// any. Kafka lists segment start offsets after it for larger counts; a client
-/// that asks for the latest or earliest offset (all of them in practice) reads
-/// the first element only.
-fn offset_list(offset: i64, max_num_offsets: i32) -> Vec<i64> {
-    if offset < 0 || max_num_offsets < 1 {
-        Vec::new()
-    } else {
-        vec![offset]
-    }
 }
 
 /// `(timestamp, offset)`; `(-1, -1)` when no record is that recent, as Kafka answers.

@@ -2,6 +2,7 @@
 //! of supported versions that both request decoding and ApiVersions use.
 
 pub mod api_versions;
+pub mod bridge;
 pub mod codec;
 pub mod create_partitions;
 pub mod create_topics;
@@ -90,7 +91,7 @@ pub async fn handle(broker: Arc<Broker>, peer: SocketAddr, request: Request) -> 
             None => return None,
         },
         RequestKind::Fetch(req) => ResponseKind::Fetch(fetch::handle(cluster, version, req).await),
-        RequestKind::ListOffsets(req) => ResponseKind::ListOffsets(list_offsets::handle(cluster, version, req)),
+        RequestKind::ListOffsets(req) => ResponseKind::ListOffsets(list_offsets::handle(cluster, req)),
         RequestKind::CreateTopics(req) => ResponseKind::CreateTopics(create_topics::handle(cluster, req).await),
         RequestKind::DeleteTopics(req) => ResponseKind::DeleteTopics(delete_topics::handle(cluster, req).await),
         RequestKind::CreatePartitions(req) => {

@@ -7,11 +7,12 @@
 //! version reads (0 for Fetch v0-v1, 1 for v2-v3), as Kafka converts for old
 //! consumers.
 //!
-//! This one format is framed here rather than by `kafka-protocol`: its message
-//! set encoder writes offset 0 into every message (a Fetch must carry each
-//! record's own offset) and refuses records with headers, and its decoder
-//! reads a compressed wrapper's value without decompressing it, recursing once
-//! per nesting level of an untrusted request. Here every length is checked
+//! This one format is framed here rather than by `kafka-protocol`: 0.18
+//! refuses message sets, and 0.15.1 (which the request bridge uses) writes
+//! offset 0 into every message (a Fetch must carry each record's own offset),
+//! refuses records with headers, and reads a compressed wrapper's value
+//! without decompressing it, recursing once per nesting level of an untrusted
+//! request. Here every length is checked
 //! against what is left before it is used, wrappers are opened one level deep
 //! with the broker's capped decompression, and nothing recurses further.
 
@@ -67,6 +68,7 @@ pub fn up_convert(records: &Bytes) -> Result<Bytes, BatchError> {
         .map(|(delta, message)| Record {
             transactional: false,
             control: false,
+            delete_horizon: false,
             partition_leader_epoch: -1,
             producer_id: NO_PRODUCER_ID,
             producer_epoch: NO_PRODUCER_EPOCH,
@@ -223,11 +225,15 @@ fn corrupt(reason: String) -> BatchError {
 #[cfg(test)]
 mod tests {
     use super::*;
+    // An independent message-set codec: kafka-protocol 0.15.1 (its encoder
+    // writes offset 0 into every message, which the tests take into account).
+    use kafka_protocol_legacy::records as old;
 
     fn record(offset: i64, timestamp: i64, key: Option<&'static [u8]>, value: &'static [u8]) -> Record {
         Record {
             transactional: false,
             control: false,
+            delete_horizon: false,
             partition_leader_epoch: -1,
             producer_id: NO_PRODUCER_ID,
             producer_epoch: NO_PRODUCER_EPOCH,
@@ -241,23 +247,41 @@ mod tests {
         }
     }
 
-    /// A message set as an independent encoder (the crate's) writes it.
-    fn legacy_set(magic: i8, compression: Compression, records: &[Record]) -> Bytes {
+    fn old_record(r: &Record) -> old::Record {
+        old::Record {
+            transactional: false,
+            control: false,
+            partition_leader_epoch: -1,
+            producer_id: NO_PRODUCER_ID,
+            producer_epoch: NO_PRODUCER_EPOCH,
+            timestamp_type: old::TimestampType::Creation,
+            offset: r.offset,
+            sequence: NO_SEQUENCE,
+            timestamp: r.timestamp,
+            key: r.key.clone(),
+            value: r.value.clone(),
+            headers: Default::default(),
+        }
+    }
+
+    /// A message set as the independent encoder writes it.
+    fn legacy_set(magic: i8, compression: old::Compression, records: &[Record]) -> Bytes {
+        let records: Vec<old::Record> = records.iter().map(old_record).collect();
         let mut out = BytesMut::new();
-        let options = RecordEncodeOptions {
+        let options = old::RecordEncodeOptions {
             version: magic,
             compression,
         };
-        RecordBatchEncoder::encode(&mut out, records, &options).unwrap();
+        old::RecordBatchEncoder::encode(&mut out, &records, &options).unwrap();
         out.freeze()
     }
 
-    /// `(offset, timestamp, key, value)` of each message, as the crate decodes them.
+    /// `(offset, timestamp, key, value)` of each message of a set or batch.
     fn decoded(set: &Bytes) -> Vec<(i64, i64, Option<Bytes>, Option<Bytes>)> {
         let mut rest = set.clone();
         let mut out = Vec::new();
         while rest.has_remaining() {
-            for r in RecordBatchDecoder::decode(&mut rest).unwrap().records {
+            for r in old::RecordBatchDecoder::decode(&mut rest).unwrap().records {
                 out.push((r.offset, r.timestamp, r.key, r.value));
             }
         }
@@ -265,7 +289,13 @@ mod tests {
     }
 
     fn v2_batch(records: &[Record]) -> Bytes {
-        legacy_set(2, Compression::Lz4, records)
+        let mut out = BytesMut::new();
+        let options = RecordEncodeOptions {
+            version: 2,
+            compression: Compression::Lz4,
+        };
+        RecordBatchEncoder::encode(&mut out, records, &options).unwrap();
+        out.freeze()
     }
 
     #[test]
@@ -275,7 +305,7 @@ mod tests {
             record(1, 1_700_000_000_001, None, b"two"),
         ];
         for (magic, timestamps) in [(0, [NO_TIMESTAMP; 2]), (1, [1_700_000_000_000, 1_700_000_000_001])] {
-            for compression in [Compression::None, Compression::Gzip, Compression::Snappy] {
+            for compression in [old::Compression::None, old::Compression::Gzip, old::Compression::Snappy] {
                 let batch = up_convert(&legacy_set(magic, compression, &sent)).unwrap();
                 assert_eq!(magic_of(&batch), Some(2));
                 let got = decoded(&batch);
@@ -317,7 +347,7 @@ mod tests {
 
     #[test]
     fn damaged_sets_are_refused_never_panic() {
-        let good = legacy_set(1, Compression::None, &[record(0, 1, Some(b"key"), b"value")]);
+        let good = legacy_set(1, old::Compression::None, &[record(0, 1, Some(b"key"), b"value")]);
         let mut flipped = BytesMut::from(&good[..]);
         let last = flipped.len() - 1;
         flipped[last] ^= 1;
@@ -338,7 +368,7 @@ mod tests {
     fn a_compressed_message_inside_a_compressed_message_is_refused() {
         use std::io::Write;
         // A gzip wrapper whose compressed value is itself a set holding a gzip wrapper.
-        let inner = legacy_set(1, Compression::Gzip, &[record(0, 1, None, b"a")]);
+        let inner = legacy_set(1, old::Compression::Gzip, &[record(0, 1, None, b"a")]);
         let mut gzip = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
         gzip.write_all(&inner).unwrap();
         let mut outer = record(0, 1, None, b"");

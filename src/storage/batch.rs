@@ -213,6 +213,7 @@ pub(crate) mod tests {
             .map(|(i, value)| Record {
                 transactional: false,
                 control: false,
+                delete_horizon: false,
                 partition_leader_epoch: -1,
                 producer_id: -1,
                 producer_epoch: -1,

@@ -234,6 +234,7 @@ pub fn record_batch(values: &[String], compression: Compression) -> Bytes {
         .map(|(i, value)| Record {
             transactional: false,
             control: false,
+            delete_horizon: false,
             partition_leader_epoch: -1,
             producer_id: -1,
             producer_epoch: -1,
