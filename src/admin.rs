@@ -1,6 +1,7 @@
 //! Admin tools. `rafka groups` lists consumer groups, their members and
 //! assignments, committed offsets and lag, speaking the Kafka protocol to any
-//! broker; `rafka health` checks one broker; `rafka checksums` compares replicas.
+//! broker; `rafka health` checks one broker (Kafka Metadata, or its admin
+//! listener's `/ready`); `rafka checksums` compares replicas.
 
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
@@ -192,6 +193,37 @@ pub fn check_health(bootstrap: &str) -> anyhow::Result<()> {
         metadata.controller_id.0
     );
     Ok(())
+}
+
+/// `rafka health --admin`: succeeds when the broker's admin listener answers
+/// `GET /ready` with 200 (it serves and knows a controller leader).
+pub fn check_ready(admin: &str) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let (status, body) = runtime.block_on(async {
+        tokio::time::timeout(HEALTH_TIMEOUT, get(admin, "/ready"))
+            .await
+            .map_err(|_| anyhow::anyhow!("{admin} did not answer within {HEALTH_TIMEOUT:?}"))?
+    })?;
+    let body = String::from_utf8_lossy(&body);
+    anyhow::ensure!(status == hyper::StatusCode::OK, "{status}: {}", body.trim());
+    println!("{}", body.trim());
+    Ok(())
+}
+
+/// One HTTP/1.1 GET of `path` on `address`; the status and the whole body.
+async fn get(address: &str, path: &str) -> anyhow::Result<(hyper::StatusCode, Bytes)> {
+    use http_body_util::{BodyExt, Empty};
+
+    let socket = tokio::net::TcpStream::connect(address).await?;
+    let (mut sender, connection) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(socket)).await?;
+    tokio::spawn(connection);
+    let request = hyper::Request::get(path)
+        .header(hyper::header::HOST, address)
+        .body(Empty::<Bytes>::new())?;
+    let response = sender.send_request(request).await?;
+    let status = response.status();
+    let body = response.into_body().collect().await?.to_bytes();
+    Ok((status, body))
 }
 
 /// `rafka checksums`: asks one node, on its Raft address, for a checksum of every

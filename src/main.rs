@@ -3,12 +3,12 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use clap::Parser;
+use rafka::admin_http::AdminState;
 use rafka::cluster::Cluster;
 use rafka::config::BrokerConfig;
 use rafka::group::coordinator::GroupCoordinator;
 use rafka::protocol::Broker;
 use tokio_util::sync::CancellationToken;
-use tracing_subscriber::EnvFilter;
 
 const MEMORY_TRIM_INTERVAL: std::time::Duration = std::time::Duration::from_secs(10);
 
@@ -34,11 +34,15 @@ enum Tool {
         #[arg(long, default_value = "127.0.0.1:9092")]
         bootstrap: String,
     },
-    /// Exit 0 if the broker answers Metadata and knows a controller leader (for health checks).
+    /// Exit 0 if the broker is ready: with --admin, its /ready endpoint answers
+    /// 200; otherwise it answers Metadata on --bootstrap and knows a controller leader.
     Health {
         /// The broker to check, host:port.
         #[arg(long, default_value = "127.0.0.1:9092")]
         bootstrap: String,
+        /// The broker's admin listener, host:port: check GET /ready there instead.
+        #[arg(long)]
+        admin: Option<String>,
     },
     /// Print a checksum of every partition replica a node holds, as JSON.
     Checksums {
@@ -49,14 +53,12 @@ enum Tool {
 }
 
 fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,openraft=warn")))
-        .with_writer(std::io::stderr)
-        .init();
+    rafka::logging::init()?;
     let args = Args::parse();
     match args.command {
         Some(Tool::Groups { bootstrap }) => return rafka::admin::print_groups(&bootstrap),
-        Some(Tool::Health { bootstrap }) => return rafka::admin::check_health(&bootstrap),
+        Some(Tool::Health { admin: Some(admin), .. }) => return rafka::admin::check_ready(&admin),
+        Some(Tool::Health { bootstrap, .. }) => return rafka::admin::check_health(&bootstrap),
         Some(Tool::Checksums { peer }) => return rafka::admin::print_checksums(&peer),
         None => {}
     }
@@ -70,6 +72,17 @@ fn main() -> anyhow::Result<()> {
 
 async fn run(cfg: Arc<BrokerConfig>) -> anyhow::Result<()> {
     let shutdown = CancellationToken::new();
+    // First, so that /health answers and /ready says "not yet" while the Raft groups start.
+    let admin_listener = tokio::net::TcpListener::bind(cfg.admin_listener)
+        .await
+        .with_context(|| format!("binding admin_listener {}", cfg.admin_listener))?;
+    tracing::info!(admin_listener = %admin_listener.local_addr()?, "serving /metrics, /health and /ready");
+    let admin = Arc::new(AdminState::default());
+    let admin_server = tokio::spawn(rafka::admin_http::serve(
+        admin_listener,
+        Arc::clone(&admin),
+        shutdown.clone(),
+    ));
     let listener = tokio::net::TcpListener::bind(cfg.listener)
         .await
         .with_context(|| format!("binding {}", cfg.listener))?;
@@ -82,12 +95,14 @@ async fn run(cfg: Arc<BrokerConfig>) -> anyhow::Result<()> {
         cluster: Arc::clone(&cluster),
         groups,
     });
-    let server = tokio::spawn(rafka::server::serve(listener, broker, shutdown.clone()));
+    let server = tokio::spawn(rafka::server::serve(listener, Arc::clone(&broker), shutdown.clone()));
+    admin.serving(broker);
     tokio::spawn(trim_memory(shutdown.clone()));
     wait_for_signal().await?;
     tracing::info!("shutting down");
     shutdown.cancel();
     let _ = server.await;
+    let _ = admin_server.await;
     cluster.shutdown().await;
     Ok(())
 }
