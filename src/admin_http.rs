@@ -199,7 +199,7 @@ fn observe_partitions(broker: &Broker) {
             if *replica == node {
                 continue;
             }
-            let lag = last.saturating_sub(matched.map_or(0, |matched| matched.index));
+            let lag = last.saturating_sub(matched.as_ref().map_or(0, |matched| matched.index));
             let labels = ReplicaLabels {
                 topic: topic.to_string(),
                 partition,

@@ -46,7 +46,7 @@ pub fn init() -> Result<(), LogSetupError> {
     };
     tracing_subscriber::registry()
         .with(filter)
-        .with(filter_fn(|metadata| !is_peer_rpc_failure(metadata)))
+        .with(filter_fn(|metadata: &Metadata<'_>| !is_peer_rpc_failure(metadata)))
         .with(output)
         .try_init()?;
     Ok(())
@@ -104,7 +104,7 @@ mod tests {
     fn drops_openraft_peer_rpc_errors_and_keeps_the_rest() {
         let captured = Captured::default();
         let subscriber = tracing_subscriber::registry()
-            .with(filter_fn(|metadata| !is_peer_rpc_failure(metadata)))
+            .with(filter_fn(|metadata: &Metadata<'_>| !is_peer_rpc_failure(metadata)))
             .with(tracing_subscriber::fmt::layer().with_writer(captured.clone()).with_ansi(false));
         tracing::subscriber::with_default(subscriber, || {
             // The shapes of openraft's own events (target, level, field names).

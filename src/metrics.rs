@@ -130,7 +130,7 @@ pub struct ConsumerLagLabels {
 }
 
 /// Builds the request-latency histogram of each API on first use.
-#[derive(Clone)]
+#[derive(Clone, Debug)]
 struct RequestSeconds;
 
 impl MetricConstructor<Histogram> for RequestSeconds {

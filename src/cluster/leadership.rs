@@ -5,7 +5,8 @@
 
 use std::sync::Arc;
 
-use openraft::{BasicNode, RaftServerMetrics, ServerState};
+use openraft::metrics::RaftServerMetrics;
+use openraft::{BasicNode, ServerState};
 use tokio::sync::watch;
 
 use super::metadata::ClusterState;
