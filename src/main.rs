@@ -89,7 +89,7 @@ async fn run(cfg: Arc<BrokerConfig>) -> anyhow::Result<()> {
     let cluster = Cluster::start(Arc::clone(&cfg), shutdown.clone())
         .await
         .context("starting raft groups")?;
-    tracing::info!(node_id = cfg.node_id, listener = %cfg.listener, data_dir = %cfg.data_dir.display(), "broker ready");
+    tracing::info!(node_id = cfg.node_id, listener = %cfg.listener, data_dir = %cfg.data_dir.display(), "Raft groups started; serving Kafka clients");
     let groups = GroupCoordinator::start(Arc::clone(&cluster), shutdown.clone());
     let broker = Arc::new(Broker {
         cluster: Arc::clone(&cluster),

@@ -276,9 +276,15 @@ def cluster_checks(results):
             cluster.spawn(1)
             wait_until(lambda: http_get(lone.admin, "/health")[0] == 200, READY_TIMEOUT,
                        what="node 1 /health")
-            status, _, body = http_get(lone.admin, "/ready")
-            expect_eq(status, 503, f"/ready of a node without a majority ({body.strip()})")
-            expect("controller" in body, f"/ready gives no reason: {body!r}")
+
+            def serving_but_not_ready():
+                status, _, body = http_get(lone.admin, "/ready")
+                expect_eq(status, 503, f"/ready of a node without a majority ({body.strip()})")
+                # Not ready first because it is starting, then for want of a controller.
+                return "controller" in body
+
+            wait_until(serving_but_not_ready, READY_TIMEOUT, interval=0.1, fatal=AssertionError,
+                       what="node 1 /ready to say it knows no controller")
             done = health_tool(lone.admin)
             expect(done.returncode != 0, "rafka health --admin succeeded on a lone node")
             expect("503" in done.stderr, f"rafka health does not say why: {done.stderr.strip()!r}")
