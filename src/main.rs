@@ -28,11 +28,26 @@ struct Args {
 
 #[derive(clap::Subcommand)]
 enum Tool {
-    /// List consumer groups with members, assignments, committed offsets and lag.
+    /// Topics: list, describe, create, delete.
+    Topic {
+        #[command(subcommand)]
+        verb: TopicVerb,
+    },
+    /// The cluster as a broker reports it.
+    Cluster {
+        #[command(subcommand)]
+        verb: ClusterVerb,
+    },
+    /// Consumer groups: list, describe (members, committed offsets, lag).
+    Group {
+        #[command(subcommand)]
+        verb: GroupVerb,
+    },
+    /// The same as `group describe`, under its older name.
+    #[command(hide = true)]
     Groups {
-        /// A broker to ask, host:port.
-        #[arg(long, default_value = "127.0.0.1:9092")]
-        bootstrap: String,
+        #[command(flatten)]
+        target: Target,
     },
     /// Exit 0 if the broker is ready: with --admin, its /ready endpoint answers
     /// 200; otherwise it answers Metadata on --bootstrap and knows a controller leader.
@@ -52,15 +67,125 @@ enum Tool {
     },
 }
 
+/// Where an admin verb connects and how it prints.
+#[derive(clap::Args)]
+struct Target {
+    /// A broker to ask, host:port (any Kafka-compatible broker).
+    #[arg(long, default_value = "127.0.0.1:9092")]
+    bootstrap: String,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(clap::Subcommand)]
+enum TopicVerb {
+    /// Every topic with its partition count and replication factor.
+    List {
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Partitions (leader, replicas, ISR) and configs of topics.
+    Describe {
+        #[arg(required = true)]
+        topics: Vec<String>,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Create a topic.
+    Create {
+        topic: String,
+        /// Partitions; the broker's default when omitted.
+        #[arg(long, short, default_value_t = -1)]
+        partitions: i32,
+        /// Replicas of each partition; the broker's default when omitted.
+        #[arg(long, short, default_value_t = -1)]
+        replication_factor: i16,
+        /// A topic config as key=value; repeatable.
+        #[arg(long = "config", short)]
+        configs: Vec<String>,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Delete topics.
+    Delete {
+        #[arg(required = true)]
+        topics: Vec<String>,
+        #[command(flatten)]
+        target: Target,
+    },
+}
+
+#[derive(clap::Subcommand)]
+enum ClusterVerb {
+    /// Cluster id, controller, brokers and the partitions each leads and holds.
+    Info {
+        #[command(flatten)]
+        target: Target,
+    },
+}
+
+#[derive(clap::Subcommand)]
+enum GroupVerb {
+    /// Every consumer group with its state.
+    List {
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Members, assignments, committed offsets and lag per partition.
+    Describe {
+        /// Only this group; every group when omitted.
+        group: Option<String>,
+        #[command(flatten)]
+        target: Target,
+    },
+}
+
+/// Runs an admin verb.
+fn run_tool(tool: Tool) -> anyhow::Result<()> {
+    use rafka::admin;
+    match tool {
+        Tool::Topic { verb } => match verb {
+            TopicVerb::List { target } => admin::topic::list(&target.bootstrap, target.json),
+            TopicVerb::Describe { topics, target } => admin::topic::describe(&target.bootstrap, &topics, target.json),
+            TopicVerb::Create {
+                topic,
+                partitions,
+                replication_factor,
+                configs,
+                target,
+            } => {
+                let new = admin::topic::NewTopic {
+                    name: &topic,
+                    partitions,
+                    replication_factor,
+                    configs: &configs,
+                };
+                admin::topic::create(&target.bootstrap, &new, target.json)
+            }
+            TopicVerb::Delete { topics, target } => admin::topic::delete(&target.bootstrap, &topics, target.json),
+        },
+        Tool::Cluster {
+            verb: ClusterVerb::Info { target },
+        } => admin::cluster::info(&target.bootstrap, target.json),
+        Tool::Group { verb } => match verb {
+            GroupVerb::List { target } => admin::list_groups(&target.bootstrap, target.json),
+            GroupVerb::Describe { group, target } => {
+                admin::describe_groups(&target.bootstrap, group.as_deref(), target.json)
+            }
+        },
+        Tool::Groups { target } => admin::describe_groups(&target.bootstrap, None, target.json),
+        Tool::Health { admin: Some(address), .. } => admin::check_ready(&address),
+        Tool::Health { bootstrap, .. } => admin::check_health(&bootstrap),
+        Tool::Checksums { peer } => admin::print_checksums(&peer),
+    }
+}
+
 fn main() -> anyhow::Result<()> {
     rafka::logging::init()?;
     let args = Args::parse();
-    match args.command {
-        Some(Tool::Groups { bootstrap }) => return rafka::admin::print_groups(&bootstrap),
-        Some(Tool::Health { admin: Some(admin), .. }) => return rafka::admin::check_ready(&admin),
-        Some(Tool::Health { bootstrap, .. }) => return rafka::admin::check_health(&bootstrap),
-        Some(Tool::Checksums { peer }) => return rafka::admin::print_checksums(&peer),
-        None => {}
+    if let Some(tool) = args.command {
+        return run_tool(tool);
     }
     let cfg = BrokerConfig::load(&args.config).with_context(|| format!("loading {}", args.config.display()))?;
     rafka::huge_alloc::limit_malloc_arenas();
