@@ -53,7 +53,10 @@ impl AdminState {
 
     /// `Ok` when ready, else why not.
     fn readiness(&self) -> Result<(), &'static str> {
-        let broker = self.broker.get().ok_or("starting: the Kafka listener is not serving yet")?;
+        let broker = self
+            .broker
+            .get()
+            .ok_or("starting: the Kafka listener is not serving yet")?;
         broker
             .cluster
             .controller_leader()
@@ -215,7 +218,10 @@ fn observe_partitions(broker: &Broker) {
 fn observe_consumer_groups(broker: &Broker) {
     for (consumer_group, state, members) in broker.groups.member_counts() {
         let labels = ConsumerGroupLabels { consumer_group, state };
-        METRICS.consumer_group_members.get_or_create(&labels).set(members as i64);
+        METRICS
+            .consumer_group_members
+            .get_or_create(&labels)
+            .set(members as i64);
     }
     let cluster = &broker.cluster;
     let metadata = cluster.metadata();
@@ -225,7 +231,10 @@ fn observe_consumer_groups(broker: &Broker) {
             continue;
         };
         // The coordinator reports its groups; the other replicas would repeat them.
-        let Some(groups) = handle.consumer_groups.as_ref().filter(|_| handle.leader() == Some(cluster.node_id()))
+        let Some(groups) = handle
+            .consumer_groups
+            .as_ref()
+            .filter(|_| handle.leader() == Some(cluster.node_id()))
         else {
             continue;
         };

@@ -166,6 +166,10 @@ mod tests {
             assert_eq!(cfg.default_replication_factor, 3);
             admin_ports.insert(cfg.admin_listener.port());
         }
-        assert_eq!(admin_ports.len(), 3, "each node of one machine needs its own admin port");
+        assert_eq!(
+            admin_ports.len(),
+            3,
+            "each node of one machine needs its own admin port"
+        );
     }
 }

@@ -13,7 +13,7 @@
 //!   machine, snapshots and network.
 //! - [`storage`]: the RocksDB key layout, record batch validation and partition reads.
 //! - [`error`]: broker errors and their single mapping to Kafka error codes.
-//! - [`admin`]: `rafka groups`, a consumer-group and lag report over the Kafka protocol.
+//! - [`admin`]: the admin CLI over the Kafka protocol: topics, cluster, consumer groups, health.
 //! - [`admin_http`]: the admin HTTP listener: `/metrics`, `/health`, `/ready`.
 //! - [`metrics`]: every exported metric, defined in one place.
 //! - [`logging`]: log format and the filter that keeps peer hiccups out of ERROR.

@@ -105,7 +105,11 @@ mod tests {
         let captured = Captured::default();
         let subscriber = tracing_subscriber::registry()
             .with(filter_fn(|metadata: &Metadata<'_>| !is_peer_rpc_failure(metadata)))
-            .with(tracing_subscriber::fmt::layer().with_writer(captured.clone()).with_ansi(false));
+            .with(
+                tracing_subscriber::fmt::layer()
+                    .with_writer(captured.clone())
+                    .with_ansi(false),
+            );
         tracing::subscriber::with_default(subscriber, || {
             // The shapes of openraft's own events (target, level, field names).
             tracing::error!(target: "openraft::replication", err = "peer 2 unreachable", "RPCError");

@@ -175,7 +175,9 @@ fn run_tool(tool: Tool) -> anyhow::Result<()> {
             }
         },
         Tool::Groups { target } => admin::describe_groups(&target.bootstrap, None, target.json),
-        Tool::Health { admin: Some(address), .. } => admin::check_ready(&address),
+        Tool::Health {
+            admin: Some(address), ..
+        } => admin::check_ready(&address),
         Tool::Health { bootstrap, .. } => admin::check_health(&bootstrap),
         Tool::Checksums { peer } => admin::print_checksums(&peer),
     }

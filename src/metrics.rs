@@ -214,11 +214,7 @@ impl Metrics {
             self.resident_memory_bytes.clone(),
         );
         let r = root.sub_registry_with_prefix("rafka");
-        r.register(
-            "requests",
-            "Kafka requests answered, by API",
-            self.requests.clone(),
-        );
+        r.register("requests", "Kafka requests answered, by API", self.requests.clone());
         r.register(
             "request_errors",
             "Error codes in Kafka responses, by API and error (one per partition or resource that failed)",
@@ -239,11 +235,7 @@ impl Metrics {
             "Record batch bytes returned by Fetch, by topic",
             self.topic_bytes_out.clone(),
         );
-        r.register(
-            "connections",
-            "Open Kafka client connections",
-            self.connections.clone(),
-        );
+        r.register("connections", "Open Kafka client connections", self.connections.clone());
         r.register(
             "connections_accepted",
             "Kafka client connections accepted",
@@ -411,7 +403,9 @@ impl Metrics {
     }
 
     pub fn raft_leader_changed(&self, raft_group: u64) {
-        self.raft_leader_changes.get_or_create(&RaftGroupLabels { raft_group }).inc();
+        self.raft_leader_changes
+            .get_or_create(&RaftGroupLabels { raft_group })
+            .inc();
     }
 
     pub fn raft_election_started(&self, raft_group: u64) {

@@ -27,8 +27,12 @@ fn json_of(bootstrap: &str, args: &[&str]) -> Value {
         "rafka {args:?} failed: {}",
         String::from_utf8_lossy(&output.stderr)
     );
-    serde_json::from_slice(&output.stdout)
-        .unwrap_or_else(|err| panic!("rafka {args:?} printed no JSON ({err}): {}", String::from_utf8_lossy(&output.stdout)))
+    serde_json::from_slice(&output.stdout).unwrap_or_else(|err| {
+        panic!(
+            "rafka {args:?} printed no JSON ({err}): {}",
+            String::from_utf8_lossy(&output.stdout)
+        )
+    })
 }
 
 fn listed(bootstrap: &str, topic: &str) -> Option<Value> {
@@ -47,7 +51,15 @@ fn topic_and_cluster_verbs_on_a_single_node() {
 
     let created = json_of(
         &bs,
-        &["topic", "create", "cli-topic", "--partitions", "3", "--config", "retention.ms=60000"],
+        &[
+            "topic",
+            "create",
+            "cli-topic",
+            "--partitions",
+            "3",
+            "--config",
+            "retention.ms=60000",
+        ],
     );
     assert_eq!(
         created,
@@ -129,7 +141,11 @@ fn topic_and_cluster_verbs_on_three_nodes() {
     let info = cluster.wait_for("cluster info agreeing with topic describe", || {
         let output = rafka(&bootstrap(1), &["cluster", "info", "--json"]);
         let info: Value = serde_json::from_slice(&output.stdout).ok()?;
-        let leaders: i64 = info["brokers"].as_array()?.iter().filter_map(|b| b["leaders"].as_i64()).sum();
+        let leaders: i64 = info["brokers"]
+            .as_array()?
+            .iter()
+            .filter_map(|b| b["leaders"].as_i64())
+            .sum();
         // The offsets topic may exist too; this topic's 3 partitions are among the led ones.
         (leaders >= 3).then_some(info)
     });
@@ -139,7 +155,10 @@ fn topic_and_cluster_verbs_on_three_nodes() {
         assert_eq!(broker["port"], port, "{info}");
         let leads = described.iter().filter(|p| p["leader"] == id).count() as i64;
         assert!(broker["leaders"].as_i64().unwrap() >= leads, "{info} vs {described:?}");
-        assert!(broker["replicas"].as_i64().unwrap() >= 3, "each node holds every partition: {info}");
+        assert!(
+            broker["replicas"].as_i64().unwrap() >= 3,
+            "each node holds every partition: {info}"
+        );
     }
 
     assert_eq!(

@@ -202,7 +202,10 @@ fn a_member_joins_syncs_commits_and_its_offsets_survive_restart() {
         (&serde_json::json!(42), &serde_json::json!(0), &serde_json::json!(-42)),
         "{described}"
     );
-    assert_eq!(group_json(&["group", "describe", "no-such-group"]), serde_json::json!([]));
+    assert_eq!(
+        group_json(&["group", "describe", "no-such-group"]),
+        serde_json::json!([])
+    );
 
     let delete = || RequestKind::DeleteGroups(DeleteGroupsRequest::default().with_groups_names(vec![GroupId(s("g"))]));
     assert_eq!(

@@ -71,7 +71,10 @@ pub fn list(bootstrap: &str, json: bool) -> anyhow::Result<()> {
             .collect();
         return print_json(&rows.into());
     }
-    println!("{:<40} {:>10} {:>18} INTERNAL", "TOPIC", "PARTITIONS", "REPLICATION-FACTOR");
+    println!(
+        "{:<40} {:>10} {:>18} INTERNAL",
+        "TOPIC", "PARTITIONS", "REPLICATION-FACTOR"
+    );
     for t in &topics {
         println!(
             "{:<40} {:>10} {:>18} {}",

@@ -54,9 +54,20 @@ fn announce(group: GroupId, leader: NodeId, previous: Option<NodeId>, term: u64,
         tracing::info!(group, leader, ?previous, term, "controller leader changed");
         return;
     }
-    match metadata.partitions().find(|(_, _, assignment)| assignment.group == group) {
+    match metadata
+        .partitions()
+        .find(|(_, _, assignment)| assignment.group == group)
+    {
         Some((topic, partition, _)) => {
-            tracing::info!(topic, partition, group, leader, ?previous, term, "partition leader changed")
+            tracing::info!(
+                topic,
+                partition,
+                group,
+                leader,
+                ?previous,
+                term,
+                "partition leader changed"
+            )
         }
         None => tracing::info!(group, leader, ?previous, term, "partition leader changed"),
     }

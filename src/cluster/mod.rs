@@ -113,7 +113,11 @@ impl Cluster {
         // Ascending ids: the lowest member bootstraps the controller group.
         let voters: Vec<(NodeId, String)> = members.iter().map(|(id, addr)| (*id, addr.clone())).collect();
         let controller = start_group(&cfg, &store, &peers, CONTROLLER_GROUP, role, &voters).await?;
-        tokio::spawn(leadership::follow(CONTROLLER_GROUP, controller.server_metrics(), metadata.clone()));
+        tokio::spawn(leadership::follow(
+            CONTROLLER_GROUP,
+            controller.server_metrics(),
+            metadata.clone(),
+        ));
         let cluster = Arc::new(Cluster {
             cfg,
             store,

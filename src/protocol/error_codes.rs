@@ -111,9 +111,14 @@ mod tests {
         let fetch = FetchResponse::default()
             .with_responses(vec![FetchableTopicResponse::default().with_partitions(partitions)]);
         assert_eq!(codes(&ResponseKind::Fetch(fetch)), vec![6, 3]);
-        assert_eq!(codes(&ResponseKind::Produce(ProduceResponse::default())), Vec::<i16>::new());
         assert_eq!(
-            codes(&ResponseKind::Heartbeat(HeartbeatResponse::default().with_error_code(27))),
+            codes(&ResponseKind::Produce(ProduceResponse::default())),
+            Vec::<i16>::new()
+        );
+        assert_eq!(
+            codes(&ResponseKind::Heartbeat(
+                HeartbeatResponse::default().with_error_code(27)
+            )),
             vec![27]
         );
     }
