@@ -14,6 +14,7 @@
 Ends with `N passed, N failed`.
 """
 
+import json
 import re
 import subprocess
 import sys
@@ -230,14 +231,17 @@ def single_broker_checks(results):
             expect_eq(errors, [], "ERROR lines")
 
 
+def produce_one(bootstrap, topic):
+    """One acknowledged message; the producer is gone on return, so it does not outlive the broker."""
+    producer = Producer({"bootstrap.servers": bootstrap, "message.timeout.ms": TIMEOUT * 1000})
+    producer.produce(topic, b"x")
+    expect_eq(producer.flush(TIMEOUT), 0, "undelivered message")
+
+
 def json_log_checks(results):
     with results.check("RAFKA_LOG_FORMAT=json writes one JSON object per line"):
-        import json
-
         with Broker(extra_env={"RAFKA_LOG_FORMAT": "json"}) as broker:
-            producer = Producer({"bootstrap.servers": broker.bootstrap, "message.timeout.ms": TIMEOUT * 1000})
-            producer.produce("metrics-json-log", b"x")  # auto-creates a topic: a leadership line
-            expect_eq(producer.flush(TIMEOUT), 0, "undelivered message")
+            produce_one(broker.bootstrap, "metrics-json-log")  # auto-creates a topic: a leadership line
 
             def leadership_logged():
                 text = broker.log_path.read_text()
