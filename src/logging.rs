@@ -1,12 +1,14 @@
 //! Log output on stderr: human-readable lines, or one JSON object per line for
-//! log collectors (`RAFKA_LOG_FORMAT=json`). `RUST_LOG` filters as usual
-//! (default `info,openraft=warn`).
+//! log collectors (`RAFKA_LOG_FORMAT=json`). `RUST_LOG` filters as usual.
 //!
-//! openraft reports every failed RPC to a peer at ERROR, once per group and
-//! per retry: with a peer down, hundreds of lines a second that say nothing an
-//! operator must act on. Those events are dropped here; the peer network
-//! reports each peer becoming unreachable and reachable again once, and
-//! errors that are not about the network (storage, fatal ones) keep their level.
+//! openraft reports every failed RPC to a peer at ERROR, and again at WARN
+//! (about four lines per failed heartbeat), once per group and per retry: with
+//! a peer down, hundreds of lines a second that say nothing an operator must
+//! act on. The ERROR events are dropped here, and the default filter keeps
+//! openraft at ERROR (`info,openraft=error`; `openraft=warn` brings its
+//! per-retry warnings back). The peer network reports each peer becoming
+//! unreachable and reachable again once; errors that are not about the
+//! network (storage, fatal ones) keep their level.
 
 use tracing::{Level, Metadata};
 use tracing_subscriber::filter::{filter_fn, EnvFilter};
@@ -16,7 +18,7 @@ use tracing_subscriber::Layer;
 
 /// Environment variable choosing the format: `text` (default) or `json`.
 pub const FORMAT_ENV: &str = "RAFKA_LOG_FORMAT";
-const DEFAULT_FILTER: &str = "info,openraft=warn";
+const DEFAULT_FILTER: &str = "info,openraft=error";
 
 #[derive(Debug, thiserror::Error)]
 pub enum LogSetupError {
