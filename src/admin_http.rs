@@ -26,8 +26,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::cluster::OFFSETS_TOPIC;
 use crate::metrics::{
-    resident_memory_bytes, ConsumerGroupLabels, ConsumerLagLabels, PartitionLabels, RaftGroupLabels, ReplicaLabels,
-    CONTENT_TYPE as METRICS_CONTENT_TYPE, METRICS,
+    resident_memory_bytes, ColumnFamilyLabels, ConsumerGroupLabels, ConsumerLagLabels, PartitionLabels,
+    RaftGroupLabels, ReplicaLabels, CONTENT_TYPE as METRICS_CONTENT_TYPE, METRICS,
 };
 use crate::protocol::Broker;
 
@@ -70,6 +70,7 @@ impl AdminState {
         if let Some(broker) = self.broker.get() {
             observe_partitions(broker);
             observe_consumer_groups(broker);
+            observe_storage(broker);
         }
         if let Some(bytes) = resident_memory_bytes() {
             METRICS.resident_memory_bytes.set(bytes);
@@ -210,6 +211,35 @@ fn observe_partitions(broker: &Broker) {
             };
             METRICS.partition_replica_lag.get_or_create(&labels).set(lag as i64);
         }
+    }
+}
+
+/// RocksDB's stall and size gauges.
+fn observe_storage(broker: &Broker) {
+    let stats = match broker.cluster.store().stats() {
+        Ok(stats) => stats,
+        Err(err) => {
+            tracing::warn!(error = %err, "cannot read RocksDB properties");
+            return;
+        }
+    };
+    let gauge = |value: u64| i64::try_from(value).unwrap_or(i64::MAX);
+    METRICS.storage_write_stopped.set(i64::from(stats.write_stopped));
+    METRICS.storage_delayed_write_rate.set(gauge(stats.delayed_write_rate));
+    METRICS
+        .storage_pending_compaction_bytes
+        .set(gauge(stats.pending_compaction_bytes));
+    METRICS.storage_running_flushes.set(gauge(stats.running_flushes));
+    METRICS
+        .storage_running_compactions
+        .set(gauge(stats.running_compactions));
+    for (column_family, sst, memtables) in stats.column_families {
+        let labels = ColumnFamilyLabels { column_family };
+        METRICS.storage_sst_bytes.get_or_create(&labels).set(gauge(sst));
+        METRICS
+            .storage_memtable_bytes
+            .get_or_create(&labels)
+            .set(gauge(memtables));
     }
 }
 

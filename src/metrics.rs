@@ -123,6 +123,11 @@ pub struct ConsumerGroupLabels {
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct ColumnFamilyLabels {
+    pub column_family: &'static str,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash, EncodeLabelSet)]
 pub struct ConsumerLagLabels {
     pub consumer_group: String,
     pub topic: String,
@@ -160,6 +165,13 @@ pub struct Metrics {
     pub consumer_group_members: Family<ConsumerGroupLabels, Gauge>,
     pub consumer_group_lag: Family<ConsumerLagLabels, Gauge>,
     pub resident_memory_bytes: Gauge,
+    pub storage_write_stopped: Gauge,
+    pub storage_delayed_write_rate: Gauge,
+    pub storage_pending_compaction_bytes: Gauge,
+    pub storage_running_flushes: Gauge,
+    pub storage_running_compactions: Gauge,
+    pub storage_sst_bytes: Family<ColumnFamilyLabels, Gauge>,
+    pub storage_memtable_bytes: Family<ColumnFamilyLabels, Gauge>,
 
     /// Set by each group's leadership follower.
     raft_term: Family<RaftGroupLabels, Gauge>,
@@ -195,6 +207,13 @@ impl Metrics {
             consumer_group_members: Family::default(),
             consumer_group_lag: Family::default(),
             resident_memory_bytes: Gauge::default(),
+            storage_write_stopped: Gauge::default(),
+            storage_delayed_write_rate: Gauge::default(),
+            storage_pending_compaction_bytes: Gauge::default(),
+            storage_running_flushes: Gauge::default(),
+            storage_running_compactions: Gauge::default(),
+            storage_sst_bytes: Family::default(),
+            storage_memtable_bytes: Family::default(),
             raft_leader_changes: Family::default(),
             raft_elections: Family::default(),
             raft_append_seconds: Histogram::new(APPEND_SECONDS),
@@ -315,6 +334,41 @@ impl Metrics {
             "raft_snapshot_installs",
             "Raft snapshots received from a leader and installed on this node",
             self.raft_snapshot_installs.clone(),
+        );
+        r.register(
+            "storage_write_stopped",
+            "1 while RocksDB stops writes (too many memtables or level-0 files), else 0",
+            self.storage_write_stopped.clone(),
+        );
+        r.register(
+            "storage_delayed_write_rate_bytes",
+            "Bytes per second RocksDB lets writes through while it slows them down; 0 when it does not",
+            self.storage_delayed_write_rate.clone(),
+        );
+        r.register(
+            "storage_pending_compaction_bytes",
+            "RocksDB's estimate of the bytes compaction still has to rewrite",
+            self.storage_pending_compaction_bytes.clone(),
+        );
+        r.register(
+            "storage_running_flushes",
+            "RocksDB memtable flushes running",
+            self.storage_running_flushes.clone(),
+        );
+        r.register(
+            "storage_running_compactions",
+            "RocksDB compactions running",
+            self.storage_running_compactions.clone(),
+        );
+        r.register(
+            "storage_sst_bytes",
+            "Bytes of SST files of each RocksDB column family",
+            self.storage_sst_bytes.clone(),
+        );
+        r.register(
+            "storage_memtable_bytes",
+            "Bytes in the memtables of each RocksDB column family",
+            self.storage_memtable_bytes.clone(),
         );
         r.register(
             "consumer_group_members",

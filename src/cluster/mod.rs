@@ -145,6 +145,11 @@ impl Cluster {
         &self.cfg
     }
 
+    /// The node's database, for its metrics.
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
     pub fn node_id(&self) -> NodeId {
         self.cfg.node_id
     }
