@@ -143,10 +143,11 @@ def single_node_setting(key, default):
 
 
 class _Node:
-    def __init__(self, node_id, root, port, raft_port):
+    def __init__(self, node_id, root, port, raft_port, admin_port):
         self.id = node_id
         self.port = port
         self.raft_port = raft_port
+        self.admin = f"127.0.0.1:{admin_port}"
         self.bootstrap = f"127.0.0.1:{port}"
         self.raft_address = f"127.0.0.1:{raft_port}"
         self.data_dir = root / "data" / f"node{node_id}"
@@ -177,9 +178,8 @@ class BenchCluster(BrokerProcesses):
         self.nodes = size
         self.tmp = Path(tempfile.mkdtemp(prefix=f"rafka-bench{size}-"))
         self.data_dir = self.tmp / "data"
-        ports = free_ports(2 * size)  # one call: separate calls could hand out a port twice
-        self.members = [_Node(i, self.tmp, ports[2 * (i - 1)], ports[2 * (i - 1) + 1])
-                        for i in range(1, size + 1)]
+        ports = free_ports(3 * size)  # one call: separate calls could hand out a port twice
+        self.members = [_Node(i, self.tmp, *ports[3 * (i - 1):3 * i]) for i in range(1, size + 1)]
         self.bootstrap = ",".join(n.bootstrap for n in self.members)
         self.default_partitions = (default_partitions if default_partitions is not None
                                    else single_node_setting("default_partitions", 1))
@@ -204,6 +204,7 @@ class BenchCluster(BrokerProcesses):
             "node_id": node.id,
             "listener": node.bootstrap,
             "advertised_listener": node.bootstrap,
+            "admin_listener": node.admin,
             "cluster_id": self.cluster_id,
             "raft_address": node.raft_address,
             "initial_members": {str(n.id): n.raft_address for n in self.members},

@@ -224,8 +224,9 @@ class Broker(BrokerProcesses):
     def __init__(self, auto_create_topics=None, default_partitions=None,
                  message_max_bytes=None, extra_env=None):
         self.binary = find_binary()
-        self.port, self.raft_port = free_ports(2)
+        self.port, self.raft_port, self.admin_port = free_ports(3)
         self.bootstrap = f"127.0.0.1:{self.port}"
+        self.admin = f"127.0.0.1:{self.admin_port}"  # /metrics, /health, /ready
         self.tmp = Path(tempfile.mkdtemp(prefix="rafka-compat-"))
         self.data_dir = self.tmp / "data"
         self.log_path = self.tmp / "broker.log"
@@ -238,6 +239,7 @@ class Broker(BrokerProcesses):
             "RAFKA_LISTENER": self.bootstrap,
             "RAFKA_ADVERTISED_LISTENER": self.bootstrap,
             "RAFKA_RAFT_ADDRESS": f"127.0.0.1:{self.raft_port}",
+            "RAFKA_ADMIN_LISTENER": self.admin,
             "RAFKA_DATA_DIR": str(self.data_dir),
         })
         optional = {"RAFKA_AUTO_CREATE_TOPICS": auto_create_topics,

@@ -60,7 +60,7 @@ PY
 
 # The modules the compatibility suites import, imported for real.
 python_clients_import() {
-    python3 -c 'import confluent_kafka, kafka, kafka.codec, snappy, lz4.frame, zstandard, crc32c' 2>/dev/null
+    python3 -c 'import confluent_kafka, kafka, kafka.codec, snappy, lz4.frame, zstandard, crc32c, prometheus_client' 2>/dev/null
 }
 
 missing_build_packages() {
@@ -104,7 +104,7 @@ verify() {
             problems+=("python3 is not on PATH")
         else
             [ -z "$(missing_python_requirements)" ] || problems+=("Python packages missing: $(missing_python_requirements | tr '\n' ' ')")
-            python_clients_import || problems+=("the Python clients do not import (confluent_kafka, kafka and codecs)")
+            python_clients_import || problems+=("the Python clients do not import (confluent_kafka, kafka and codecs, prometheus_client)")
         fi
     fi
     if [ ${#problems[@]} -gt 0 ]; then

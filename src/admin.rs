@@ -1,6 +1,12 @@
-//! Admin tools. `rafka groups` lists consumer groups, their members and
-//! assignments, committed offsets and lag, speaking the Kafka protocol to any
-//! broker; `rafka health` checks one broker; `rafka checksums` compares replicas.
+//! Admin tools, speaking the Kafka protocol to any Kafka-compatible broker
+//! (versions are negotiated with ApiVersions): `rafka topic` ([`topic`]),
+//! `rafka cluster info` ([`cluster`]), `rafka group list|describe` (here: the
+//! describe report lists members, assignments, committed offsets and lag);
+//! `rafka health` checks one broker (Kafka Metadata, or its admin listener's
+//! `/ready`); `rafka checksums` compares replicas over the peer protocol.
+
+pub mod cluster;
+pub mod topic;
 
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
@@ -26,13 +32,53 @@ const HEALTH_TIMEOUT: Duration = Duration::from_secs(3);
 pub struct AdminClient {
     stream: TcpStream,
     correlation: i32,
+    /// The broker's version range of each API key, once asked.
+    versions: Option<BTreeMap<i16, (i16, i16)>>,
 }
 
 impl AdminClient {
     pub fn connect(bootstrap: &str) -> anyhow::Result<Self> {
         let stream = TcpStream::connect(bootstrap)?;
         stream.set_read_timeout(Some(TIMEOUT))?;
-        Ok(AdminClient { stream, correlation: 0 })
+        Ok(AdminClient {
+            stream,
+            correlation: 0,
+            versions: None,
+        })
+    }
+
+    /// The highest version of `api_key` that both this tool (`ours`) and the
+    /// broker speak, from the broker's ApiVersions answer.
+    pub fn negotiate(&mut self, api_key: ApiKey, ours: std::ops::RangeInclusive<i16>) -> anyhow::Result<i16> {
+        if self.versions.is_none() {
+            // v0 is answered by every broker, whatever versions it speaks.
+            let ResponseKind::ApiVersions(answer) =
+                self.request(ApiKey::ApiVersions, 0, RequestKind::ApiVersions(Default::default()))?
+            else {
+                anyhow::bail!("unexpected ApiVersions answer");
+            };
+            error_code(answer.error_code)?;
+            self.versions = Some(
+                answer
+                    .api_keys
+                    .iter()
+                    .map(|api| (api.api_key, (api.min_version, api.max_version)))
+                    .collect(),
+            );
+        }
+        let (min, max) = self
+            .versions
+            .as_ref()
+            .and_then(|versions| versions.get(&(api_key as i16)).copied())
+            .ok_or_else(|| anyhow::anyhow!("the broker does not support {api_key:?}"))?;
+        let version = max.min(*ours.end());
+        anyhow::ensure!(
+            version >= min.max(*ours.start()),
+            "the broker speaks {api_key:?} v{min}-v{max}, this tool v{}-v{}",
+            ours.start(),
+            ours.end()
+        );
+        Ok(version)
     }
 
     pub fn request(&mut self, api_key: ApiKey, version: i16, body: RequestKind) -> anyhow::Result<ResponseKind> {
@@ -60,12 +106,85 @@ impl AdminClient {
     }
 }
 
+/// `Ok` for error code 0, else the error named as Kafka names it.
+pub fn error_code(code: i16) -> anyhow::Result<()> {
+    match kafka_protocol::error::ResponseError::try_from_code(code) {
+        None => Ok(()),
+        Some(error) => Err(anyhow::anyhow!("{error} (error code {code})")),
+    }
+}
+
+/// Prints `value` as pretty JSON on stdout.
+fn print_json(value: &serde_json::Value) -> anyhow::Result<()> {
+    println!("{}", serde_json::to_string_pretty(value)?);
+    Ok(())
+}
+
 fn group_id(name: &str) -> GroupId {
     GroupId(StrBytes::from_string(name.to_string()))
 }
 
-/// Prints one line per (group, topic, partition) with its owner and lag.
-pub fn print_groups(bootstrap: &str) -> anyhow::Result<()> {
+/// `rafka group list`: every group the broker knows, with its state.
+pub fn list_groups(bootstrap: &str, json: bool) -> anyhow::Result<()> {
+    let mut client = AdminClient::connect(bootstrap)?;
+    let version = client.negotiate(ApiKey::ListGroups, 0..=4)?;
+    let ResponseKind::ListGroups(listed) = client.request(
+        ApiKey::ListGroups,
+        version,
+        RequestKind::ListGroups(ListGroupsRequest::default()),
+    )?
+    else {
+        anyhow::bail!("unexpected ListGroups answer");
+    };
+    error_code(listed.error_code)?;
+    if json {
+        let groups: Vec<serde_json::Value> = listed
+            .groups
+            .iter()
+            .map(|g| {
+                serde_json::json!({
+                    "group": g.group_id.0.as_str(),
+                    "state": g.group_state.as_str(),
+                    "protocol_type": g.protocol_type.as_str(),
+                })
+            })
+            .collect();
+        return print_json(&serde_json::Value::from(groups));
+    }
+    println!("{:<40} {:<20} PROTOCOL-TYPE", "GROUP", "STATE");
+    for g in &listed.groups {
+        println!(
+            "{:<40} {:<20} {}",
+            g.group_id.0.as_str(),
+            g.group_state.as_str(),
+            g.protocol_type.as_str()
+        );
+    }
+    Ok(())
+}
+
+/// One partition of a consumer group: who owns it, where the group is and how far behind.
+struct GroupPartition {
+    group: String,
+    state: String,
+    topic: String,
+    partition: i32,
+    member: String,
+    client_id: String,
+    committed: i64,
+    end: i64,
+}
+
+impl GroupPartition {
+    fn lag(&self) -> Option<i64> {
+        (self.committed >= 0 && self.end >= 0).then(|| self.end - self.committed)
+    }
+}
+
+/// `rafka group describe` (and `rafka groups`): one line per (group, topic,
+/// partition) with its owner, committed offset, end offset and lag; every
+/// group, or only `only`.
+pub fn describe_groups(bootstrap: &str, only: Option<&str>, json: bool) -> anyhow::Result<()> {
     let mut client = AdminClient::connect(bootstrap)?;
     let ResponseKind::ListGroups(listed) = client.request(
         ApiKey::ListGroups,
@@ -75,12 +194,12 @@ pub fn print_groups(bootstrap: &str) -> anyhow::Result<()> {
     else {
         anyhow::bail!("unexpected ListGroups answer");
     };
-    println!(
-        "{:<24} {:<20} {:<28} {:<40} {:>9} {:>12} {:>12} {:>8}",
-        "GROUP", "STATE", "TOPIC-PARTITION", "MEMBER", "CLIENT", "COMMITTED", "END", "LAG"
-    );
+    let mut rows = Vec::new();
     for group in listed.groups {
         let name = group.group_id.0.to_string();
+        if only.is_some_and(|only| only != name) {
+            continue;
+        }
         let owners = owners(&mut client, &name)?;
         let request = OffsetFetchRequest::default()
             .with_group_id(group_id(&name))
@@ -101,26 +220,54 @@ pub fn print_groups(bootstrap: &str) -> anyhow::Result<()> {
         partitions.sort();
         partitions.dedup();
         for (topic, partition) in partitions {
-            let end = end_offset(&mut client, &topic, partition)?;
-            let done = committed.get(&(topic.clone(), partition)).copied().unwrap_or(-1);
-            let lag = if done >= 0 && end >= 0 {
-                (end - done).to_string()
-            } else {
-                "-".to_string()
-            };
             let (member, client_id) = owners.get(&(topic.clone(), partition)).cloned().unwrap_or_default();
-            println!(
-                "{:<24} {:<20} {:<28} {:<40} {:>9} {:>12} {:>12} {:>8}",
-                name,
-                group.group_state.as_str(),
-                format!("{topic}-{partition}"),
+            rows.push(GroupPartition {
+                group: name.clone(),
+                state: group.group_state.to_string(),
+                end: end_offset(&mut client, &topic, partition)?,
+                committed: committed.get(&(topic.clone(), partition)).copied().unwrap_or(-1),
+                topic,
+                partition,
                 member,
                 client_id,
-                done,
-                end,
-                lag
-            );
+            });
         }
+    }
+    if json {
+        let rows: Vec<serde_json::Value> = rows
+            .iter()
+            .map(|r| {
+                serde_json::json!({
+                    "group": r.group,
+                    "state": r.state,
+                    "topic": r.topic,
+                    "partition": r.partition,
+                    "member": r.member,
+                    "client_id": r.client_id,
+                    "committed": r.committed,
+                    "end": r.end,
+                    "lag": r.lag(),
+                })
+            })
+            .collect();
+        return print_json(&serde_json::Value::from(rows));
+    }
+    println!(
+        "{:<24} {:<20} {:<28} {:<40} {:>9} {:>12} {:>12} {:>8}",
+        "GROUP", "STATE", "TOPIC-PARTITION", "MEMBER", "CLIENT", "COMMITTED", "END", "LAG"
+    );
+    for r in &rows {
+        println!(
+            "{:<24} {:<20} {:<28} {:<40} {:>9} {:>12} {:>12} {:>8}",
+            r.group,
+            r.state,
+            format!("{}-{}", r.topic, r.partition),
+            r.member,
+            r.client_id,
+            r.committed,
+            r.end,
+            r.lag().map_or("-".to_string(), |lag| lag.to_string())
+        );
     }
     Ok(())
 }
@@ -192,6 +339,37 @@ pub fn check_health(bootstrap: &str) -> anyhow::Result<()> {
         metadata.controller_id.0
     );
     Ok(())
+}
+
+/// `rafka health --admin`: succeeds when the broker's admin listener answers
+/// `GET /ready` with 200 (it serves and knows a controller leader).
+pub fn check_ready(admin: &str) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let (status, body) = runtime.block_on(async {
+        tokio::time::timeout(HEALTH_TIMEOUT, get(admin, "/ready"))
+            .await
+            .map_err(|_| anyhow::anyhow!("{admin} did not answer within {HEALTH_TIMEOUT:?}"))?
+    })?;
+    let body = String::from_utf8_lossy(&body);
+    anyhow::ensure!(status == hyper::StatusCode::OK, "{status}: {}", body.trim());
+    println!("{}", body.trim());
+    Ok(())
+}
+
+/// One HTTP/1.1 GET of `path` on `address`; the status and the whole body.
+async fn get(address: &str, path: &str) -> anyhow::Result<(hyper::StatusCode, Bytes)> {
+    use http_body_util::{BodyExt, Empty};
+
+    let socket = tokio::net::TcpStream::connect(address).await?;
+    let (mut sender, connection) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(socket)).await?;
+    tokio::spawn(connection);
+    let request = hyper::Request::get(path)
+        .header(hyper::header::HOST, address)
+        .body(Empty::<Bytes>::new())?;
+    let response = sender.send_request(request).await?;
+    let status = response.status();
+    let body = response.into_body().collect().await?.to_bytes();
+    Ok((status, body))
 }
 
 /// `rafka checksums`: asks one node, on its Raft address, for a checksum of every

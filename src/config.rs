@@ -17,6 +17,9 @@ pub struct BrokerConfig {
     /// `host:port` announced to clients in Metadata; defaults to `listener`.
     #[serde(default)]
     pub advertised_listener: Option<String>,
+    /// HTTP listener for `/metrics`, `/health` and `/ready`; port 0 picks a free port.
+    #[serde(default = "default_admin_listener")]
+    pub admin_listener: SocketAddr,
     #[serde(default = "default_cluster_id")]
     pub cluster_id: String,
     pub raft_address: String,
@@ -43,6 +46,10 @@ pub struct BrokerConfig {
     pub group_min_session_timeout_ms: i32,
     #[serde(default = "default_max_session")]
     pub group_max_session_timeout_ms: i32,
+}
+
+fn default_admin_listener() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 9644))
 }
 
 fn default_offsets_partitions() -> i32 {
@@ -143,11 +150,13 @@ mod tests {
         assert_eq!(cfg.node_id, 1);
         assert_eq!(cfg.initial_member_ids().unwrap(), vec![1]);
         assert!(cfg.election_timeout() > cfg.heartbeat_interval());
+        assert_eq!(cfg.admin_listener, default_admin_listener());
     }
 
     #[test]
     fn shipped_cluster_configs_describe_one_three_node_cluster() {
         let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+        let mut admin_ports = std::collections::BTreeSet::new();
         for node in 1..=3u64 {
             let path = root.join(format!("configs/broker-cluster-node{node}.json"));
             let cfg = BrokerConfig::load(&path).expect("shipped config must load");
@@ -155,6 +164,12 @@ mod tests {
             assert_eq!(cfg.initial_member_ids().unwrap(), vec![1, 2, 3]);
             assert_eq!(cfg.initial_members[&node.to_string()], cfg.raft_address);
             assert_eq!(cfg.default_replication_factor, 3);
+            admin_ports.insert(cfg.admin_listener.port());
         }
+        assert_eq!(
+            admin_ports.len(),
+            3,
+            "each node of one machine needs its own admin port"
+        );
     }
 }

@@ -15,16 +15,22 @@
 //!   machine, snapshots and network.
 //! - [`storage`]: the RocksDB key layout, record batch validation and partition reads.
 //! - [`error`]: broker errors and their single mapping to Kafka error codes.
-//! - [`admin`]: `rafka groups`, a consumer-group and lag report over the Kafka protocol.
+//! - [`admin`]: the admin CLI over the Kafka protocol: topics, cluster, consumer groups, health.
+//! - [`admin_http`]: the admin HTTP listener: `/metrics`, `/health`, `/ready`.
+//! - [`metrics`]: every exported metric, defined in one place.
+//! - [`logging`]: log format and the filter that keeps peer hiccups out of ERROR.
 //! - [`config`]: configuration files plus environment overrides.
 //! - [`huge_alloc`]: the global allocator that keeps absurd decoded sizes from aborting.
 
 pub mod admin;
+pub mod admin_http;
 pub mod cluster;
 pub mod config;
 pub mod error;
 pub mod group;
 pub mod huge_alloc;
+pub mod logging;
+pub mod metrics;
 pub mod protocol;
 pub mod raft;
 pub mod records;

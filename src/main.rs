@@ -3,12 +3,12 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use clap::Parser;
+use rafka::admin_http::AdminState;
 use rafka::cluster::Cluster;
 use rafka::config::BrokerConfig;
 use rafka::group::coordinator::GroupCoordinator;
 use rafka::protocol::Broker;
 use tokio_util::sync::CancellationToken;
-use tracing_subscriber::EnvFilter;
 
 const MEMORY_TRIM_INTERVAL: std::time::Duration = std::time::Duration::from_secs(10);
 
@@ -28,17 +28,36 @@ struct Args {
 
 #[derive(clap::Subcommand)]
 enum Tool {
-    /// List consumer groups with members, assignments, committed offsets and lag.
-    Groups {
-        /// A broker to ask, host:port.
-        #[arg(long, default_value = "127.0.0.1:9092")]
-        bootstrap: String,
+    /// Topics: list, describe, create, delete.
+    Topic {
+        #[command(subcommand)]
+        verb: TopicVerb,
     },
-    /// Exit 0 if the broker answers Metadata and knows a controller leader (for health checks).
+    /// The cluster as a broker reports it.
+    Cluster {
+        #[command(subcommand)]
+        verb: ClusterVerb,
+    },
+    /// Consumer groups: list, describe (members, committed offsets, lag).
+    Group {
+        #[command(subcommand)]
+        verb: GroupVerb,
+    },
+    /// The same as `group describe`, under its older name.
+    #[command(hide = true)]
+    Groups {
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Exit 0 if the broker is ready: with --admin, its /ready endpoint answers
+    /// 200; otherwise it answers Metadata on --bootstrap and knows a controller leader.
     Health {
         /// The broker to check, host:port.
         #[arg(long, default_value = "127.0.0.1:9092")]
         bootstrap: String,
+        /// The broker's admin listener, host:port: check GET /ready there instead.
+        #[arg(long)]
+        admin: Option<String>,
     },
     /// Print a checksum of every partition replica a node holds, as JSON.
     Checksums {
@@ -48,17 +67,127 @@ enum Tool {
     },
 }
 
+/// Where an admin verb connects and how it prints.
+#[derive(clap::Args)]
+struct Target {
+    /// A broker to ask, host:port (any Kafka-compatible broker).
+    #[arg(long, default_value = "127.0.0.1:9092")]
+    bootstrap: String,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(clap::Subcommand)]
+enum TopicVerb {
+    /// Every topic with its partition count and replication factor.
+    List {
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Partitions (leader, replicas, ISR) and configs of topics.
+    Describe {
+        #[arg(required = true)]
+        topics: Vec<String>,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Create a topic.
+    Create {
+        topic: String,
+        /// Partitions; the broker's default when omitted.
+        #[arg(long, short, default_value_t = -1)]
+        partitions: i32,
+        /// Replicas of each partition; the broker's default when omitted.
+        #[arg(long, short, default_value_t = -1)]
+        replication_factor: i16,
+        /// A topic config as key=value; repeatable.
+        #[arg(long = "config", short)]
+        configs: Vec<String>,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Delete topics.
+    Delete {
+        #[arg(required = true)]
+        topics: Vec<String>,
+        #[command(flatten)]
+        target: Target,
+    },
+}
+
+#[derive(clap::Subcommand)]
+enum ClusterVerb {
+    /// Cluster id, controller, brokers and the partitions each leads and holds.
+    Info {
+        #[command(flatten)]
+        target: Target,
+    },
+}
+
+#[derive(clap::Subcommand)]
+enum GroupVerb {
+    /// Every consumer group with its state.
+    List {
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Members, assignments, committed offsets and lag per partition.
+    Describe {
+        /// Only this group; every group when omitted.
+        group: Option<String>,
+        #[command(flatten)]
+        target: Target,
+    },
+}
+
+/// Runs an admin verb.
+fn run_tool(tool: Tool) -> anyhow::Result<()> {
+    use rafka::admin;
+    match tool {
+        Tool::Topic { verb } => match verb {
+            TopicVerb::List { target } => admin::topic::list(&target.bootstrap, target.json),
+            TopicVerb::Describe { topics, target } => admin::topic::describe(&target.bootstrap, &topics, target.json),
+            TopicVerb::Create {
+                topic,
+                partitions,
+                replication_factor,
+                configs,
+                target,
+            } => {
+                let new = admin::topic::NewTopic {
+                    name: &topic,
+                    partitions,
+                    replication_factor,
+                    configs: &configs,
+                };
+                admin::topic::create(&target.bootstrap, &new, target.json)
+            }
+            TopicVerb::Delete { topics, target } => admin::topic::delete(&target.bootstrap, &topics, target.json),
+        },
+        Tool::Cluster {
+            verb: ClusterVerb::Info { target },
+        } => admin::cluster::info(&target.bootstrap, target.json),
+        Tool::Group { verb } => match verb {
+            GroupVerb::List { target } => admin::list_groups(&target.bootstrap, target.json),
+            GroupVerb::Describe { group, target } => {
+                admin::describe_groups(&target.bootstrap, group.as_deref(), target.json)
+            }
+        },
+        Tool::Groups { target } => admin::describe_groups(&target.bootstrap, None, target.json),
+        Tool::Health {
+            admin: Some(address), ..
+        } => admin::check_ready(&address),
+        Tool::Health { bootstrap, .. } => admin::check_health(&bootstrap),
+        Tool::Checksums { peer } => admin::print_checksums(&peer),
+    }
+}
+
 fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,openraft=warn")))
-        .with_writer(std::io::stderr)
-        .init();
+    rafka::logging::init()?;
     let args = Args::parse();
-    match args.command {
-        Some(Tool::Groups { bootstrap }) => return rafka::admin::print_groups(&bootstrap),
-        Some(Tool::Health { bootstrap }) => return rafka::admin::check_health(&bootstrap),
-        Some(Tool::Checksums { peer }) => return rafka::admin::print_checksums(&peer),
-        None => {}
+    if let Some(tool) = args.command {
+        return run_tool(tool);
     }
     let cfg = BrokerConfig::load(&args.config).with_context(|| format!("loading {}", args.config.display()))?;
     rafka::huge_alloc::limit_malloc_arenas();
@@ -70,6 +199,17 @@ fn main() -> anyhow::Result<()> {
 
 async fn run(cfg: Arc<BrokerConfig>) -> anyhow::Result<()> {
     let shutdown = CancellationToken::new();
+    // First, so that /health answers and /ready says "not yet" while the Raft groups start.
+    let admin_listener = tokio::net::TcpListener::bind(cfg.admin_listener)
+        .await
+        .with_context(|| format!("binding admin_listener {}", cfg.admin_listener))?;
+    tracing::info!(admin_listener = %admin_listener.local_addr()?, "serving /metrics, /health and /ready");
+    let admin = Arc::new(AdminState::default());
+    let admin_server = tokio::spawn(rafka::admin_http::serve(
+        admin_listener,
+        Arc::clone(&admin),
+        shutdown.clone(),
+    ));
     let listener = tokio::net::TcpListener::bind(cfg.listener)
         .await
         .with_context(|| format!("binding {}", cfg.listener))?;
@@ -79,18 +219,20 @@ async fn run(cfg: Arc<BrokerConfig>) -> anyhow::Result<()> {
     // The absolute path, so that whoever started the broker from a script knows
     // which directory holds its data.
     let data_dir = std::fs::canonicalize(&cfg.data_dir).unwrap_or_else(|_| cfg.data_dir.clone());
-    tracing::info!(node_id = cfg.node_id, listener = %cfg.listener, advertised = %cfg.advertised_listener(), data_dir = %data_dir.display(), "broker ready");
+    tracing::info!(node_id = cfg.node_id, listener = %cfg.listener, advertised = %cfg.advertised_listener(), data_dir = %data_dir.display(), "Raft groups started; serving Kafka clients");
     let groups = GroupCoordinator::start(Arc::clone(&cluster), shutdown.clone());
     let broker = Arc::new(Broker {
         cluster: Arc::clone(&cluster),
         groups,
     });
-    let server = tokio::spawn(rafka::server::serve(listener, broker, shutdown.clone()));
+    let server = tokio::spawn(rafka::server::serve(listener, Arc::clone(&broker), shutdown.clone()));
+    admin.serving(broker);
     tokio::spawn(trim_memory(shutdown.clone()));
     wait_for_signal().await?;
     tracing::info!("shutting down");
     shutdown.cancel();
     let _ = server.await;
+    let _ = admin_server.await;
     cluster.shutdown().await;
     Ok(())
 }

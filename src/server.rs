@@ -4,7 +4,7 @@
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use futures::stream::{FuturesOrdered, StreamExt};
@@ -15,8 +15,10 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
+use crate::metrics::{RequestMeter, METRICS};
 use crate::protocol::codec::{decode_request, encode_response, take_frame, DecodeError};
-use crate::protocol::{api_versions, handle, Broker};
+use crate::protocol::error_codes::for_each_error_code;
+use crate::protocol::{api_versions, handle, Broker, SUPPORTED_APIS};
 
 /// Requests read ahead of their responses on one connection; reading pauses
 /// beyond this so one client cannot queue unbounded work.
@@ -27,6 +29,7 @@ type PendingResponse = Pin<Box<dyn std::future::Future<Output = Option<Bytes>> +
 /// Accepts connections until `shutdown` is cancelled.
 pub async fn serve(listener: TcpListener, broker: Arc<Broker>, shutdown: CancellationToken) {
     let limit = Arc::new(Semaphore::new(broker.cluster.config().max_connections));
+    let meters = Arc::new(RequestMeters::new());
     loop {
         let permit = tokio::select! {
             _ = shutdown.cancelled() => return,
@@ -42,10 +45,12 @@ pub async fn serve(listener: TcpListener, broker: Arc<Broker>, shutdown: Cancell
         match accepted {
             Ok((socket, peer)) => {
                 let broker = Arc::clone(&broker);
+                let meters = Arc::clone(&meters);
                 let shutdown = shutdown.clone();
                 tokio::spawn(async move {
                     let _permit = permit;
-                    Connection::new(socket, peer, broker).run(shutdown).await;
+                    let _open = METRICS.connection_opened();
+                    Connection::new(socket, peer, broker, meters).run(shutdown).await;
                 });
             }
             Err(err) => {
@@ -57,10 +62,41 @@ pub async fn serve(listener: TcpListener, broker: Arc<Broker>, shutdown: Cancell
     }
 }
 
+/// The metric handles of every supported API, indexed by api key, resolved
+/// once so that a request costs a counter add and a histogram observation.
+struct RequestMeters {
+    by_key: Vec<Option<RequestMeter>>,
+}
+
+impl RequestMeters {
+    fn new() -> Self {
+        let mut by_key = Vec::new();
+        for (api_key, _) in SUPPORTED_APIS {
+            let index = *api_key as usize;
+            if by_key.len() <= index {
+                by_key.resize(index + 1, None);
+            }
+            by_key[index] = Some(METRICS.request_meter(*api_key));
+        }
+        RequestMeters { by_key }
+    }
+
+    fn record(&self, api_key: ApiKey, started: Instant, response: Option<&ResponseKind>) {
+        if let Some(Some(meter)) = self.by_key.get(api_key as usize) {
+            let mut codes = Vec::new();
+            if let Some(response) = response {
+                for_each_error_code(response, |code| codes.push(code));
+            }
+            meter.record(started.elapsed(), codes);
+        }
+    }
+}
+
 struct Connection {
     socket: TcpStream,
     peer: SocketAddr,
     broker: Arc<Broker>,
+    meters: Arc<RequestMeters>,
     buffer: BytesMut,
     pending: FuturesOrdered<PendingResponse>,
 }
@@ -72,12 +108,13 @@ enum Closing {
 }
 
 impl Connection {
-    fn new(socket: TcpStream, peer: SocketAddr, broker: Arc<Broker>) -> Self {
+    fn new(socket: TcpStream, peer: SocketAddr, broker: Arc<Broker>, meters: Arc<RequestMeters>) -> Self {
         let _ = socket.set_nodelay(true);
         Connection {
             socket,
             peer,
             broker,
+            meters,
             buffer: BytesMut::with_capacity(64 * 1024),
             pending: FuturesOrdered::new(),
         }
@@ -146,11 +183,14 @@ impl Connection {
                     let correlation_id = request.header.correlation_id;
                     let span = tracing::debug_span!("request", api = ?api_key, version, correlation_id);
                     let broker = Arc::clone(&self.broker);
+                    let meters = Arc::clone(&self.meters);
                     let peer = self.peer;
                     self.pending.push_back(Box::pin(
                         async move {
-                            let body = handle(broker, peer, request).await?;
-                            encode(api_key, version, correlation_id, &body)
+                            let started = Instant::now();
+                            let body = handle(broker, peer, request).await;
+                            meters.record(api_key, started, body.as_ref());
+                            encode(api_key, version, correlation_id, &body?)
                         }
                         .instrument(span),
                     ));

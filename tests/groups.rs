@@ -180,6 +180,32 @@ fn a_member_joins_syncs_commits_and_its_offsets_survive_restart() {
         ["42", "0", "-42"],
         "committed, end offset and lag: {report}"
     );
+    let group_json = |args: &[&str]| -> serde_json::Value {
+        let output = std::process::Command::new(env!("CARGO_BIN_EXE_rafka"))
+            .args(args)
+            .args(["--json", "--bootstrap", &format!("127.0.0.1:{}", broker.port)])
+            .output()
+            .unwrap();
+        assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+        serde_json::from_slice(&output.stdout).unwrap()
+    };
+    assert_eq!(
+        group_json(&["group", "list"]),
+        serde_json::json!([{"group": "g", "state": "Stable", "protocol_type": "consumer"}])
+    );
+    let described = group_json(&["group", "describe", "g"]);
+    assert_eq!(described[0]["partition"], 0, "{described}");
+    assert_eq!(described[0]["topic"], "orders", "{described}");
+    assert_eq!(described[0]["state"], "Stable", "{described}");
+    assert_eq!(
+        (&described[0]["committed"], &described[0]["end"], &described[0]["lag"]),
+        (&serde_json::json!(42), &serde_json::json!(0), &serde_json::json!(-42)),
+        "{described}"
+    );
+    assert_eq!(
+        group_json(&["group", "describe", "no-such-group"]),
+        serde_json::json!([])
+    );
 
     let delete = || RequestKind::DeleteGroups(DeleteGroupsRequest::default().with_groups_names(vec![GroupId(s("g"))]));
     assert_eq!(

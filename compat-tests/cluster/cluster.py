@@ -65,10 +65,11 @@ class ReplicasDiverged(AssertionError):
 class Node:
     """One broker process: ports, files, and the running process if any."""
 
-    def __init__(self, node_id, root, listen_port, raft_port):
+    def __init__(self, node_id, root, listen_port, raft_port, admin_port):
         self.id = node_id
         self.listen_port = listen_port
         self.raft_port = raft_port
+        self.admin = f"127.0.0.1:{admin_port}"  # /metrics, /health, /ready
         self.advertised_port = listen_port  # replaced by a proxy port when the cluster is proxied
         self.dir = root / f"node{node_id}"
         self.data_dir = self.dir / "data"
@@ -121,8 +122,8 @@ class Cluster(StartedInWith):
         ids = list(range(1, size + 1))
         links = [(i, j) for i in ids for j in ids if i != j]
         # One free_ports call for every port: separate calls could hand out the same port twice.
-        ports = iter(free_ports(2 * size + ((size + len(links)) if proxies else 0)))
-        self.nodes = {i: Node(i, self.root, next(ports), next(ports)) for i in ids}
+        ports = iter(free_ports(3 * size + ((size + len(links)) if proxies else 0)))
+        self.nodes = {i: Node(i, self.root, next(ports), next(ports), next(ports)) for i in ids}
         self.proxies = []
         self._link_ports = {}
         self._sides = None  # {side name: set of node ids} while the network is split
@@ -137,14 +138,22 @@ class Cluster(StartedInWith):
 
     def start_all(self, timeout=READY_TIMEOUT):
         """Write the configs, start the proxies and every node, wait until the cluster has formed."""
+        self.prepare()
+        for node in self.nodes.values():
+            self._spawn(node)
+        self.wait_ready(timeout)
+
+    def prepare(self):
+        """Write every node's config and start the proxies, starting no node (see spawn)."""
         for node in self.nodes.values():
             node.dir.mkdir(parents=True, exist_ok=True)
             node.config_path.write_text(json.dumps(self._config_of(node), indent=2))
         if self.proxied:
             self._start_proxies()
-        for node in self.nodes.values():
-            self._spawn(node)
-        self.wait_ready(timeout)
+
+    def spawn(self, node_id):
+        """Start one node after prepare(), waiting for nothing: a lone node never forms a cluster."""
+        self._spawn(self.nodes[node_id])
 
     def start(self, node_id, timeout=READY_TIMEOUT):
         """Start a stopped node on its old ports and data dir; wait until the cluster includes it."""
@@ -352,6 +361,7 @@ class Cluster(StartedInWith):
             "node_id": node.id,
             "listener": f"127.0.0.1:{node.listen_port}",
             "advertised_listener": node.bootstrap,
+            "admin_listener": node.admin,
             "cluster_id": self.cluster_id,
             "raft_address": node.raft_address,
             "initial_members": members,

@@ -94,6 +94,14 @@ print(*[s.getsockname()[1] for s in socks])') || true
     [ "${#PORTS[@]}" -eq 3 ] || { fail "prerequisites" "could not find 3 free host ports"; finish; }
 fi
 export RAFKA_BROKER1_PORT=${PORTS[0]} RAFKA_BROKER2_PORT=${PORTS[1]} RAFKA_BROKER3_PORT=${PORTS[2]}
+# Admin listeners (/metrics, /health, /ready): always free host ports.
+read -r -a ADMIN_PORTS < <(python3 -c 'import socket
+socks = [socket.socket() for _ in range(3)]
+for s in socks: s.bind(("127.0.0.1", 0))
+print(*[s.getsockname()[1] for s in socks])') || true
+[ "${#ADMIN_PORTS[@]}" -eq 3 ] || { fail "prerequisites" "could not find 3 free host ports"; finish; }
+export RAFKA_BROKER1_ADMIN_PORT=${ADMIN_PORTS[0]} RAFKA_BROKER2_ADMIN_PORT=${ADMIN_PORTS[1]} \
+    RAFKA_BROKER3_ADMIN_PORT=${ADMIN_PORTS[2]}
 # addr N: the address clients outside Docker use for broker N.
 addr() { echo "127.0.0.1:${PORTS[$1 - 1]}"; }
 ALL_BS="$(addr 1),$(addr 2),$(addr 3)"
@@ -299,6 +307,21 @@ fi
 for n in 1 2 3; do
     metadata_check "Metadata from broker$n lists broker1..3 at their advertised host ports" "$n" 1 2 3
 done
+# admin_check N: broker N's published admin port answers /ready with 200 and serves /metrics.
+admin_check() {
+    local name="broker$1 admin port: /ready 200 and Prometheus /metrics" out
+    if out=$(python3 - "127.0.0.1:${ADMIN_PORTS[$1 - 1]}" 2>&1 <<'PY'
+import sys, urllib.request
+admin = sys.argv[1]
+with urllib.request.urlopen(f"http://{admin}/ready", timeout=5) as r:
+    assert r.status == 200, f"/ready answered {r.status}"
+with urllib.request.urlopen(f"http://{admin}/metrics", timeout=5) as r:
+    text = r.read().decode()
+assert "# TYPE rafka_requests_total counter" in text, "no rafka_requests_total in /metrics"
+PY
+    ); then pass "$name"; else fail "$name" "$(tail -n 3 <<<"$out")"; fi
+}
+for n in 1 2 3; do admin_check "$n"; done
 
 # -- produce and consume on three brokers -----------------------------------
 produce_check "produce 100 messages (acks=all) to auto-created topic $TOPIC" "$ALL_BS" 1 100

@@ -80,7 +80,8 @@ print(*[s.getsockname()[1] for s in socks])') || { fail "broker starts and answe
     BS="127.0.0.1:$PORT"
     TMP=$(mktemp -d -t "rafka-$SUITE-XXXXXX")
     (cd "$ROOT" && RUST_LOG=${RUST_LOG:-${DEFAULT_RUST_LOG:-info}} NO_COLOR=1 RAFKA_LISTENER="$BS" RAFKA_ADVERTISED_LISTENER="$BS" \
-        RAFKA_RAFT_ADDRESS="127.0.0.1:$RAFT_PORT" RAFKA_DATA_DIR="$TMP/data" RAFKA_DEFAULT_PARTITIONS=3 \
+        RAFKA_RAFT_ADDRESS="127.0.0.1:$RAFT_PORT" RAFKA_ADMIN_LISTENER=127.0.0.1:0 \
+        RAFKA_DATA_DIR="$TMP/data" RAFKA_DEFAULT_PARTITIONS=3 \
         exec env "$@" "$BIN" --config configs/single-node.toml) </dev/null >"$TMP/broker.log" 2>&1 &
     BROKER_PID=$!
     local deadline=$((SECONDS + READY_TIMEOUT))

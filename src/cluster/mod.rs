@@ -2,6 +2,7 @@
 //! hosts, and routing of reads and writes to them.
 
 pub mod leaders;
+pub mod leadership;
 pub mod metadata;
 pub mod peer_service;
 pub mod topics;
@@ -112,6 +113,11 @@ impl Cluster {
         // Ascending ids: the lowest member bootstraps the controller group.
         let voters: Vec<(NodeId, String)> = members.iter().map(|(id, addr)| (*id, addr.clone())).collect();
         let controller = start_group(&cfg, &store, &peers, CONTROLLER_GROUP, role, &voters).await?;
+        tokio::spawn(leadership::follow(
+            CONTROLLER_GROUP,
+            controller.server_metrics(),
+            metadata.clone(),
+        ));
         let cluster = Arc::new(Cluster {
             cfg,
             store,
@@ -137,6 +143,11 @@ impl Cluster {
 
     pub fn config(&self) -> &BrokerConfig {
         &self.cfg
+    }
+
+    /// The node's database, for its metrics.
+    pub fn store(&self) -> &Store {
+        &self.store
     }
 
     pub fn node_id(&self) -> NodeId {
@@ -472,6 +483,7 @@ impl Cluster {
             .map(|id| (*id, self.members.get(id).cloned().unwrap_or_default()))
             .collect();
         let raft = start_group(&self.cfg, &self.store, &self.peers, group, role, &members).await?;
+        tokio::spawn(leadership::follow(group, raft.server_metrics(), self.metadata.clone()));
         tracing::info!(group, stores_offsets, "partition group started");
         Ok(PartitionHandle {
             group,

@@ -649,6 +649,14 @@ impl GroupCoordinator {
         })
     }
 
+    /// The groups with members in memory here: `(group id, state, members)`.
+    pub fn member_counts(&self) -> Vec<(String, &'static str, usize)> {
+        self.lock()
+            .iter()
+            .map(|(name, group)| (name.clone(), group.state.name(), group.members.len()))
+            .collect()
+    }
+
     /// Every group known here: `(group id, protocol type, state)`.
     pub async fn list(&self) -> Result<Vec<(String, String, &'static str)>, BrokerError> {
         let mut listed: BTreeMap<String, (String, &'static str)> = BTreeMap::new();

@@ -13,6 +13,7 @@ use tokio::time::Instant;
 use crate::cluster::Cluster;
 use crate::error::{code_of, BrokerError};
 use crate::records::legacy;
+use crate::metrics::METRICS;
 
 pub const VERSIONS: VersionRange = VersionRange { min: 0, max: 12 };
 
@@ -34,22 +35,31 @@ pub async fn handle(cluster: &Cluster, version: i16, request: FetchRequest) -> F
     };
     // Subscribe before reading so an append between the read and the wait still wakes us.
     let mut appends = cluster.appends();
-    loop {
+    let topics = loop {
         appends.borrow_and_update();
         let (topics, bytes, failed) = read_topics(cluster, &request.topics, max_bytes, legacy_magic);
         if bytes >= min_bytes || failed || Instant::now() >= deadline {
-            // Session id 0: no fetch session is created; the client keeps sending full fetches.
-            return FetchResponse::default().with_responses(topics);
+            break topics;
         }
         tokio::select! {
             changed = appends.changed() => {
                 if changed.is_err() {
-                    return FetchResponse::default().with_responses(topics);
+                    break topics;
                 }
             }
             _ = tokio::time::sleep_until(deadline) => {}
         }
+    };
+    for topic in &topics {
+        let bytes = topic
+            .partitions
+            .iter()
+            .map(|p| p.records.as_ref().map_or(0, Bytes::len))
+            .sum();
+        METRICS.count_topic_bytes(&topic.topic.0, false, bytes);
     }
+    // Session id 0: no fetch session is created; the client keeps sending full fetches.
+    FetchResponse::default().with_responses(topics)
 }
 
 /// Reads every requested partition; returns the responses, the bytes read and

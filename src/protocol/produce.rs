@@ -13,6 +13,7 @@ use kafka_protocol::protocol::VersionRange;
 use super::error_message;
 use crate::cluster::Cluster;
 use crate::error::{code_of, BrokerError};
+use crate::metrics::METRICS;
 use crate::records::legacy;
 use crate::storage::batch::{validate_produce_records, BatchError};
 
@@ -58,26 +59,37 @@ async fn produce_topic(
     timeout: Duration,
 ) -> TopicProduceResponse {
     let name = topic.name.0.to_string();
-    let partitions = join_all(
+    let results = join_all(
         topic
             .partition_data
             .into_iter()
             .map(|data| produce_partition(cluster, version, &name, data, timeout)),
     )
     .await;
+    let mut appended = 0;
+    let partitions = results
+        .into_iter()
+        .map(|(response, bytes)| {
+            appended += bytes;
+            response
+        })
+        .collect();
+    METRICS.count_topic_bytes(&topic.name.0, true, appended);
     TopicProduceResponse::default()
         .with_name(topic.name)
         .with_partition_responses(partitions)
 }
 
+/// The partition's answer and the record bytes it appended (0 if refused).
 async fn produce_partition(
     cluster: &Cluster,
     version: i16,
     topic: &str,
     data: PartitionProduceData,
     timeout: Duration,
-) -> PartitionProduceResponse {
+) -> (PartitionProduceResponse, usize) {
     let records = data.records.unwrap_or_default();
+    let size = records.len();
     let result = match legacy_to_batch(version, records) {
         Ok(records) => append(cluster, topic, data.index, records, timeout).await,
         Err(err) => Err(err.into()),
@@ -86,13 +98,14 @@ async fn produce_partition(
         tracing::debug!(topic, partition = data.index, error = %err, "produce refused");
     }
     let (base_offset, log_start_offset) = result.as_ref().map_or((-1, -1), |offsets| *offsets);
-    PartitionProduceResponse::default()
+    let response = PartitionProduceResponse::default()
         .with_index(data.index)
         .with_error_code(code_of(&result))
         .with_error_message(error_message(&result))
         .with_base_offset(base_offset)
         .with_log_append_time_ms(-1)
-        .with_log_start_offset(log_start_offset)
+        .with_log_start_offset(log_start_offset);
+    (response, if result.is_ok() { size } else { 0 })
 }
 
 async fn append(

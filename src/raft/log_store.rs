@@ -13,6 +13,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use super::{GroupId, LogId, NodeId, RaftStorageError, TypeConfig};
+use crate::metrics::METRICS;
 use crate::storage::keys::{self, CF_RAFT_LOG, CF_RAFT_STATE};
 use crate::storage::{StorageError, Store};
 
@@ -169,13 +170,18 @@ impl RaftLogStorage<TypeConfig> for GroupLogStore {
     {
         let mut batch = WriteBatch::default();
         let cf = self.store.cf(CF_RAFT_LOG);
+        let (mut count, mut bytes) = (0, 0);
         for entry in entries {
             let value =
                 bincode::serialize(&entry).map_err(|err| io_error(ErrorSubject::Logs, ErrorVerb::Write, err.into()))?;
+            count += 1;
+            bytes += value.len();
             batch.put_cf(cf, keys::group_u64_key(self.group, entry.log_id.index), value);
         }
         // The write is synced before returning, so entries are readable and durable at once.
+        let started = std::time::Instant::now();
         let result = blocking(|| self.store.write_durable(batch));
+        METRICS.raft_log_appended(count, bytes, started.elapsed());
         let io_result = result
             .as_ref()
             .map(|_| ())

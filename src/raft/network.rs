@@ -94,6 +94,8 @@ struct LinkState {
     connection: Option<Connection>,
     retry_at: Option<Instant>,
     backoff: Duration,
+    /// The last dial failed: logged once per outage, not once per RPC.
+    unreachable: bool,
 }
 
 #[derive(Clone)]
@@ -168,6 +170,9 @@ impl PeerClient {
                 let _ = socket.set_nodelay(true);
                 link.retry_at = None;
                 link.backoff = MIN_BACKOFF;
+                if std::mem::take(&mut link.unreachable) {
+                    tracing::info!(peer = self.peer, address = %self.address, "peer reachable again");
+                }
                 let connection = start_connection(socket);
                 link.connection = Some(connection.clone());
                 Ok(connection)
@@ -179,6 +184,9 @@ impl PeerClient {
                     Ok(Err(err)) => err.to_string(),
                     _ => "dial timed out".to_string(),
                 };
+                if !std::mem::replace(&mut link.unreachable, true) {
+                    tracing::warn!(peer = self.peer, address = %self.address, %reason, "peer unreachable; redialling with backoff");
+                }
                 Err(CallError::Unreachable(self.peer, format!("{}: {reason}", self.address)))
             }
         }

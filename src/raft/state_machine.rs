@@ -18,6 +18,7 @@ use super::snapshot::{load_into_store, read_applied_state, SnapshotDir};
 use super::{GroupId, LogId, RaftStorageError, SnapshotMeta, StoredMembership, TypeConfig};
 use crate::cluster::metadata::ClusterState;
 use crate::group::store::SharedGroups;
+use crate::metrics::METRICS;
 use crate::storage::keys::{self, CF_SM_STATE, TAG_APPLIED, TAG_CLUSTER};
 use crate::storage::partition::{PartitionLog, PartitionOffsets};
 use crate::storage::producers::Producers;
@@ -214,6 +215,7 @@ impl RaftSnapshotBuilder<TypeConfig> for GroupSnapshotBuilder {
     async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, RaftStorageError> {
         let build = || -> Result<_, StorageError> { self.snapshots.build(&self.store, self.group) };
         let meta = blocking(build).map_err(|err| io_error(ErrorSubject::None, ErrorVerb::Write, err))?;
+        METRICS.raft_snapshot_built();
         let file = tokio::fs::File::open(self.snapshots.data_path(&meta))
             .await
             .map_err(|err| io_error(ErrorSubject::None, ErrorVerb::Read, err.into()))?;
@@ -287,6 +289,7 @@ impl RaftStateMachine<TypeConfig> for GroupStateMachine {
             self.membership = meta.last_membership.clone();
             self.role.publish();
             tracing::info!(group = self.group, last_log_id = ?meta.last_log_id, "snapshot installed");
+            METRICS.raft_snapshot_installed();
             Ok::<_, StorageError>(())
         };
         install

@@ -32,6 +32,7 @@ pub fn free_port() -> u16 {
 pub struct Broker {
     pub port: u16,
     raft_port: u16,
+    pub admin_port: u16,
     data: PathBuf,
     _dir: Option<tempfile::TempDir>,
     child: Option<Child>,
@@ -48,6 +49,7 @@ impl Broker {
         let mut broker = Broker {
             port: free_port(),
             raft_port: free_port(),
+            admin_port: free_port(),
             data: dir.path().to_path_buf(),
             _dir: Some(dir),
             child: None,
@@ -70,6 +72,7 @@ impl Broker {
             .env("RAFKA_LISTENER", &listener)
             .env("RAFKA_ADVERTISED_LISTENER", &listener)
             .env("RAFKA_RAFT_ADDRESS", format!("127.0.0.1:{}", self.raft_port))
+            .env("RAFKA_ADMIN_LISTENER", format!("127.0.0.1:{}", self.admin_port))
             .env("RAFKA_DATA_DIR", self.data.join("data"))
             .envs(self.extra_env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .stdout(Stdio::null())
@@ -369,6 +372,7 @@ pub struct ClusterNode {
     pub id: u64,
     pub port: u16,
     pub raft_port: u16,
+    pub admin_port: u16,
     config: PathBuf,
     log: PathBuf,
     child: Option<Child>,
@@ -377,19 +381,20 @@ pub struct ClusterNode {
 impl ClusterNodes {
     pub fn start(count: u64) -> ClusterNodes {
         let dir = tempfile::tempdir().unwrap();
-        let ports: Vec<(u16, u16)> = (0..count).map(|_| (free_port(), free_port())).collect();
+        let ports: Vec<(u16, u16, u16)> = (0..count).map(|_| (free_port(), free_port(), free_port())).collect();
         let members: serde_json::Map<String, serde_json::Value> = ports
             .iter()
             .enumerate()
-            .map(|(i, (_, raft))| ((i + 1).to_string(), format!("127.0.0.1:{raft}").into()))
+            .map(|(i, (_, raft, _))| ((i + 1).to_string(), format!("127.0.0.1:{raft}").into()))
             .collect();
         let mut nodes = Vec::new();
-        for (i, (port, raft_port)) in ports.iter().enumerate() {
+        for (i, (port, raft_port, admin_port)) in ports.iter().enumerate() {
             let id = i as u64 + 1;
             let config = serde_json::json!({
                 "node_id": id,
                 "listener": format!("127.0.0.1:{port}"),
                 "raft_address": format!("127.0.0.1:{raft_port}"),
+                "admin_listener": format!("127.0.0.1:{admin_port}"),
                 "initial_members": members,
                 "data_dir": dir.path().join(format!("node{id}")),
                 "rtt_millis": 50, "election_rtt": 10, "heartbeat_rtt": 1, "snapshot_entries": 10000,
@@ -403,6 +408,7 @@ impl ClusterNodes {
                 id,
                 port: *port,
                 raft_port: *raft_port,
+                admin_port: *admin_port,
                 config: path,
                 log: dir.path().join(format!("node{id}.log")),
                 child: None,

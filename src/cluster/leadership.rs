@@ -1,0 +1,74 @@
+//! Leadership of the Raft groups this node runs: one INFO line per new leader
+//! of a group, the term and leader gauges, and the leader-change and election
+//! counters. Follows openraft's server metrics, which change on votes, roles
+//! and membership only, so appends never wake it.
+
+use std::sync::Arc;
+
+use openraft::metrics::RaftServerMetrics;
+use openraft::{BasicNode, ServerState};
+use tokio::sync::watch;
+
+use super::metadata::ClusterState;
+use crate::metrics::METRICS;
+use crate::raft::{GroupId, NodeId, CONTROLLER_GROUP};
+
+type ServerMetrics = watch::Receiver<RaftServerMetrics<NodeId, BasicNode>>;
+
+/// Runs until the group shuts down (openraft then drops the metrics sender),
+/// and takes the group's series with it.
+pub(super) async fn follow(group: GroupId, mut server: ServerMetrics, metadata: watch::Receiver<Arc<ClusterState>>) {
+    let mut known: Option<(NodeId, u64)> = None;
+    let mut was_candidate = false;
+    loop {
+        let (leader, term, candidate) = {
+            let now = server.borrow_and_update();
+            (
+                now.current_leader,
+                now.vote.leader_id().get_term(),
+                now.state == ServerState::Candidate,
+            )
+        };
+        METRICS.raft_group_observed(group, term, leader);
+        if candidate && !was_candidate {
+            METRICS.raft_election_started(group);
+        }
+        was_candidate = candidate;
+        // A leader is new when its (node, term) is: the same node re-elected
+        // in a later term is a change of leadership too.
+        if let Some(leader) = leader.filter(|leader| known != Some((*leader, term))) {
+            let previous = known.map(|(node, _)| node);
+            known = Some((leader, term));
+            METRICS.raft_leader_changed(group);
+            announce(group, leader, previous, term, &metadata.borrow());
+        }
+        if server.changed().await.is_err() {
+            METRICS.forget_raft_group(group);
+            return;
+        }
+    }
+}
+
+fn announce(group: GroupId, leader: NodeId, previous: Option<NodeId>, term: u64, metadata: &ClusterState) {
+    if group == CONTROLLER_GROUP {
+        tracing::info!(group, leader, ?previous, term, "controller leader changed");
+        return;
+    }
+    match metadata
+        .partitions()
+        .find(|(_, _, assignment)| assignment.group == group)
+    {
+        Some((topic, partition, _)) => {
+            tracing::info!(
+                topic,
+                partition,
+                group,
+                leader,
+                ?previous,
+                term,
+                "partition leader changed"
+            )
+        }
+        None => tracing::info!(group, leader, ?previous, term, "partition leader changed"),
+    }
+}
