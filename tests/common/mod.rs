@@ -449,6 +449,17 @@ impl ClusterNodes {
     }
 }
 
+impl ClusterNodes {
+    /// The nodes whose process has exited since it was started.
+    pub fn exited(&mut self) -> Vec<u64> {
+        self.nodes
+            .iter_mut()
+            .filter(|node| node.child.as_mut().is_some_and(|c| c.try_wait().unwrap().is_some()))
+            .map(|node| node.id)
+            .collect()
+    }
+}
+
 impl ClusterNode {
     fn spawn(&mut self) {
         let log = std::fs::OpenOptions::new()
