@@ -6,6 +6,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use serde::{Deserialize, Serialize};
 
 use super::topics::{validate_topic_name, MAX_PARTITIONS};
+use crate::error::BrokerError;
 use crate::raft::command::{Command, ControllerRefusal};
 use crate::raft::{GroupId, NodeId};
 
@@ -48,7 +49,13 @@ impl ClusterState {
                 if self.topics.contains_key(name) {
                     return Err(ControllerRefusal::TopicExists);
                 }
-                validate_topic_name(name).map_err(|err| ControllerRefusal::InvalidTopicName(err.to_string()))?;
+                if let Err(err) = validate_topic_name(name) {
+                    let reason = match err {
+                        BrokerError::InvalidTopic(reason) => reason,
+                        other => other.to_string(),
+                    };
+                    return Err(ControllerRefusal::InvalidTopicName(reason));
+                }
                 check_assignment(replicas, replicas.len(), voters)?;
                 let partitions = self.assign_groups(replicas);
                 let groups = partitions.iter().map(|p| p.group).collect();

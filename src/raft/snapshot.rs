@@ -214,9 +214,10 @@ impl SnapshotDir {
             .write(true)
             .create_new(true)
             .open(&path)?;
-        match fs::remove_file(&path) {
-            Err(err) if err.kind() != std::io::ErrorKind::NotFound => return Err(err.into()),
-            _ => {}
+        if let Err(err) = fs::remove_file(&path) {
+            if err.kind() != std::io::ErrorKind::NotFound {
+                return Err(err.into());
+            }
         }
         Ok(file)
     }
@@ -252,9 +253,10 @@ impl SnapshotDir {
     /// Deletes the group's snapshots (the group was dropped from this node).
     pub fn remove(&self) -> Result<(), StorageError> {
         let _locked = self.locked();
-        match fs::remove_dir_all(&self.dir) {
-            Err(err) if err.kind() != std::io::ErrorKind::NotFound => return Err(err.into()),
-            _ => {}
+        if let Err(err) = fs::remove_dir_all(&self.dir) {
+            if err.kind() != std::io::ErrorKind::NotFound {
+                return Err(err.into());
+            }
         }
         if let Some(parent) = self.dir.parent().filter(|parent| parent.is_dir()) {
             sync_dir(parent)?;
