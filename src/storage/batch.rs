@@ -252,6 +252,17 @@ pub(crate) mod tests {
     use kafka_protocol::records::{Record, RecordBatchEncoder, RecordEncodeOptions, TimestampType};
 
     pub fn encode_batch(values: &[&str], compression: Compression) -> Bytes {
+        encode_producer_batch(values, compression, -1, -1, 0)
+    }
+
+    /// A batch as an idempotent producer (`producer_id` >= 0) writes it.
+    pub fn encode_producer_batch(
+        values: &[&str],
+        compression: Compression,
+        producer_id: i64,
+        producer_epoch: i16,
+        base_sequence: i32,
+    ) -> Bytes {
         let records: Vec<Record> = values
             .iter()
             .enumerate()
@@ -260,11 +271,11 @@ pub(crate) mod tests {
                 control: false,
                 delete_horizon: false,
                 partition_leader_epoch: -1,
-                producer_id: -1,
-                producer_epoch: -1,
+                producer_id,
+                producer_epoch,
                 timestamp_type: TimestampType::Creation,
                 offset: i as i64,
-                sequence: i as i32,
+                sequence: base_sequence + i as i32,
                 timestamp: 1_700_000_000_000 + i as i64,
                 key: Some(Bytes::from(format!("k{i}"))),
                 value: Some(Bytes::from(value.to_string())),

@@ -235,7 +235,7 @@ impl PartitionLog {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::storage::batch::tests::encode_batch;
+    use crate::storage::batch::tests::{encode_batch, encode_producer_batch};
     use kafka_protocol::records::Compression;
 
     fn append(log: &PartitionLog, offsets: &mut PartitionOffsets, values: &[&str]) -> i64 {
@@ -256,10 +256,11 @@ mod tests {
         let log = PartitionLog::new(3, Store::open(dir.path()).unwrap());
         let mut offsets = PartitionOffsets::default();
         let mut producers = Producers::new();
-        let mut batch =
-            crate::storage::batch::validate_produce_records(&encode_batch(&["a", "b"], Compression::None), 1 << 20)
-                .unwrap();
-        batch[0].producer_id = 11;
+        let idempotent = |base_sequence| {
+            let bytes = encode_producer_batch(&["a", "b"], Compression::None, 11, 0, base_sequence);
+            crate::storage::batch::validate_produce_records(&bytes, 1 << 20).unwrap()
+        };
+        let batch = idempotent(0);
         let mut write = WriteBatch::default();
         assert_eq!(
             log.stage_append(&mut write, &mut offsets, &mut producers, &batch)
@@ -273,9 +274,8 @@ mod tests {
             "retry"
         );
         assert_eq!(offsets.next_offset, 2, "the retry appended nothing");
-        batch[0].base_sequence = 5;
         assert_eq!(
-            log.stage_append(&mut write, &mut offsets, &mut producers, &batch)
+            log.stage_append(&mut write, &mut offsets, &mut producers, &idempotent(5))
                 .unwrap(),
             Err(ProduceRefusal::OutOfOrderSequence)
         );
