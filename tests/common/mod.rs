@@ -454,8 +454,10 @@ impl ClusterNodes {
     pub fn exited(&mut self) -> Vec<u64> {
         self.nodes
             .iter_mut()
-            .filter(|node| node.child.as_mut().is_some_and(|c| c.try_wait().unwrap().is_some()))
-            .map(|node| node.id)
+            .filter_map(|node| {
+                let exited = node.child.as_mut()?.try_wait().unwrap().is_some();
+                exited.then_some(node.id)
+            })
             .collect()
     }
 }
