@@ -154,11 +154,13 @@ fn propose(group: GroupId, command: Command) -> PeerRequest {
 /// The answer of whichever node leads the controller group (the others answer NotLeader).
 fn propose_to_controller(cluster: &ClusterNodes, command: Command) -> Result<CommandResponse, ProposeError> {
     cluster.wait_for("the controller leader to answer", || {
-        (1..=3).find_map(|node| match ask_peer(cluster, node, &propose(CONTROLLER_GROUP, command.clone())) {
-            PeerResponse::Proposed(Err(ProposeError::NotLeader(_))) => None,
-            PeerResponse::Proposed(answer) => Some(answer),
-            other => panic!("unexpected {other:?}"),
-        })
+        (1..=3).find_map(
+            |node| match ask_peer(cluster, node, &propose(CONTROLLER_GROUP, command.clone())) {
+                PeerResponse::Proposed(Err(ProposeError::NotLeader(_))) => None,
+                PeerResponse::Proposed(answer) => Some(answer),
+                other => panic!("unexpected {other:?}"),
+            },
+        )
     })
 }
 
@@ -224,12 +226,35 @@ fn commands_forged_on_the_peer_port_are_refused_and_nobody_crashes() {
         base_sequence: -1,
     };
     let not_controller_commands = [
-        (group, Command::Append { batches: vec![batch(Bytes::from_static(b"junk"), 1)] }),
-        (group, Command::Append { batches: vec![batch(valid.clone(), 1)] }),
-        (group, Command::Append { batches: vec![batch(valid, i64::MAX)] }),
+        (
+            group,
+            Command::Append {
+                batches: vec![batch(Bytes::from_static(b"junk"), 1)],
+            },
+        ),
+        (
+            group,
+            Command::Append {
+                batches: vec![batch(valid.clone(), 1)],
+            },
+        ),
+        (
+            group,
+            Command::Append {
+                batches: vec![batch(valid, i64::MAX)],
+            },
+        ),
         (group, Command::Group(GroupCommand::DeleteGroup { group: "g".into() })),
-        (CONTROLLER_GROUP, Command::Append { batches: vec![batch(Bytes::new(), 0)] }),
-        (CONTROLLER_GROUP, Command::Group(GroupCommand::DeleteGroup { group: "g".into() })),
+        (
+            CONTROLLER_GROUP,
+            Command::Append {
+                batches: vec![batch(Bytes::new(), 0)],
+            },
+        ),
+        (
+            CONTROLLER_GROUP,
+            Command::Group(GroupCommand::DeleteGroup { group: "g".into() }),
+        ),
         (group, Command::AllocateProducerId),
     ];
     for node in 1..=3 {
@@ -291,7 +316,10 @@ fn commands_forged_on_the_peer_port_are_refused_and_nobody_crashes() {
     // Every node and every replica of the partition still works.
     produce(&cluster, &["after".to_string()]);
     let after = agreed_replicas(&cluster, "guarded");
-    assert!(after[0].0 > before[0].0, "the append after the forged commands was applied everywhere");
+    assert!(
+        after[0].0 > before[0].0,
+        "the append after the forged commands was applied everywhere"
+    );
     let values: Vec<String> = cluster
         .node(leader)
         .client()

@@ -127,11 +127,7 @@ impl ClusterState {
 
 /// New partitions' replica lists: every partition on one or more distinct
 /// voters, and a topic of at most [`MAX_PARTITIONS`] partitions in all.
-fn check_assignment(
-    new: &[Vec<NodeId>],
-    total: usize,
-    voters: &BTreeSet<NodeId>,
-) -> Result<(), ControllerRefusal> {
+fn check_assignment(new: &[Vec<NodeId>], total: usize, voters: &BTreeSet<NodeId>) -> Result<(), ControllerRefusal> {
     let refuse = |why: String| Err(ControllerRefusal::InvalidAssignment(why));
     if new.is_empty() || total > MAX_PARTITIONS {
         return refuse(format!("{total} partitions (1 to {MAX_PARTITIONS})"));
@@ -169,8 +165,14 @@ mod tests {
     fn groups_are_unique_and_never_reused() {
         let mut state = ClusterState::default();
         assert_eq!(state.apply(&create("a", 2), &voters()), Ok(vec![1, 2]));
-        assert_eq!(state.apply(&create("a", 1), &voters()), Err(ControllerRefusal::TopicExists));
-        assert_eq!(state.apply(&Command::DeleteTopic { name: "a".into() }, &voters()), Ok(vec![1, 2]));
+        assert_eq!(
+            state.apply(&create("a", 1), &voters()),
+            Err(ControllerRefusal::TopicExists)
+        );
+        assert_eq!(
+            state.apply(&Command::DeleteTopic { name: "a".into() }, &voters()),
+            Ok(vec![1, 2])
+        );
         assert_eq!(state.apply(&create("a", 1), &voters()), Ok(vec![3]));
         let grow = Command::CreatePartitions {
             name: "a".into(),

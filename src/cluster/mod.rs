@@ -283,7 +283,9 @@ impl Cluster {
                 Some(raft) => PeerResponse::InstallSnapshot(raft.install_snapshot(rpc).await),
                 None => PeerResponse::GroupNotHere,
             },
-            PeerRequest::Propose { group, command } => PeerResponse::Proposed(self.propose_for_peer(group, command).await),
+            PeerRequest::Propose { group, command } => {
+                PeerResponse::Proposed(self.propose_for_peer(group, command).await)
+            }
             PeerRequest::Probe { group } => PeerResponse::Probed {
                 // An unreadable store must not look like a blank one.
                 has_state: self.store.has_raft_state(group).unwrap_or(true),

@@ -156,7 +156,8 @@ impl RaftLogReader<TypeConfig> for GroupLogStore {
             Bound::Excluded(i) => Some(*i),
             Bound::Unbounded => None,
         };
-        blocking(|| self.entries_in(from, until)).map_err(|err| io_error(ErrorSubject::LogIndex(from), ErrorVerb::Read, err))
+        blocking(|| self.entries_in(from, until))
+            .map_err(|err| io_error(ErrorSubject::LogIndex(from), ErrorVerb::Read, err))
     }
 }
 
@@ -212,8 +213,8 @@ impl RaftLogStorage<TypeConfig> for GroupLogStore {
         let mut batch = WriteBatch::default();
         let cf = self.store.cf(CF_RAFT_LOG);
         for entry in entries {
-            let value =
-                bincode::serialize(&entry).map_err(|err| io_error(ErrorSubject::Logs, ErrorVerb::Write, StorageError::from(err)))?;
+            let value = bincode::serialize(&entry)
+                .map_err(|err| io_error(ErrorSubject::Logs, ErrorVerb::Write, StorageError::from(err)))?;
             batch.put_cf(cf, keys::group_u64_key(self.group, entry.log_id.index), value);
         }
         // The write is synced before returning, so entries are readable and durable at once.
@@ -299,7 +300,10 @@ mod tests {
             "a range past the last entry ends early"
         );
         assert!(log.try_get_log_entries(10..20).await.unwrap().is_empty());
-        assert!(log.try_get_log_entries(3..3).await.unwrap().is_empty(), "an empty range");
+        assert!(
+            log.try_get_log_entries(3..3).await.unwrap().is_empty(),
+            "an empty range"
+        );
     }
 
     #[tokio::test(flavor = "multi_thread")]
@@ -314,6 +318,9 @@ mod tests {
         assert!(log.try_get_log_entries(0..1).await.is_err());
         put_entries(&store, 2, [44]);
         assert!(log.try_get_log_entries(40..45).await.is_err(), "entry 43 is missing");
-        assert_eq!(indexes(&log.try_get_log_entries(38..42).await.unwrap()), vec![38, 39, 40, 41]);
+        assert_eq!(
+            indexes(&log.try_get_log_entries(38..42).await.unwrap()),
+            vec![38, 39, 40, 41]
+        );
     }
 }

@@ -120,7 +120,8 @@ impl SnapshotDir {
 
     /// A path no other operation uses, for a file being written.
     fn temp_path(&self, purpose: &str) -> PathBuf {
-        self.dir.join(format!("{purpose}-{}.tmp", uuid::Uuid::new_v4().simple()))
+        self.dir
+            .join(format!("{purpose}-{}.tmp", uuid::Uuid::new_v4().simple()))
     }
 
     fn create_dir(&self) -> Result<(), StorageError> {
@@ -459,7 +460,11 @@ mod tests {
         let mut incoming = installed.receiving_file().unwrap();
         std::io::copy(&mut File::open(snapshots.data_path(&meta)).unwrap(), &mut incoming).unwrap();
         installed.install(&target, 7, &meta, &mut incoming).unwrap();
-        assert_eq!(group_keys(&target, 7), group_keys(&source, 7), "same keys and values; the stale key is gone");
+        assert_eq!(
+            group_keys(&target, 7),
+            group_keys(&source, 7),
+            "same keys and values; the stale key is gone"
+        );
         assert!(
             target.get(CF_RECORDS, &keys::group_u64_key(8, 0)).unwrap().is_none(),
             "only the group's keys"
@@ -475,7 +480,10 @@ mod tests {
         corrupted[7] ^= 0x01;
         let bad = target_dir.path().join("bad.snap");
         fs::write(&bad, &corrupted).unwrap();
-        assert!(load_into_store(&target, 7, &bad).is_err(), "a damaged snapshot is refused");
+        assert!(
+            load_into_store(&target, 7, &bad).is_err(),
+            "a damaged snapshot is refused"
+        );
         let mut damaged = File::open(&bad).unwrap();
         let other = SnapshotMeta {
             snapshot_id: "damaged".into(),
@@ -508,7 +516,10 @@ mod tests {
         let mut future = tagged.clone();
         future[MAGIC.len()] = FORMAT_VERSION + 1;
         fs::write(&old, future).unwrap();
-        assert!(load_into_store(&other, 3, &old).is_err(), "an unknown version is refused");
+        assert!(
+            load_into_store(&other, 3, &old).is_err(),
+            "an unknown version is refused"
+        );
     }
 
     #[test]
@@ -544,8 +555,8 @@ mod tests {
         let (source_meta, _) = SnapshotDir::new(&source_dir.path().join("snapshots"), 9)
             .build(&source_store, 9)
             .unwrap();
-        let source_bytes = fs::read(SnapshotDir::new(&source_dir.path().join("snapshots"), 9).data_path(&source_meta))
-            .unwrap();
+        let source_bytes =
+            fs::read(SnapshotDir::new(&source_dir.path().join("snapshots"), 9).data_path(&source_meta)).unwrap();
         SnapshotDir::new(&root, 9).build(&store, 9).unwrap();
 
         let done = Arc::new(std::sync::atomic::AtomicBool::new(false));

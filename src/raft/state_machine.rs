@@ -285,8 +285,8 @@ impl RaftStateMachine<TypeConfig> for GroupStateMachine {
     }
 
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<TypeConfig>>, RaftStorageError> {
-        let current = blocking(|| self.snapshots.current())
-            .map_err(|err| io_error(ErrorSubject::None, ErrorVerb::Read, err))?;
+        let current =
+            blocking(|| self.snapshots.current()).map_err(|err| io_error(ErrorSubject::None, ErrorVerb::Read, err))?;
         Ok(current.map(|(meta, file)| snapshot_of(meta, file)))
     }
 }

@@ -378,14 +378,23 @@ pub(crate) mod tests {
             }
         };
         assert!(forged(&|b| b.bytes = Bytes::new()).is_err(), "empty");
-        assert!(forged(&|b| b.bytes = Bytes::from_static(&[0u8; 7])).is_err(), "shorter than a base offset");
-        assert!(forged(&|b| b.bytes = b.bytes.slice(..b.bytes.len() - 1)).is_err(), "truncated");
+        assert!(
+            forged(&|b| b.bytes = Bytes::from_static(&[0u8; 7])).is_err(),
+            "shorter than a base offset"
+        );
+        assert!(
+            forged(&|b| b.bytes = b.bytes.slice(..b.bytes.len() - 1)).is_err(),
+            "truncated"
+        );
         assert!(forged(&flip(batch.len() - 1)).is_err(), "a record byte (CRC)");
         assert!(forged(&flip(MAGIC_POS)).is_err(), "magic");
         assert!(forged(&flip(RECORD_COUNT_POS + 3)).is_err(), "record count (CRC)");
         assert!(forged(&|b| b.record_count = 0).is_err(), "no records");
         assert!(forged(&|b| b.record_count = -3).is_err(), "negative count");
-        assert!(forged(&|b| b.record_count = i64::MAX).is_err(), "count the header does not hold");
+        assert!(
+            forged(&|b| b.record_count = i64::MAX).is_err(),
+            "count the header does not hold"
+        );
         assert!(forged(&|b| b.producer_id = 42).is_err(), "another producer");
         assert!(forged(&|b| b.base_sequence = 9).is_err(), "another sequence");
         // The base offset and partition leader epoch are outside the CRC and rewritten by the broker.

@@ -291,8 +291,7 @@ mod tests {
         let mut offsets = PartitionOffsets::default();
         append(&log, &mut offsets, &["a"]);
         let mut good =
-            crate::storage::batch::validate_produce_records(&encode_batch(&["b"], Compression::None), 1 << 20)
-                .unwrap();
+            crate::storage::batch::validate_produce_records(&encode_batch(&["b"], Compression::None), 1 << 20).unwrap();
         let mut short = good[0].clone();
         short.bytes = short.bytes.slice(..4);
         let mut huge = good[0].clone();
