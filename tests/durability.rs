@@ -152,3 +152,42 @@ fn a_damaged_partition_group_leaves_the_rest_of_the_broker_serving() {
         vec![(0, "healthy-0".to_string()), (1, "healthy-1".to_string())]
     );
 }
+
+/// Snapshot files deleted while the broker is down (the group's log was purged
+/// behind them) are not fatal: the broker starts, builds new snapshots from its
+/// state, and serves every acknowledged record.
+#[test]
+fn lost_snapshot_files_are_rebuilt_at_start() {
+    let mut broker = Broker::start_with(&[("RAFKA_SNAPSHOT_ENTRIES", "25")]);
+    let mut client = Client::connect(broker.port).unwrap();
+    assert_eq!(client.create_topic("snapshotted", 1).error_code, 0);
+    let mut acked = produce_acked(&mut client, "snapshotted", 0, 60);
+    broker.stop_gracefully();
+
+    let snapshots = broker.data_dir().join("data/snapshots");
+    let snapshot_files = |dir: &std::path::Path| -> Vec<std::path::PathBuf> {
+        std::fs::read_dir(dir)
+            .unwrap()
+            .flat_map(|group| std::fs::read_dir(group.unwrap().path()).unwrap())
+            .map(|file| file.unwrap().path())
+            .filter(|path| path.extension().is_some_and(|ext| ext == "snap"))
+            .collect()
+    };
+    let lost = snapshot_files(&snapshots);
+    assert!(!lost.is_empty(), "snapshots were taken every 25 entries");
+    for file in &lost {
+        std::fs::remove_file(file).unwrap();
+    }
+
+    broker.restart();
+    let mut client = Client::connect(broker.port).unwrap();
+    assert_log_is(&mut client, "snapshotted", &acked);
+    acked.extend(produce_acked(&mut client, "snapshotted", 60, 5));
+    assert_log_is(&mut client, "snapshotted", &acked);
+    let rebuilt = snapshot_files(&snapshots);
+    assert!(
+        !rebuilt.is_empty() && rebuilt.iter().all(|file| !lost.contains(file)),
+        "new snapshot files {rebuilt:?}"
+    );
+    assert!(broker.log().contains("building a new one"), "{}", broker.log());
+}

@@ -13,8 +13,8 @@
 //! installing and removing hold the directory's lock, so none of them deletes
 //! a file another is writing; every rename and unlink is followed by an fsync
 //! of the directory, so after a crash `current.json` names a file that exists.
-//! Should it not (the file was lost), the group has no snapshot: openraft
-//! builds one at start-up if its log was purged.
+//! Should it not (the file was lost), that is no error: the state machine
+//! builds a new snapshot when openraft asks for the current one.
 
 use std::collections::HashMap;
 use std::fs::{self, File};
@@ -33,14 +33,19 @@ const FORMAT_VERSION: u8 = 1;
 const END_MARKER: u8 = 0xFF;
 const CURRENT_META: &str = "current.json";
 const DATA_EXTENSION: &str = "snap";
-/// How often a reader retries without the lock when the snapshot it was pointed
-/// at was replaced by a newer one between reading `current.json` and opening it.
+/// How often a reader tries without the lock before it reads under it.
 const CURRENT_READ_ATTEMPTS: usize = 3;
 
-enum Current {
+/// What a group's directory says its current snapshot is.
+pub enum CurrentSnapshot {
+    /// The snapshot and its file, open: it stays readable even if a newer
+    /// snapshot replaces it afterwards.
     Found(SnapshotMeta, File),
-    Absent,
-    FileMissing,
+    /// No snapshot was ever made current.
+    None,
+    /// One was made current, but `current.json` or the file it names cannot be
+    /// read (lost with a disk, deleted by hand): the group has no snapshot.
+    Lost(String),
 }
 
 /// The applied position recorded with a group's state.
@@ -134,45 +139,35 @@ impl SnapshotDir {
         Ok(())
     }
 
-    /// The current snapshot and its open file, or `None` when there is none or
-    /// its file is missing or unreadable (logged). The file stays readable even
-    /// if a newer snapshot replaces it afterwards. Reads without the lock, so a
-    /// long build does not hold up its caller, unless the file keeps vanishing.
-    pub fn current(&self) -> Result<Option<(SnapshotMeta, File)>, StorageError> {
+    /// The current snapshot. Reads without the lock, so that a long build does
+    /// not hold up its caller, unless the file keeps vanishing: a newer snapshot
+    /// may have replaced it between reading `current.json` and opening it.
+    pub fn current(&self) -> Result<CurrentSnapshot, StorageError> {
         for _ in 0..CURRENT_READ_ATTEMPTS {
             match self.read_current()? {
-                Current::Found(meta, file) => return Ok(Some((meta, file))),
-                Current::Absent => return Ok(None),
-                // Replaced by a newer snapshot since current.json was read: read it again.
-                Current::FileMissing => continue,
+                CurrentSnapshot::Lost(_) => continue,
+                found_or_none => return Ok(found_or_none),
             }
         }
         let _locked = self.locked();
-        match self.read_current()? {
-            Current::Found(meta, file) => Ok(Some((meta, file))),
-            Current::Absent => Ok(None),
-            Current::FileMissing => {
-                tracing::warn!(dir = %self.dir.display(), "the current snapshot's file is missing; no snapshot");
-                Ok(None)
-            }
-        }
+        self.read_current()
     }
 
-    fn read_current(&self) -> Result<Current, StorageError> {
+    fn read_current(&self) -> Result<CurrentSnapshot, StorageError> {
         let meta: SnapshotMeta = match fs::read(self.dir.join(CURRENT_META)) {
             Ok(raw) => match serde_json::from_slice(&raw) {
                 Ok(meta) => meta,
-                Err(err) => {
-                    tracing::warn!(dir = %self.dir.display(), error = %err, "unreadable current.json; no snapshot");
-                    return Ok(Current::Absent);
-                }
+                Err(err) => return Ok(CurrentSnapshot::Lost(format!("unreadable {CURRENT_META}: {err}"))),
             },
-            Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(Current::Absent),
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(CurrentSnapshot::None),
             Err(err) => return Err(err.into()),
         };
-        match File::open(self.data_path(&meta)) {
-            Ok(file) => Ok(Current::Found(meta, file)),
-            Err(err) if err.kind() == std::io::ErrorKind::NotFound => Ok(Current::FileMissing),
+        let path = self.data_path(&meta);
+        match File::open(&path) {
+            Ok(file) => Ok(CurrentSnapshot::Found(meta, file)),
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
+                Ok(CurrentSnapshot::Lost(format!("{} is missing", path.display())))
+            }
             Err(err) => Err(err.into()),
         }
     }
@@ -448,7 +443,7 @@ mod tests {
             .unwrap();
         let snapshots = SnapshotDir::new(&source_dir.path().join("snapshots"), 7);
         let (meta, _) = snapshots.build(&source, 7).unwrap();
-        assert_eq!(snapshots.current().unwrap().unwrap().0.snapshot_id, meta.snapshot_id);
+        assert_eq!(current_id(&snapshots), Some(meta.snapshot_id.clone()));
 
         let target_dir = tempfile::tempdir().unwrap();
         let target = Store::open(target_dir.path()).unwrap();
@@ -469,7 +464,7 @@ mod tests {
             target.get(CF_RECORDS, &keys::group_u64_key(8, 0)).unwrap().is_none(),
             "only the group's keys"
         );
-        assert_eq!(installed.current().unwrap().unwrap().0, meta);
+        assert_eq!(current_id(&installed), Some(meta.snapshot_id.clone()));
         assert_eq!(
             files_in(&installed.dir),
             vec![CURRENT_META.to_string(), format!("{}.snap", meta.snapshot_id)],
@@ -490,7 +485,7 @@ mod tests {
             ..meta.clone()
         };
         assert!(installed.install(&target, 7, &other, &mut damaged).is_err());
-        assert_eq!(installed.current().unwrap().unwrap().0, meta, "still the good one");
+        assert_eq!(current_id(&installed), Some(meta.snapshot_id.clone()), "still the good one");
         assert_eq!(files_in(&installed.dir).len(), 2, "the refused copy is gone");
     }
 
@@ -522,22 +517,30 @@ mod tests {
         );
     }
 
+    fn current_id(snapshots: &SnapshotDir) -> Option<String> {
+        match snapshots.current().unwrap() {
+            CurrentSnapshot::Found(meta, _) => Some(meta.snapshot_id),
+            CurrentSnapshot::None => None,
+            CurrentSnapshot::Lost(why) => panic!("lost: {why}"),
+        }
+    }
+
     #[test]
-    fn a_missing_snapshot_file_means_no_snapshot() {
+    fn a_missing_snapshot_file_is_reported_as_lost_not_as_an_error() {
         let dir = tempfile::tempdir().unwrap();
         let store = store_with_records(dir.path(), 5, 2);
         let snapshots = SnapshotDir::new(&dir.path().join("snapshots"), 5);
-        assert!(snapshots.current().unwrap().is_none(), "none built yet");
+        assert_eq!(current_id(&snapshots), None, "none built yet");
         let (meta, _) = snapshots.build(&store, 5).unwrap();
         fs::remove_file(snapshots.data_path(&meta)).unwrap();
-        assert!(snapshots.current().unwrap().is_none());
+        assert!(matches!(snapshots.current().unwrap(), CurrentSnapshot::Lost(_)));
         fs::write(snapshots.dir.join(CURRENT_META), b"{not json").unwrap();
-        assert!(snapshots.current().unwrap().is_none());
+        assert!(matches!(snapshots.current().unwrap(), CurrentSnapshot::Lost(_)));
         let (rebuilt, _) = snapshots.build(&store, 5).unwrap();
-        assert_eq!(snapshots.current().unwrap().unwrap().0, rebuilt);
+        assert_eq!(current_id(&snapshots), Some(rebuilt.snapshot_id));
         snapshots.remove().unwrap();
         assert!(!snapshots.dir.exists());
-        assert!(snapshots.current().unwrap().is_none());
+        assert_eq!(current_id(&snapshots), None);
     }
 
     /// Builds and installs of one group racing from several threads, while a
@@ -566,7 +569,9 @@ mod tests {
             std::thread::spawn(move || {
                 let mut reads = 0;
                 while !done.load(std::sync::atomic::Ordering::Relaxed) {
-                    let (_, mut file) = snapshots.current().unwrap().expect("a current snapshot");
+                    let CurrentSnapshot::Found(_, mut file) = snapshots.current().unwrap() else {
+                        panic!("no current snapshot while builds and installs race");
+                    };
                     let mut bytes = Vec::new();
                     file.read_to_end(&mut bytes).unwrap();
                     assert_eq!(&bytes[..4], MAGIC, "a whole snapshot file");
@@ -605,10 +610,10 @@ mod tests {
         assert!(reader.join().unwrap() > 0);
 
         let snapshots = SnapshotDir::new(&root, 9);
-        let (meta, _) = snapshots.current().unwrap().unwrap();
+        let id = current_id(&snapshots).unwrap();
         assert_eq!(
             files_in(&snapshots.dir),
-            vec![CURRENT_META.to_string(), format!("{}.snap", meta.snapshot_id)]
+            vec![CURRENT_META.to_string(), format!("{id}.snap")]
         );
     }
 }

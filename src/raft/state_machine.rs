@@ -15,7 +15,7 @@ use tokio::sync::watch;
 
 use super::command::{Command, CommandResponse};
 use super::log_store::{blocking, io_error};
-use super::snapshot::{read_applied_state, SnapshotDir};
+use super::snapshot::{read_applied_state, CurrentSnapshot, SnapshotDir};
 use super::{GroupId, LogId, NodeId, RaftStorageError, SnapshotMeta, StoredMembership, TypeConfig};
 use crate::cluster::metadata::ClusterState;
 use crate::group::store::SharedGroups;
@@ -284,9 +284,20 @@ impl RaftStateMachine<TypeConfig> for GroupStateMachine {
             .map_err(|err| io_error(ErrorSubject::Snapshot(Some(meta.signature())), ErrorVerb::Write, err))
     }
 
+    /// A lost snapshot file is not fatal: the state machine has applied all it
+    /// held, so a new snapshot is built from it, and a leader can still send one.
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<TypeConfig>>, RaftStorageError> {
-        let current =
-            blocking(|| self.snapshots.current()).map_err(|err| io_error(ErrorSubject::None, ErrorVerb::Read, err))?;
-        Ok(current.map(|(meta, file)| snapshot_of(meta, file)))
+        let current = blocking(|| self.snapshots.current())
+            .map_err(|err| io_error(ErrorSubject::None, ErrorVerb::Read, err))?;
+        match current {
+            CurrentSnapshot::Found(meta, file) => Ok(Some(snapshot_of(meta, file))),
+            CurrentSnapshot::None => Ok(None),
+            CurrentSnapshot::Lost(why) => {
+                tracing::warn!(group = self.group, why = %why, "the current snapshot is lost; building a new one");
+                let (meta, file) = blocking(|| self.snapshots.build(&self.store, self.group))
+                    .map_err(|err| io_error(ErrorSubject::None, ErrorVerb::Write, err))?;
+                Ok(Some(snapshot_of(meta, file)))
+            }
+        }
     }
 }
