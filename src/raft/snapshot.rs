@@ -485,7 +485,11 @@ mod tests {
             ..meta.clone()
         };
         assert!(installed.install(&target, 7, &other, &mut damaged).is_err());
-        assert_eq!(current_id(&installed), Some(meta.snapshot_id.clone()), "still the good one");
+        assert_eq!(
+            current_id(&installed),
+            Some(meta.snapshot_id.clone()),
+            "still the good one"
+        );
         assert_eq!(files_in(&installed.dir).len(), 2, "the refused copy is gone");
     }
 

@@ -287,8 +287,8 @@ impl RaftStateMachine<TypeConfig> for GroupStateMachine {
     /// A lost snapshot file is not fatal: the state machine has applied all it
     /// held, so a new snapshot is built from it, and a leader can still send one.
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<TypeConfig>>, RaftStorageError> {
-        let current = blocking(|| self.snapshots.current())
-            .map_err(|err| io_error(ErrorSubject::None, ErrorVerb::Read, err))?;
+        let current =
+            blocking(|| self.snapshots.current()).map_err(|err| io_error(ErrorSubject::None, ErrorVerb::Read, err))?;
         match current {
             CurrentSnapshot::Found(meta, file) => Ok(Some(snapshot_of(meta, file))),
             CurrentSnapshot::None => Ok(None),
