@@ -276,7 +276,12 @@ impl SnapshotDir {
         for entry in fs::read_dir(&self.dir)? {
             let path = entry?.path();
             if path != keep && path.file_name().is_some_and(|name| name != CURRENT_META) {
-                fs::remove_file(path)?;
+                // A file being received is unlinked by its receiver, without the lock.
+                if let Err(err) = fs::remove_file(path) {
+                    if err.kind() != std::io::ErrorKind::NotFound {
+                        return Err(err.into());
+                    }
+                }
             }
         }
         sync_dir(&self.dir)
