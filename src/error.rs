@@ -18,6 +18,8 @@ pub enum BrokerError {
     InvalidPartitions(String),
     #[error("invalid replication factor: {0}")]
     InvalidReplicationFactor(String),
+    #[error("invalid replica assignment: {0}")]
+    InvalidReplicaAssignment(String),
     #[error("invalid config: {0}")]
     InvalidConfig(String),
     #[error("invalid request: {0}")]
@@ -78,6 +80,8 @@ impl From<ControllerRefusal> for BrokerError {
             ControllerRefusal::TopicExists => BrokerError::TopicAlreadyExists,
             ControllerRefusal::UnknownTopic => BrokerError::UnknownTopicOrPartition,
             ControllerRefusal::PartitionsCannotShrink { .. } => BrokerError::InvalidPartitions(refusal.to_string()),
+            ControllerRefusal::InvalidTopicName(reason) => BrokerError::InvalidTopic(reason),
+            ControllerRefusal::InvalidAssignment(reason) => BrokerError::InvalidReplicaAssignment(reason),
         }
     }
 }
@@ -90,6 +94,7 @@ impl BrokerError {
             BrokerError::TopicAlreadyExists => ResponseError::TopicAlreadyExists,
             BrokerError::InvalidPartitions(_) => ResponseError::InvalidPartitions,
             BrokerError::InvalidReplicationFactor(_) => ResponseError::InvalidReplicationFactor,
+            BrokerError::InvalidReplicaAssignment(_) => ResponseError::InvalidReplicaAssignment,
             BrokerError::InvalidConfig(_) => ResponseError::InvalidConfig,
             BrokerError::InvalidRequest(_) => ResponseError::InvalidRequest,
             BrokerError::NotLeader => ResponseError::NotLeaderOrFollower,
@@ -111,6 +116,7 @@ impl BrokerError {
             BrokerError::GroupSubscribedToTopic => ResponseError::GroupSubscribedToTopic,
             BrokerError::Produce(ProduceRefusal::OutOfOrderSequence) => ResponseError::OutOfOrderSequenceNumber,
             BrokerError::Produce(ProduceRefusal::InvalidProducerEpoch) => ResponseError::InvalidProducerEpoch,
+            BrokerError::Produce(ProduceRefusal::InvalidBatch) => ResponseError::CorruptMessage,
             BrokerError::TransactionsUnsupported => ResponseError::TransactionalIdAuthorizationFailed,
             BrokerError::InvalidRequiredAcks(_) => ResponseError::InvalidRequiredAcks,
             BrokerError::Batch(BatchError::Corrupt(_)) => ResponseError::CorruptMessage,
@@ -178,6 +184,9 @@ mod tests {
             (BrokerError::InvalidRequiredAcks(2), 21),
             (BrokerError::GroupSubscribedToTopic, 86),
             (BrokerError::from(ControllerRefusal::UnknownTopic), 3),
+            (BrokerError::from(ControllerRefusal::InvalidTopicName("a b".into())), 17),
+            (BrokerError::from(ControllerRefusal::InvalidAssignment("[]".into())), 39),
+            (BrokerError::Produce(ProduceRefusal::InvalidBatch), 2),
         ];
         for (error, code) in cases {
             assert_eq!(error.code(), code, "{error}");

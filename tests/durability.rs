@@ -1,9 +1,14 @@
-//! Acknowledged writes survive restarts and kill -9 of the broker process.
+//! Acknowledged writes survive restarts and kill -9 of the broker process, and
+//! a partition group damaged on disk does not take the broker down.
 
 mod common;
 
+use std::time::{Duration, Instant};
+
 use common::{record_batch, Broker, Client};
 use kafka_protocol::records::Compression;
+use rafka::storage::keys::{self, CF_RAFT_LOG};
+use rafka::storage::Store;
 
 fn produce_acked(client: &mut Client, topic: &str, from: usize, count: usize) -> Vec<String> {
     let mut acked = Vec::new();
@@ -85,4 +90,104 @@ fn topics_and_acks_0_writes_survive_restart() {
         client.read_all("three", 2),
         vec![(0, "p2".to_string()), (1, "after".to_string())]
     );
+}
+
+/// A partition group whose log on disk is inconsistent (entry 0 gone, later
+/// entries kept, no purge point: what a follower was left with when a leader
+/// streamed it the tail of a purged log) cannot start. The broker logs it,
+/// keeps serving every other partition, and keeps retrying that group without
+/// exiting.
+#[test]
+fn a_damaged_partition_group_leaves_the_rest_of_the_broker_serving() {
+    let mut broker = Broker::start();
+    let mut client = Client::connect(broker.port).unwrap();
+    // Groups are numbered in creation order from 1: "damaged" is group 1.
+    assert_eq!(client.create_topic("damaged", 1).error_code, 0);
+    assert_eq!(client.create_topic("healthy", 1).error_code, 0);
+    for topic in ["damaged", "healthy"] {
+        let answer = client
+            .produce(topic, 0, record_batch(&[format!("{topic}-0")], Compression::None), -1)
+            .unwrap();
+        assert_eq!(answer.error_code, 0);
+    }
+    broker.stop_gracefully();
+
+    let store = Store::open(&broker.data_dir().join("data")).unwrap();
+    let damaged_group = 1;
+    assert!(
+        store
+            .get(CF_RAFT_LOG, &keys::group_u64_key(damaged_group, 1))
+            .unwrap()
+            .is_some(),
+        "group 1 has a log beyond its first entry"
+    );
+    store
+        .db()
+        .delete_cf(store.cf(CF_RAFT_LOG), keys::group_u64_key(damaged_group, 0))
+        .unwrap();
+    drop(store);
+
+    broker.restart();
+    let mut client = Client::connect(broker.port).unwrap();
+    assert_eq!(client.read_all("healthy", 0), vec![(0, "healthy-0".to_string())]);
+    let answer = client
+        .produce("healthy", 0, record_batch(&["healthy-1".into()], Compression::None), -1)
+        .unwrap();
+    assert_eq!((answer.error_code, answer.base_offset), (0, 1));
+    let refused = client
+        .produce("damaged", 0, record_batch(&["lost".into()], Compression::None), -1)
+        .unwrap();
+    assert_ne!(refused.error_code, 0, "the damaged partition has no leader here");
+
+    // Retried every few seconds, and the broker stays up through the retries.
+    let start = Instant::now();
+    while broker.log().matches("cannot start partition group").count() < 3 {
+        assert!(broker.is_running(), "the broker exited: {}", broker.log());
+        assert!(start.elapsed() < common::DEADLINE, "no retry logged: {}", broker.log());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(broker.is_running());
+    assert_eq!(
+        client.read_all("healthy", 0),
+        vec![(0, "healthy-0".to_string()), (1, "healthy-1".to_string())]
+    );
+}
+
+/// Snapshot files deleted while the broker is down (the group's log was purged
+/// behind them) are not fatal: the broker starts, builds new snapshots from its
+/// state, and serves every acknowledged record.
+#[test]
+fn lost_snapshot_files_are_rebuilt_at_start() {
+    let mut broker = Broker::start_with(&[("RAFKA_SNAPSHOT_ENTRIES", "25")]);
+    let mut client = Client::connect(broker.port).unwrap();
+    assert_eq!(client.create_topic("snapshotted", 1).error_code, 0);
+    let mut acked = produce_acked(&mut client, "snapshotted", 0, 60);
+    broker.stop_gracefully();
+
+    let snapshots = broker.data_dir().join("data/snapshots");
+    let snapshot_files = |dir: &std::path::Path| -> Vec<std::path::PathBuf> {
+        std::fs::read_dir(dir)
+            .unwrap()
+            .flat_map(|group| std::fs::read_dir(group.unwrap().path()).unwrap())
+            .map(|file| file.unwrap().path())
+            .filter(|path| path.extension().is_some_and(|ext| ext == "snap"))
+            .collect()
+    };
+    let lost = snapshot_files(&snapshots);
+    assert!(!lost.is_empty(), "snapshots were taken every 25 entries");
+    for file in &lost {
+        std::fs::remove_file(file).unwrap();
+    }
+
+    broker.restart();
+    let mut client = Client::connect(broker.port).unwrap();
+    assert_log_is(&mut client, "snapshotted", &acked);
+    acked.extend(produce_acked(&mut client, "snapshotted", 60, 5));
+    assert_log_is(&mut client, "snapshotted", &acked);
+    let rebuilt = snapshot_files(&snapshots);
+    assert!(
+        !rebuilt.is_empty() && rebuilt.iter().all(|file| !lost.contains(file)),
+        "new snapshot files {rebuilt:?}"
+    );
+    assert!(broker.log().contains("building a new one"), "{}", broker.log());
 }

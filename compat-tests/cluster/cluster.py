@@ -177,9 +177,9 @@ class Cluster(StartedInWith):
         self.stop(node_id)
         self.start(node_id, timeout)
 
-    def wipe(self, node_id, timeout=READY_TIMEOUT):
-        """Stop the node, delete its data dir, start it with the same id and config."""
-        self.stop(node_id)
+    def wipe(self, node_id, timeout=READY_TIMEOUT, sig=signal.SIGTERM):
+        """Stop the node with `sig`, delete its data dir, start it with the same id and config."""
+        self.stop(node_id, sig)
         shutil.rmtree(self.nodes[node_id].data_dir, ignore_errors=True)
         self.start(node_id, timeout)
 

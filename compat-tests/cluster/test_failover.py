@@ -6,6 +6,8 @@ Scenarios, each on a fresh cluster of three nodes (see README.md for what each o
   follower-kill  kill -9 a follower during produce, restart it under load
   isolation      cut the leader off the network (TCP proxies), heal
   wipe           stop a follower, write many entries, wipe its data dir, start it
+  wipe-purged    kill -9 a caught-up follower after snapshots purged the logs, wipe it, restart it,
+                 restart it again, under acks=all load
 
     python3 compat-tests/cluster/test_failover.py [--repeat N] [--only leader-kill,wipe]
 
@@ -13,16 +15,18 @@ Prints `TIMING <scenario> <name>=<seconds>` lines and ends with `N passed, N fai
 """
 
 import argparse
+import signal
 import sys
 import time
 from collections import Counter
 from pathlib import Path
+from types import SimpleNamespace
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "durability"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from harness import Results, exit_on_sigterm, expect, expect_eq, find_binary, wait_until  # noqa: E402
-from cluster import READY_TIMEOUT, Cluster, NotYet, ReplicasDiverged, replicas_agree  # noqa: E402
+from cluster import READY_TIMEOUT, Cluster, NodeDied, NotYet, ReplicasDiverged, replicas_agree  # noqa: E402
 from workload import Workload, offset_mismatches, stray_records, verify_read_back  # noqa: E402
 
 import checker  # noqa: E402  (durability/checker.py)
@@ -38,6 +42,10 @@ FOLLOWER_DOWN_S = 3  # how long writes run with a follower down
 MINORITY_PRODUCER = 9  # producer index of the isolated side's values, distinct from the majority's
 WIPE_SNAPSHOT_ENTRIES = 200
 WIPE_ENTRIES = 15 * WIPE_SNAPSHOT_ENTRIES  # far past what a leader keeps in its log after a snapshot
+PURGED_ENTRIES = 3 * WIPE_SNAPSHOT_ENTRIES  # entries before the wipe: several snapshots, logs purged
+ONE_RECORD_PER_ENTRY = {"linger.ms": 0, "batch.num.messages": 1, "queue.buffering.max.messages": 500}
+# What a broker logs when one of its Raft groups stops or cannot start: never expected.
+GROUP_FAILURES = ("quit RaftCore::main on error", "stopped on an error", "cannot start partition group")
 
 
 class ClusterResults(Results):
@@ -315,7 +323,7 @@ def write_entries_without_follower(cluster, topic, state):
     # One record per batch and no linger: each produce request becomes its own Raft entry. The
     # small local queue paces the producer to what the cluster commits, so stop() flushes quickly.
     work = Workload(cluster.bootstrap(cluster.running_ids()), topic, 1, producers=1, rate=1000, client_id="wipe",
-                    conf={"linger.ms": 0, "batch.num.messages": 1, "queue.buffering.max.messages": 500})
+                    conf=ONE_RECORD_PER_ENTRY)
     state["work"] = work
     work.start()
     wait_until(lambda: applied_index(cluster, topic, 0) >= WIPE_ENTRIES, 120, interval=0.5,
@@ -338,6 +346,116 @@ def wipe_and_catch_up(cluster, topic, victim):
     print_agreement(views)
     expect("snapshot installed" in cluster.nodes[victim].log_since_last_start(),
            f"node {victim}'s log since its restart has no 'snapshot installed' line")
+
+
+# -- e. caught-up follower wiped after its groups purged their logs -----------------------
+STEADY_RATE = 5  # values/s through every fault: fewer than a leader keeps after a snapshot in one restart
+STEADY_ACKS = 5  # acks after a fault that show the steady load flows again
+
+
+def wiped_caught_up_follower(cluster, step):
+    """The fault that used to kill a wiped follower's groups and then crash-loop it. The follower is
+    caught up when it is wiped, and it is back before its leader purges past the position it had
+    seen the follower match (the steady load is too slow for that), so the leader must notice that
+    the follower lost its log: it used to stream it the tail of its purged log instead."""
+    topic, state = "wipe-purged", {}
+    steady = Workload(cluster.bootstrap(), topic, 1, producers=1, rate=STEADY_RATE, client_id="wipe-purged-steady",
+                      conf=ONE_RECORD_PER_ENTRY)
+    burst = Workload(cluster.bootstrap(), topic, 1, producers=1, rate=400, first_producer=1,
+                     client_id="wipe-purged-burst", conf=ONE_RECORD_PER_ENTRY)
+    try:
+        step("topic with 1 partition, RF 3, hosted on every node", lambda: cluster.create_topic(topic, 1))
+        step(f"acks=all produce until snapshots purged the logs ({PURGED_ENTRIES} entries, "
+             f"snapshot_entries={WIPE_SNAPSHOT_ENTRIES}), then only a steady {STEADY_RATE}/s; every replica "
+             f"caught up", lambda: produce_until_purged(cluster, steady, burst, topic))
+        step("kill -9 a follower, wipe its data dir, restart it under load: it installs a snapshot and catches up",
+             lambda: wipe_caught_up(cluster, steady, topic, state))
+        step("kill -9 and restart the wiped follower under load: it starts, serves and catches up",
+             lambda: restart_and_catch_up(cluster, steady, topic, state["victim"]))
+        step("the load stops with no failed delivery and all replicas agree (checksums)",
+             lambda: stop_and_agree(cluster, steady, topic, "wipe-purged"))
+        step("every acknowledged record is read back once, in order, at its acknowledged offset",
+             lambda: verify_read_back(cluster.bootstrap(), combined(steady, burst)))
+        step("no Raft group of any node stopped on an error or failed to start",
+             lambda: expect_no_group_failures(cluster), even_after_failure=True)
+    finally:
+        burst.close()
+        steady.close()
+
+
+def produce_until_purged(cluster, steady, burst, topic):
+    steady.start()
+    burst.start()
+    wait_until(lambda: applied_index(cluster, topic, 0) >= PURGED_ENTRIES, 120, interval=0.5,
+               what=f"{PURGED_ENTRIES} applied entries in {topic}/0")
+    burst.stop()
+    burst.expect_no_failures()
+    wait_caught_up(cluster, topic, cluster.ids)
+
+
+def combined(*workloads):
+    """One view of several workloads on the same topic, for verify_read_back."""
+    return SimpleNamespace(topic=workloads[0].topic, partitions=workloads[0].partitions,
+                           acked={v: at for w in workloads for v, at in w.acked.items()},
+                           sent=sum(w.sent for w in workloads), failed=[f for w in workloads for f in w.failed])
+
+
+def wait_caught_up(cluster, topic, node_ids, timeout=FAULT_DEADLINE):
+    """Until each of `node_ids` has applied, in partition 0, what the others had when this was called."""
+    others = [i for i in cluster.running_ids() if i not in node_ids] or cluster.running_ids()
+    target = max(index for index, _checksum in cluster.replica_views(topic, others)[0].values())
+
+    def caught_up():
+        views = cluster.replica_views(topic, node_ids).get(0, {})
+        behind = {i: views.get(i, (None,))[0] for i in node_ids if views.get(i, (-1,))[0] < target}
+        if behind:
+            raise NotYet(f"applied index in {topic}/0 {behind}, wanted {target}")
+        return True
+
+    wait_until(caught_up, timeout, interval=0.2, what=f"nodes {node_ids} to apply index {target} of {topic}/0",
+               fatal=NodeDied)
+
+
+def wipe_caught_up(cluster, work, topic, state):
+    victim, leader = pick_follower(cluster, topic), cluster.leader_of(topic, 0)
+    state["victim"] = victim
+    print(f"  kill -9 node {victim}, a caught-up follower of {topic}/0 (leader: node {leader}), and wipe it",
+          flush=True)
+    wiped_at = time.monotonic()
+    cluster.wipe(victim, sig=signal.SIGKILL)
+    wait_caught_up(cluster, topic, [victim])
+    work.wait_acks(STEADY_ACKS, since=wiped_at, timeout=FAULT_DEADLINE)
+    timing("wipe-purged", catch_up_s=time.monotonic() - wiped_at)
+    leader_after = cluster.leader_of(topic, 0)
+    if leader_after != leader:
+        print(f"  note: leadership of {topic}/0 moved from node {leader} to node {leader_after}", flush=True)
+    expect("snapshot installed" in cluster.nodes[victim].log_since_last_start(),
+           f"node {victim}'s log since its restart has no 'snapshot installed' line")
+
+
+def restart_and_catch_up(cluster, work, topic, victim):
+    restarted_at = time.monotonic()
+    cluster.kill9(victim)
+    cluster.start(victim)
+    wait_caught_up(cluster, topic, [victim])
+    work.wait_acks(STEADY_ACKS, since=restarted_at, timeout=FAULT_DEADLINE)
+    timing("wipe-purged", restart_catch_up_s=time.monotonic() - restarted_at)
+
+
+def stop_and_agree(cluster, work, topic, scenario):
+    keep_producing(LOAD_AFTER_RECOVERY_S)
+    work.stop()
+    work.expect_no_failures()
+    started = time.monotonic()
+    views = cluster.wait_replicas_agree(topic, timeout=FAULT_DEADLINE)
+    timing(scenario, agree_after_stop_s=time.monotonic() - started)
+    print_agreement(views)
+
+
+def expect_no_group_failures(cluster):
+    failures = [f"node {i}: {line.strip()}" for i in cluster.ids
+                for line in cluster.nodes[i].log_text().splitlines() if any(f in line for f in GROUP_FAILURES)]
+    expect(not failures, f"{len(failures)} group failures, first: {failures[:3]}")
 
 
 def expect_no_panics(cluster):
@@ -375,6 +493,7 @@ SCENARIOS = {
     "follower-kill": (follower_kill, {}),
     "isolation": (isolation, {"proxies": True}),
     "wipe": (wiped_follower, {"snapshot_entries": WIPE_SNAPSHOT_ENTRIES}),
+    "wipe-purged": (wiped_caught_up_follower, {"snapshot_entries": WIPE_SNAPSHOT_ENTRIES}),
 }
 
 

@@ -1,10 +1,12 @@
 //! The controller group's state: topics and which Raft group serves each partition.
 //! Pure data and deterministic transitions; persisted by the state machine.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 
+use super::topics::{validate_topic_name, MAX_PARTITIONS};
+use crate::error::BrokerError;
 use crate::raft::command::{Command, ControllerRefusal};
 use crate::raft::{GroupId, NodeId};
 
@@ -33,7 +35,10 @@ pub struct PartitionAssignment {
 
 impl ClusterState {
     /// Applies a controller command; returns the partition groups it created.
-    pub fn apply(&mut self, command: &Command) -> Result<Vec<GroupId>, ControllerRefusal> {
+    /// `voters` are the controller group's voters, the only nodes a partition
+    /// may be placed on. Whatever the command holds, a change that could not be
+    /// served is refused here, the same way on every replica, and never panics.
+    pub fn apply(&mut self, command: &Command, voters: &BTreeSet<NodeId>) -> Result<Vec<GroupId>, ControllerRefusal> {
         match command {
             Command::CreateTopic {
                 name,
@@ -44,6 +49,14 @@ impl ClusterState {
                 if self.topics.contains_key(name) {
                     return Err(ControllerRefusal::TopicExists);
                 }
+                if let Err(err) = validate_topic_name(name) {
+                    let reason = match err {
+                        BrokerError::InvalidTopic(reason) => reason,
+                        other => other.to_string(),
+                    };
+                    return Err(ControllerRefusal::InvalidTopicName(reason));
+                }
+                check_assignment(replicas, replicas.len(), voters)?;
                 let partitions = self.assign_groups(replicas);
                 let groups = partitions.iter().map(|p| p.group).collect();
                 self.topics.insert(
@@ -70,6 +83,7 @@ impl ClusterState {
                 if replicas.len() <= current {
                     return Err(ControllerRefusal::PartitionsCannotShrink { current });
                 }
+                check_assignment(&replicas[current..], replicas.len(), voters)?;
                 let added = self.assign_groups(&replicas[current..]);
                 let groups = added.iter().map(|p| p.group).collect();
                 if let Some(topic) = self.topics.get_mut(name) {
@@ -111,6 +125,25 @@ impl ClusterState {
     }
 }
 
+/// New partitions' replica lists: every partition on one or more distinct
+/// voters, and a topic of at most [`MAX_PARTITIONS`] partitions in all.
+fn check_assignment(new: &[Vec<NodeId>], total: usize, voters: &BTreeSet<NodeId>) -> Result<(), ControllerRefusal> {
+    let refuse = |why: String| Err(ControllerRefusal::InvalidAssignment(why));
+    if new.is_empty() || total > MAX_PARTITIONS {
+        return refuse(format!("{total} partitions (1 to {MAX_PARTITIONS})"));
+    }
+    for nodes in new {
+        let distinct: BTreeSet<NodeId> = nodes.iter().copied().collect();
+        if nodes.is_empty() || distinct.len() != nodes.len() {
+            return refuse(format!("replicas {nodes:?} are not one or more distinct nodes"));
+        }
+        if let Some(stranger) = distinct.difference(voters).next() {
+            return refuse(format!("node {stranger} is not a member of the cluster"));
+        }
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -124,26 +157,77 @@ mod tests {
         }
     }
 
+    fn voters() -> BTreeSet<NodeId> {
+        BTreeSet::from([1])
+    }
+
     #[test]
     fn groups_are_unique_and_never_reused() {
         let mut state = ClusterState::default();
-        assert_eq!(state.apply(&create("a", 2)), Ok(vec![1, 2]));
-        assert_eq!(state.apply(&create("a", 1)), Err(ControllerRefusal::TopicExists));
-        assert_eq!(state.apply(&Command::DeleteTopic { name: "a".into() }), Ok(vec![1, 2]));
-        assert_eq!(state.apply(&create("a", 1)), Ok(vec![3]));
+        assert_eq!(state.apply(&create("a", 2), &voters()), Ok(vec![1, 2]));
+        assert_eq!(
+            state.apply(&create("a", 1), &voters()),
+            Err(ControllerRefusal::TopicExists)
+        );
+        assert_eq!(
+            state.apply(&Command::DeleteTopic { name: "a".into() }, &voters()),
+            Ok(vec![1, 2])
+        );
+        assert_eq!(state.apply(&create("a", 1), &voters()), Ok(vec![3]));
         let grow = Command::CreatePartitions {
             name: "a".into(),
             replicas: vec![vec![1]; 3],
         };
-        assert_eq!(state.apply(&grow), Ok(vec![4, 5]));
+        assert_eq!(state.apply(&grow, &voters()), Ok(vec![4, 5]));
         let shrink = Command::CreatePartitions {
             name: "a".into(),
             replicas: vec![vec![1]; 2],
         };
         assert_eq!(
-            state.apply(&shrink),
+            state.apply(&shrink, &voters()),
             Err(ControllerRefusal::PartitionsCannotShrink { current: 3 })
         );
         assert_eq!(state.partitions().count(), 3);
+    }
+
+    #[test]
+    fn malformed_changes_are_refused_and_change_nothing() {
+        let mut state = ClusterState::default();
+        state.apply(&create("kept", 1), &voters()).unwrap();
+        let before = state.clone();
+        let topic = |name: &str, replicas: Vec<Vec<NodeId>>| Command::CreateTopic {
+            name: name.into(),
+            topic_id: [2; 16],
+            replicas,
+            configs: BTreeMap::new(),
+        };
+        let refused = [
+            topic("bad name!", vec![vec![1]]),
+            topic("", vec![vec![1]]),
+            topic("none", vec![]),
+            topic("empty", vec![vec![]]),
+            topic("twice", vec![vec![1, 1]]),
+            topic("stranger", vec![vec![1, 7]]),
+            topic("huge", vec![vec![1]; MAX_PARTITIONS + 1]),
+            Command::CreatePartitions {
+                name: "kept".into(),
+                replicas: vec![vec![1], vec![9]],
+            },
+            Command::CreatePartitions {
+                name: "kept".into(),
+                replicas: vec![vec![1]; MAX_PARTITIONS + 1],
+            },
+        ];
+        for command in refused {
+            let answer = state.apply(&command, &voters());
+            assert!(
+                matches!(
+                    answer,
+                    Err(ControllerRefusal::InvalidAssignment(_) | ControllerRefusal::InvalidTopicName(_))
+                ),
+                "{command:?}: {answer:?}"
+            );
+            assert_eq!(state, before, "{command:?} changed the state");
+        }
     }
 }

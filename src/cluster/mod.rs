@@ -23,6 +23,7 @@ use crate::group::store::{GroupCommand, SharedGroups};
 use crate::raft::command::{Command, CommandResponse};
 use crate::raft::group::{effective_leader, start_group, GroupStartError};
 use crate::raft::network::{CallError, Peers};
+use crate::raft::snapshot::SnapshotDir;
 use crate::raft::state_machine::GroupRole;
 use crate::raft::wire::{Announcement, LeaderClaim, PartitionChecksum, PeerRequest, PeerResponse, ProposeError};
 use crate::raft::{GroupId, NodeId, Raft, CONTROLLER_GROUP};
@@ -44,6 +45,8 @@ const LEADER_SEARCH: Duration = Duration::from_secs(10);
 const PROPOSE_TIMEOUT: Duration = Duration::from_secs(10);
 /// A replica whose log is within this many entries of the leader's counts as in sync.
 const ISR_MAX_LAG_ENTRIES: u64 = 1000;
+/// How often partition groups that failed to start, or stopped on an error, are started again.
+const GROUP_RETRY_INTERVAL: Duration = Duration::from_secs(5);
 
 /// A partition group running on this node.
 pub struct PartitionHandle {
@@ -291,7 +294,9 @@ impl Cluster {
                 Some(raft) => PeerResponse::InstallSnapshot(raft.install_snapshot(rpc).await),
                 None => PeerResponse::GroupNotHere,
             },
-            PeerRequest::Propose { group, command } => PeerResponse::Proposed(self.propose_here(group, command).await),
+            PeerRequest::Propose { group, command } => {
+                PeerResponse::Proposed(self.propose_for_peer(group, command).await)
+            }
             PeerRequest::Probe { group } => PeerResponse::Probed {
                 // An unreadable store must not look like a blank one.
                 has_state: self.store.has_raft_state(group).unwrap_or(true),
@@ -323,6 +328,20 @@ impl Cluster {
                 })
             })
             .collect()
+    }
+
+    /// A proposal forwarded by a peer. Peers forward admin changes only: a
+    /// partition append or a consumer-group change is proposed by the group's
+    /// leader itself, after its request path validated it, so the peer port
+    /// refuses them rather than replicate what no one checked.
+    async fn propose_for_peer(&self, group: GroupId, command: Command) -> Result<CommandResponse, ProposeError> {
+        if group != CONTROLLER_GROUP || !command.is_controller_command() {
+            tracing::warn!(group, "refused a forwarded proposal that is not a controller command");
+            return Err(ProposeError::Refused(format!(
+                "peers may only forward controller commands to group {CONTROLLER_GROUP}"
+            )));
+        }
+        self.propose_here(group, command).await
     }
 
     /// Proposes `command` to this node's replica of `group`.
@@ -416,8 +435,13 @@ impl Cluster {
         let _ = self.controller.shutdown().await;
     }
 
+    /// Reconciles the hosted groups with the metadata whenever it changes, and
+    /// every [`GROUP_RETRY_INTERVAL`] so that a group that could not start, or
+    /// whose Raft core stopped on an error, is tried again.
     async fn follow_metadata(self: Arc<Self>, shutdown: CancellationToken) {
         let mut metadata = self.metadata.clone();
+        let mut retry = tokio::time::interval(GROUP_RETRY_INTERVAL);
+        retry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
         loop {
             tokio::select! {
                 _ = shutdown.cancelled() => return,
@@ -426,6 +450,7 @@ impl Cluster {
                         return;
                     }
                 }
+                _ = retry.tick() => self.forget_failed_groups(),
             }
             if let Err(err) = self.reconcile().await {
                 tracing::error!(error = %err, "cannot start or stop partition groups");
@@ -433,7 +458,24 @@ impl Cluster {
         }
     }
 
-    /// Starts the partition groups the metadata assigns to this node and drops the ones it no longer does.
+    /// Forgets the partition groups whose Raft core stopped on an error (it keeps
+    /// its last metrics but answers nothing), so that the next reconciliation
+    /// starts them again from their durable state, as a restart of the node would.
+    fn forget_failed_groups(&self) {
+        let Ok(mut map) = self.partitions.write() else { return };
+        map.retain(|group, handle| {
+            let stopped = handle.raft.metrics().borrow().running_state.clone().err();
+            if let Some(err) = &stopped {
+                tracing::error!(group, error = %err, "partition group stopped on an error; starting it again");
+            }
+            stopped.is_none()
+        });
+    }
+
+    /// Starts the partition groups the metadata assigns to this node and drops the
+    /// ones it no longer does. A group that cannot start (its storage is damaged or
+    /// inconsistent) is logged and left out: the node keeps serving the others, and
+    /// the next reconciliation tries it again.
     async fn reconcile(&self) -> Result<(), StartError> {
         let _guard = self.reconciling.lock().await;
         let metadata = self.metadata();
@@ -451,9 +493,17 @@ impl Cluster {
             self.drop_group(*group).await?;
         }
         for (group, (replicas, stores_offsets)) in wanted.iter().filter(|(g, _)| !running.contains(g)) {
-            let handle = self.start_partition(*group, replicas, *stores_offsets).await?;
-            if let Ok(mut map) = self.partitions.write() {
-                map.insert(*group, Arc::new(handle));
+            match self.start_partition(*group, replicas, *stores_offsets).await {
+                Ok(handle) => {
+                    if let Ok(mut map) = self.partitions.write() {
+                        map.insert(*group, Arc::new(handle));
+                    }
+                }
+                Err(err) => tracing::error!(
+                    group,
+                    error = %err,
+                    "cannot start partition group; serving the others without it"
+                ),
             }
         }
         Ok(())
@@ -503,10 +553,7 @@ impl Cluster {
         let mut write = rocksdb::WriteBatch::default();
         self.store.delete_group_in(&mut write, group, &ALL_CFS);
         self.store.write_durable(write)?;
-        let snapshots = self.cfg.data_dir.join("snapshots").join(format!("group-{group}"));
-        if snapshots.exists() {
-            std::fs::remove_dir_all(snapshots).map_err(StorageError::from)?;
-        }
+        SnapshotDir::new(&self.cfg.data_dir.join("snapshots"), group).remove()?;
         tracing::info!(group, "partition group dropped");
         Ok(())
     }
@@ -546,8 +593,11 @@ impl Cluster {
         } else {
             requested
         };
-        if count < 1 {
-            return Err(BrokerError::InvalidPartitions(format!("{count} partitions")));
+        if count < 1 || count as usize > topics::MAX_PARTITIONS {
+            return Err(BrokerError::InvalidPartitions(format!(
+                "{count} partitions (at most {})",
+                topics::MAX_PARTITIONS
+            )));
         }
         Ok(count as usize)
     }
@@ -631,6 +681,12 @@ impl Cluster {
             return Err(BrokerError::InvalidPartitions(format!(
                 "topic has {} partitions; the new count {total} must be larger",
                 topic.partitions.len()
+            )));
+        }
+        if usize::try_from(total).unwrap_or(usize::MAX) > topics::MAX_PARTITIONS {
+            return Err(BrokerError::InvalidPartitions(format!(
+                "{total} partitions (at most {})",
+                topics::MAX_PARTITIONS
             )));
         }
         Ok(topic)
@@ -801,5 +857,6 @@ fn controller_error(err: ProposeError) -> BrokerError {
     match err {
         ProposeError::NotLeader(_) | ProposeError::GroupNotHere => BrokerError::NotController,
         ProposeError::Unavailable(reason) => BrokerError::LeaderNotAvailable(reason),
+        ProposeError::Refused(reason) => BrokerError::InvalidRequest(reason),
     }
 }

@@ -5,6 +5,10 @@ use crate::raft::NodeId;
 
 /// Kafka's limit, so that names fit in file and metric names everywhere.
 const MAX_TOPIC_NAME_LEN: usize = 249;
+/// The most partitions a topic may have. Each is a Raft group on every replica,
+/// and the bound also keeps a forged controller command from making every node
+/// allocate without limit when it is applied.
+pub const MAX_PARTITIONS: usize = 10_000;
 
 pub fn validate_topic_name(name: &str) -> Result<(), BrokerError> {
     let invalid = |why: &str| Err(BrokerError::InvalidTopic(format!("{name:?} {why}")));

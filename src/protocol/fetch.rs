@@ -12,8 +12,8 @@ use tokio::time::Instant;
 
 use crate::cluster::Cluster;
 use crate::error::{code_of, BrokerError};
-use crate::records::legacy;
 use crate::metrics::METRICS;
+use crate::records::legacy;
 
 pub const VERSIONS: VersionRange = VersionRange { min: 0, max: 12 };
 

@@ -32,6 +32,22 @@ pub enum Command {
     AllocateProducerId,
 }
 
+impl Command {
+    /// Whether the command belongs to the controller group: the only commands a
+    /// peer may propose on another node's behalf (admin forwarding). Partition
+    /// appends and consumer-group changes are proposed by their leader's own
+    /// request path, after it validated them.
+    pub fn is_controller_command(&self) -> bool {
+        match self {
+            Command::CreateTopic { .. }
+            | Command::DeleteTopic { .. }
+            | Command::CreatePartitions { .. }
+            | Command::AllocateProducerId => true,
+            Command::Append { .. } | Command::Group(_) => false,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub enum CommandResponse {
     /// Membership and blank entries answer nothing.
@@ -58,6 +74,10 @@ pub enum ControllerRefusal {
     UnknownTopic,
     #[error("a topic can only grow: it has {current} partitions")]
     PartitionsCannotShrink { current: usize },
+    #[error("invalid topic name: {0}")]
+    InvalidTopicName(String),
+    #[error("invalid replica assignment: {0}")]
+    InvalidAssignment(String),
 }
 
 /// Why a partition refused an idempotent producer's batch, decided at apply time.
@@ -67,4 +87,9 @@ pub enum ProduceRefusal {
     OutOfOrderSequence,
     #[error("the producer's epoch is older than the partition has seen")]
     InvalidProducerEpoch,
+    /// The command carried a batch that is not a well-formed v2 batch with a
+    /// valid CRC, or more records than the partition's offsets can hold. Only
+    /// a command that bypassed produce validation can carry one.
+    #[error("malformed record batch")]
+    InvalidBatch,
 }

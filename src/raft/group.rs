@@ -147,6 +147,11 @@ async fn bootstrap(raft: Raft, peers: Arc<Peers>, group: GroupId, members: Vec<(
 /// state machine may lag what the previous leader served, and a consumer would
 /// see its position as out of range.
 pub fn effective_leader(metrics: &RaftMetrics<NodeId, BasicNode>, lease: Duration) -> Option<NodeId> {
+    // A group whose Raft core stopped on an error keeps its last metrics, leader
+    // included: nobody must be sent to it.
+    if metrics.running_state.is_err() {
+        return None;
+    }
     let leader = metrics.current_leader?;
     if leader != metrics.id {
         return Some(leader);

@@ -25,8 +25,26 @@ pub struct GroupLogStore {
     store: Store,
 }
 
-pub(crate) fn io_error(subject: ErrorSubject<NodeId>, verb: ErrorVerb, err: StorageError) -> RaftStorageError {
+pub(crate) fn io_error(
+    subject: ErrorSubject<NodeId>,
+    verb: ErrorVerb,
+    err: impl std::error::Error + 'static,
+) -> RaftStorageError {
     StorageIOError::new(subject, verb, openraft::AnyError::new(&err)).into()
+}
+
+/// Why a range of the log cannot be served.
+#[derive(Debug, thiserror::Error)]
+enum LogReadError {
+    /// Serving what is left after the purge point would hand out entries as if
+    /// they followed the requested start: a leader would then send an empty
+    /// follower the tail of its log instead of a snapshot.
+    #[error("group {group}: log entries up to {purged} were purged; entries from {from} are no longer held")]
+    Purged { group: GroupId, purged: u64, from: u64 },
+    #[error("group {group}: the log has no entry {missing} but holds entry {found}")]
+    Hole { group: GroupId, missing: u64, found: u64 },
+    #[error(transparent)]
+    Storage(#[from] StorageError),
 }
 
 /// Runs blocking RocksDB work without stalling the other tasks of this worker thread.
@@ -71,7 +89,21 @@ impl GroupLogStore {
         }
     }
 
-    fn entries_in(&self, from: u64, until: Option<u64>) -> Result<Vec<Entry>, StorageError> {
+    /// The consecutive entries `from..until` this store holds, which may end early
+    /// (past the last entry) but never start late: a range that begins at or
+    /// below the purge point, or runs into a hole, is refused.
+    fn entries_in(&self, from: u64, until: Option<u64>) -> Result<Vec<Entry>, LogReadError> {
+        if until.is_some_and(|until| until <= from) {
+            return Ok(Vec::new());
+        }
+        let purged: Option<LogId> = self.read_state(keys::TAG_LAST_PURGED)?;
+        if let Some(purged) = purged.filter(|purged| from <= purged.index) {
+            return Err(LogReadError::Purged {
+                group: self.group,
+                purged: purged.index,
+                from,
+            });
+        }
         let mut entries = Vec::new();
         for item in self
             .store
@@ -79,10 +111,20 @@ impl GroupLogStore {
         {
             let (key, value) = item?;
             let index = keys::key_suffix_u64(&key).unwrap_or(u64::MAX);
-            if until.is_some_and(|until| index >= until) {
+            if until.is_some_and(|until| index >= until) && !entries.is_empty() {
                 break;
             }
-            entries.push(bincode::deserialize(&value)?);
+            // Also past the range when nothing was found before it: the log then
+            // starts after `from` with no purge point to account for the gap.
+            let expected = from + entries.len() as u64;
+            if index != expected {
+                return Err(LogReadError::Hole {
+                    group: self.group,
+                    missing: expected,
+                    found: index,
+                });
+            }
+            entries.push(bincode::deserialize(&value).map_err(StorageError::from)?);
         }
         Ok(entries)
     }
@@ -115,7 +157,8 @@ impl RaftLogReader<TypeConfig> for GroupLogStore {
             Bound::Excluded(i) => Some(*i),
             Bound::Unbounded => None,
         };
-        blocking(|| self.entries_in(from, until)).map_err(|err| io_error(ErrorSubject::Logs, ErrorVerb::Read, err))
+        blocking(|| self.entries_in(from, until))
+            .map_err(|err| io_error(ErrorSubject::LogIndex(from), ErrorVerb::Read, err))
     }
 }
 
@@ -172,8 +215,8 @@ impl RaftLogStorage<TypeConfig> for GroupLogStore {
         let cf = self.store.cf(CF_RAFT_LOG);
         let (mut count, mut bytes) = (0, 0);
         for entry in entries {
-            let value =
-                bincode::serialize(&entry).map_err(|err| io_error(ErrorSubject::Logs, ErrorVerb::Write, err.into()))?;
+            let value = bincode::serialize(&entry)
+                .map_err(|err| io_error(ErrorSubject::Logs, ErrorVerb::Write, StorageError::from(err)))?;
             count += 1;
             bytes += value.len();
             batch.put_cf(cf, keys::group_u64_key(self.group, entry.log_id.index), value);
@@ -205,5 +248,85 @@ impl RaftLogStorage<TypeConfig> for GroupLogStore {
             self.store.write_durable(batch)
         };
         blocking(purge).map_err(|err| io_error(ErrorSubject::Logs, ErrorVerb::Delete, err))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use openraft::{CommittedLeaderId, EntryPayload};
+
+    use super::*;
+
+    fn log_id(index: u64) -> LogId {
+        LogId::new(CommittedLeaderId::new(1, 1), index)
+    }
+
+    fn put_entries(store: &Store, group: GroupId, indexes: impl IntoIterator<Item = u64>) {
+        let mut batch = WriteBatch::default();
+        for index in indexes {
+            let entry = Entry {
+                log_id: log_id(index),
+                payload: EntryPayload::Blank,
+            };
+            batch.put_cf(
+                store.cf(CF_RAFT_LOG),
+                keys::group_u64_key(group, index),
+                bincode::serialize(&entry).unwrap(),
+            );
+        }
+        store.write_durable(batch).unwrap();
+    }
+
+    fn indexes(entries: &[Entry]) -> Vec<u64> {
+        entries.iter().map(|entry| entry.log_id.index).collect()
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_purged_range_is_refused_not_served_from_what_is_left() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let mut log = GroupLogStore::new(4, store.clone());
+        put_entries(&store, 4, 0..10);
+        assert_eq!(indexes(&log.try_get_log_entries(0..3).await.unwrap()), vec![0, 1, 2]);
+
+        log.purge(log_id(5)).await.unwrap();
+        let state = log.get_log_state().await.unwrap();
+        assert_eq!(state.last_purged_log_id, Some(log_id(5)));
+        assert_eq!(state.last_log_id, Some(log_id(9)));
+        for purged in [0..8, 5..7, 0..1] {
+            assert!(
+                log.try_get_log_entries(purged.clone()).await.is_err(),
+                "{purged:?} starts in the purged part"
+            );
+        }
+        assert_eq!(indexes(&log.try_get_log_entries(6..8).await.unwrap()), vec![6, 7]);
+        assert_eq!(
+            indexes(&log.try_get_log_entries(6..).await.unwrap()),
+            vec![6, 7, 8, 9],
+            "a range past the last entry ends early"
+        );
+        assert!(log.try_get_log_entries(10..20).await.unwrap().is_empty());
+        assert!(
+            log.try_get_log_entries(3..3).await.unwrap().is_empty(),
+            "an empty range"
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_log_with_a_hole_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let mut log = GroupLogStore::new(2, store.clone());
+        // What a follower was left with when a leader streamed it a purged log's
+        // tail: entries from 38 on and no purge point below them.
+        put_entries(&store, 2, 38..42);
+        assert!(log.try_get_log_entries(0..64).await.is_err());
+        assert!(log.try_get_log_entries(0..1).await.is_err());
+        put_entries(&store, 2, [44]);
+        assert!(log.try_get_log_entries(40..45).await.is_err(), "entry 43 is missing");
+        assert_eq!(
+            indexes(&log.try_get_log_entries(38..42).await.unwrap()),
+            vec![38, 39, 40, 41]
+        );
     }
 }

@@ -3,12 +3,24 @@
 //! and the data always agree. The same format serves the controller and every
 //! partition, and a follower installs it by replacing the group's key range.
 //!
-//! File layout: repeated `cf: u8 | key_len: u32 | key | value_len: u32 | value`,
-//! then `0xFF | crc32 of everything before`.
+//! File layout: `RFKS` | version (1 byte) | repeated
+//! `cf: u8 | key_len: u32 | key | value_len: u32 | value`, then
+//! `0xFF | crc32 of everything before`. Files written before the version tag
+//! start directly with the first record and are still read.
+//!
+//! A group's directory holds `<snapshot id>.snap` files, `current.json` naming
+//! the current one, and temporary files while one is written. Building,
+//! installing and removing hold the directory's lock, so none of them deletes
+//! a file another is writing; every rename and unlink is followed by an fsync
+//! of the directory, so after a crash `current.json` names a file that exists.
+//! Should it not (the file was lost), that is no error: the state machine
+//! builds a new snapshot when openraft asks for the current one.
 
+use std::collections::HashMap;
 use std::fs::{self, File};
-use std::io::{BufReader, BufWriter, Read, Write};
+use std::io::{BufReader, BufWriter, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError, Weak};
 
 use rocksdb::WriteBatch;
 
@@ -16,8 +28,25 @@ use super::{GroupId, LogId, SnapshotMeta, StoredMembership};
 use crate::storage::keys::{self, CF_SM_STATE, STATE_MACHINE_CFS, TAG_APPLIED};
 use crate::storage::{StorageError, Store};
 
+const MAGIC: &[u8; 4] = b"RFKS";
+const FORMAT_VERSION: u8 = 1;
 const END_MARKER: u8 = 0xFF;
 const CURRENT_META: &str = "current.json";
+const DATA_EXTENSION: &str = "snap";
+/// How often a reader tries without the lock before it reads under it.
+const CURRENT_READ_ATTEMPTS: usize = 3;
+
+/// What a group's directory says its current snapshot is.
+pub enum CurrentSnapshot {
+    /// The snapshot and its file, open: it stays readable even if a newer
+    /// snapshot replaces it afterwards.
+    Found(SnapshotMeta, File),
+    /// No snapshot was ever made current.
+    None,
+    /// One was made current, but `current.json` or the file it names cannot be
+    /// read (lost with a disk, deleted by hand): the group has no snapshot.
+    Lost(String),
+}
 
 /// The applied position recorded with a group's state.
 pub type AppliedState = (Option<LogId>, StoredMembership);
@@ -33,6 +62,31 @@ pub fn read_applied_state(store: &Store, group: GroupId) -> Result<AppliedState,
 #[derive(Debug, Clone)]
 pub struct SnapshotDir {
     dir: PathBuf,
+    /// Serialises the operations that write or delete files in `dir`.
+    lock: Arc<Mutex<()>>,
+}
+
+/// One lock per directory for the whole process: a group restarted on this node
+/// gets a new state machine while its old snapshot builder may still be running.
+fn lock_of(dir: &Path) -> Arc<Mutex<()>> {
+    static LOCKS: OnceLock<Mutex<HashMap<PathBuf, Weak<Mutex<()>>>>> = OnceLock::new();
+    let mut locks = LOCKS
+        .get_or_init(Default::default)
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner);
+    if let Some(lock) = locks.get(dir).and_then(Weak::upgrade) {
+        return lock;
+    }
+    locks.retain(|_, lock| lock.strong_count() > 0);
+    let lock = Arc::new(Mutex::new(()));
+    locks.insert(dir.to_path_buf(), Arc::downgrade(&lock));
+    lock
+}
+
+/// Makes renames and unlinks in `dir` durable.
+fn sync_dir(dir: &Path) -> Result<(), StorageError> {
+    File::open(dir)?.sync_all()?;
+    Ok(())
 }
 
 struct Checksummed<W> {
@@ -54,71 +108,191 @@ impl<W: Write> Write for Checksummed<W> {
 
 impl SnapshotDir {
     pub fn new(root: &Path, group: GroupId) -> Self {
+        let dir = root.join(format!("group-{group}"));
         SnapshotDir {
-            dir: root.join(format!("group-{group}")),
+            lock: lock_of(&dir),
+            dir,
         }
     }
 
-    pub fn current_meta(&self) -> Result<Option<SnapshotMeta>, StorageError> {
-        match fs::read(self.dir.join(CURRENT_META)) {
-            Ok(raw) => serde_json::from_slice(&raw)
-                .map(Some)
-                .map_err(|err| StorageError::Encoding(err.to_string())),
-            Err(err) if err.kind() == std::io::ErrorKind::NotFound => Ok(None),
+    fn locked(&self) -> MutexGuard<'_, ()> {
+        self.lock.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn data_path(&self, meta: &SnapshotMeta) -> PathBuf {
+        self.dir.join(format!("{}.{DATA_EXTENSION}", meta.snapshot_id))
+    }
+
+    /// A path no other operation uses, for a file being written.
+    fn temp_path(&self, purpose: &str) -> PathBuf {
+        self.dir
+            .join(format!("{purpose}-{}.tmp", uuid::Uuid::new_v4().simple()))
+    }
+
+    fn create_dir(&self) -> Result<(), StorageError> {
+        if !self.dir.is_dir() {
+            fs::create_dir_all(&self.dir)?;
+            if let Some(parent) = self.dir.parent() {
+                sync_dir(parent)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The current snapshot. Reads without the lock, so that a long build does
+    /// not hold up its caller, unless the file keeps vanishing: a newer snapshot
+    /// may have replaced it between reading `current.json` and opening it.
+    pub fn current(&self) -> Result<CurrentSnapshot, StorageError> {
+        for _ in 0..CURRENT_READ_ATTEMPTS {
+            match self.read_current()? {
+                CurrentSnapshot::Lost(_) => continue,
+                found_or_none => return Ok(found_or_none),
+            }
+        }
+        let _locked = self.locked();
+        self.read_current()
+    }
+
+    fn read_current(&self) -> Result<CurrentSnapshot, StorageError> {
+        let meta: SnapshotMeta = match fs::read(self.dir.join(CURRENT_META)) {
+            Ok(raw) => match serde_json::from_slice(&raw) {
+                Ok(meta) => meta,
+                Err(err) => return Ok(CurrentSnapshot::Lost(format!("unreadable {CURRENT_META}: {err}"))),
+            },
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(CurrentSnapshot::None),
+            Err(err) => return Err(err.into()),
+        };
+        let path = self.data_path(&meta);
+        match File::open(&path) {
+            Ok(file) => Ok(CurrentSnapshot::Found(meta, file)),
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
+                Ok(CurrentSnapshot::Lost(format!("{} is missing", path.display())))
+            }
             Err(err) => Err(err.into()),
         }
     }
 
-    pub fn data_path(&self, meta: &SnapshotMeta) -> PathBuf {
-        self.dir.join(format!("{}.snap", meta.snapshot_id))
-    }
-
-    pub fn incoming_path(&self) -> Result<PathBuf, StorageError> {
-        fs::create_dir_all(&self.dir)?;
-        Ok(self.dir.join("incoming.snap"))
-    }
-
-    /// Writes the group's state to a new snapshot file and makes it current.
-    pub fn build(&self, store: &Store, group: GroupId) -> Result<SnapshotMeta, StorageError> {
-        fs::create_dir_all(&self.dir)?;
-        let building = self.dir.join("building.snap");
-        let (applied, membership) = dump_group(store, group, &building)?;
+    /// Writes the group's state to a new snapshot file, makes it current and
+    /// returns it open.
+    pub fn build(&self, store: &Store, group: GroupId) -> Result<(SnapshotMeta, File), StorageError> {
+        let _locked = self.locked();
+        self.create_dir()?;
+        let building = self.temp_path("building");
+        let dumped = dump_group(store, group, &building);
+        let (applied, membership) = match dumped {
+            Ok(state) => state,
+            Err(err) => {
+                let _ = fs::remove_file(&building);
+                return Err(err);
+            }
+        };
         let meta = SnapshotMeta {
             last_log_id: applied,
             last_membership: membership,
             snapshot_id: snapshot_id(applied),
         };
-        fs::rename(&building, self.data_path(&meta))?;
+        let path = self.data_path(&meta);
+        fs::rename(&building, &path)?;
+        sync_dir(&self.dir)?;
+        let file = File::open(&path)?;
         self.make_current(&meta)?;
-        Ok(meta)
+        Ok((meta, file))
     }
 
-    /// Records `meta` as current (its data file must be in place) and drops older files.
-    pub fn make_current(&self, meta: &SnapshotMeta) -> Result<(), StorageError> {
-        let tmp = self.dir.join("current.json.tmp");
+    /// A file to receive a snapshot into from the leader. It has no name (it is
+    /// unlinked at once), so an abandoned transfer leaves nothing behind and no
+    /// cleanup can remove it under the transfer.
+    pub fn receiving_file(&self) -> Result<File, StorageError> {
+        self.create_dir()?;
+        let path = self.temp_path("incoming");
+        let file = fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(&path)?;
+        if let Err(err) = fs::remove_file(&path) {
+            if err.kind() != std::io::ErrorKind::NotFound {
+                return Err(err.into());
+            }
+        }
+        Ok(file)
+    }
+
+    /// Replaces the group's state with the snapshot received in `incoming`
+    /// (checked while it is loaded) and makes it the current snapshot.
+    pub fn install(
+        &self,
+        store: &Store,
+        group: GroupId,
+        meta: &SnapshotMeta,
+        incoming: &mut File,
+    ) -> Result<(), StorageError> {
+        let _locked = self.locked();
+        self.create_dir()?;
+        let installing = self.temp_path("installing");
+        let copied = (|| -> Result<(), StorageError> {
+            incoming.seek(SeekFrom::Start(0))?;
+            let mut target = File::create(&installing)?;
+            std::io::copy(incoming, &mut target)?;
+            target.sync_all()?;
+            load_into_store(store, group, &installing)
+        })();
+        if let Err(err) = copied {
+            let _ = fs::remove_file(&installing);
+            return Err(err);
+        }
+        fs::rename(&installing, self.data_path(meta))?;
+        sync_dir(&self.dir)?;
+        self.make_current(meta)
+    }
+
+    /// Deletes the group's snapshots (the group was dropped from this node).
+    pub fn remove(&self) -> Result<(), StorageError> {
+        let _locked = self.locked();
+        if let Err(err) = fs::remove_dir_all(&self.dir) {
+            if err.kind() != std::io::ErrorKind::NotFound {
+                return Err(err.into());
+            }
+        }
+        if let Some(parent) = self.dir.parent().filter(|parent| parent.is_dir()) {
+            sync_dir(parent)?;
+        }
+        Ok(())
+    }
+
+    /// Records `meta` as current (its data file is in place) and deletes every
+    /// other file. Called with the lock held, so nothing else is being written.
+    fn make_current(&self, meta: &SnapshotMeta) -> Result<(), StorageError> {
+        let tmp = self.temp_path("current");
         let json = serde_json::to_vec(meta).map_err(|err| StorageError::Encoding(err.to_string()))?;
-        fs::write(&tmp, json)?;
-        File::open(&tmp)?.sync_all()?;
+        let mut file = File::create(&tmp)?;
+        file.write_all(&json)?;
+        file.sync_all()?;
         fs::rename(&tmp, self.dir.join(CURRENT_META))?;
+        // The new name is durable before the old file goes: a crash in between
+        // leaves an extra file, never a current.json naming a deleted one.
+        sync_dir(&self.dir)?;
         let keep = self.data_path(meta);
         for entry in fs::read_dir(&self.dir)? {
             let path = entry?.path();
-            if path.extension().is_some_and(|ext| ext == "snap") && path != keep {
-                fs::remove_file(path)?;
+            if path != keep && path.file_name().is_some_and(|name| name != CURRENT_META) {
+                // A file being received is unlinked by its receiver, without the lock.
+                if let Err(err) = fs::remove_file(path) {
+                    if err.kind() != std::io::ErrorKind::NotFound {
+                        return Err(err.into());
+                    }
+                }
             }
         }
-        Ok(())
+        sync_dir(&self.dir)
     }
 }
 
 fn snapshot_id(applied: Option<LogId>) -> String {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos())
-        .unwrap_or_default();
+    let unique = uuid::Uuid::new_v4().simple();
     match applied {
-        Some(log_id) => format!("{}-{}-{nanos}", log_id.leader_id.term, log_id.index),
-        None => format!("empty-{nanos}"),
+        Some(log_id) => format!("{}-{}-{unique}", log_id.leader_id.term, log_id.index),
+        None => format!("empty-{unique}"),
     }
 }
 
@@ -133,6 +307,8 @@ fn dump_group(store: &Store, group: GroupId, path: &Path) -> Result<AppliedState
         inner: BufWriter::new(File::create(path)?),
         hasher: crc32fast::Hasher::new(),
     };
+    out.write_all(MAGIC)?;
+    out.write_all(&[FORMAT_VERSION])?;
     let (start, end) = keys::group_range(group);
     for (cf_index, cf) in STATE_MACHINE_CFS.iter().enumerate() {
         let mut opts = rocksdb::ReadOptions::default();
@@ -169,8 +345,24 @@ pub fn load_into_store(store: &Store, group: GroupId, path: &Path) -> Result<(),
     let mut hasher = crc32fast::Hasher::new();
     let mut write = WriteBatch::default();
     store.delete_group_in(&mut write, group, &STATE_MACHINE_CFS);
+    let mut first = read_exact::<1>(&mut reader, &mut hasher)?[0];
+    // An untagged file starts with its first record's column family instead.
+    if first == MAGIC[0] {
+        let rest = read_exact::<4>(&mut reader, &mut hasher)?;
+        if rest[..3] != MAGIC[1..] {
+            return Err(corrupt("not a snapshot file"));
+        }
+        if rest[3] != FORMAT_VERSION {
+            return Err(corrupt(&format!("unsupported format version {}", rest[3])));
+        }
+        first = read_exact::<1>(&mut reader, &mut hasher)?[0];
+    }
+    let mut next_tag = Some(first);
     loop {
-        let tag = read_exact::<1>(&mut reader, &mut hasher)?[0];
+        let tag = match next_tag.take() {
+            Some(tag) => tag,
+            None => read_exact::<1>(&mut reader, &mut hasher)?[0],
+        };
         if tag == END_MARKER {
             break;
         }
@@ -216,23 +408,47 @@ mod tests {
     use super::*;
     use crate::storage::keys::CF_RECORDS;
 
-    #[test]
-    fn a_snapshot_installs_the_same_state_on_another_store() {
-        let source_dir = tempfile::tempdir().unwrap();
-        let source = Store::open(source_dir.path()).unwrap();
+    fn store_with_records(dir: &Path, group: GroupId, count: u64) -> Store {
+        let store = Store::open(dir).unwrap();
         let mut write = WriteBatch::default();
-        for offset in 0..5u64 {
+        for offset in 0..count {
             write.put_cf(
-                source.cf(CF_RECORDS),
-                keys::group_u64_key(7, offset),
+                store.cf(CF_RECORDS),
+                keys::group_u64_key(group, offset),
                 format!("batch {offset}"),
             );
         }
-        write.put_cf(source.cf(CF_RECORDS), keys::group_u64_key(8, 0), "another group");
-        source.write_durable(write).unwrap();
+        store.write_durable(write).unwrap();
+        store
+    }
+
+    fn group_keys(store: &Store, group: GroupId) -> Vec<crate::storage::KeyValue> {
+        store
+            .scan_group(CF_RECORDS, group, &keys::group_range(group).0)
+            .map(|kv| kv.unwrap())
+            .collect()
+    }
+
+    fn files_in(dir: &Path) -> Vec<String> {
+        let mut names: Vec<String> = fs::read_dir(dir)
+            .unwrap()
+            .map(|entry| entry.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        names
+    }
+
+    #[test]
+    fn a_snapshot_installs_the_same_state_on_another_store() {
+        let source_dir = tempfile::tempdir().unwrap();
+        let source = store_with_records(source_dir.path(), 7, 5);
+        source
+            .db()
+            .put_cf(source.cf(CF_RECORDS), keys::group_u64_key(8, 0), "another group")
+            .unwrap();
         let snapshots = SnapshotDir::new(&source_dir.path().join("snapshots"), 7);
-        let meta = snapshots.build(&source, 7).unwrap();
-        assert_eq!(snapshots.current_meta().unwrap().unwrap().snapshot_id, meta.snapshot_id);
+        let (meta, _) = snapshots.build(&source, 7).unwrap();
+        assert_eq!(current_id(&snapshots), Some(meta.snapshot_id.clone()));
 
         let target_dir = tempfile::tempdir().unwrap();
         let target = Store::open(target_dir.path()).unwrap();
@@ -240,28 +456,173 @@ mod tests {
             .db()
             .put_cf(target.cf(CF_RECORDS), keys::group_u64_key(7, 99), "stale")
             .unwrap();
-        load_into_store(&target, 7, &snapshots.data_path(&meta)).unwrap();
-        let copied: Vec<_> = target
-            .scan_group(CF_RECORDS, 7, &keys::group_range(7).0)
-            .map(|kv| kv.unwrap())
-            .collect();
-        let original: Vec<_> = source
-            .scan_group(CF_RECORDS, 7, &keys::group_range(7).0)
-            .map(|kv| kv.unwrap())
-            .collect();
-        assert_eq!(copied, original, "same keys and values; the stale key is gone");
+        let installed = SnapshotDir::new(&target_dir.path().join("snapshots"), 7);
+        let mut incoming = installed.receiving_file().unwrap();
+        std::io::copy(&mut File::open(snapshots.data_path(&meta)).unwrap(), &mut incoming).unwrap();
+        installed.install(&target, 7, &meta, &mut incoming).unwrap();
+        assert_eq!(
+            group_keys(&target, 7),
+            group_keys(&source, 7),
+            "same keys and values; the stale key is gone"
+        );
         assert!(
             target.get(CF_RECORDS, &keys::group_u64_key(8, 0)).unwrap().is_none(),
             "only the group's keys"
         );
+        assert_eq!(current_id(&installed), Some(meta.snapshot_id.clone()));
+        assert_eq!(
+            files_in(&installed.dir),
+            vec![CURRENT_META.to_string(), format!("{}.snap", meta.snapshot_id)],
+            "the received file had no name; nothing temporary is left"
+        );
 
-        let mut corrupted = std::fs::read(snapshots.data_path(&meta)).unwrap();
-        corrupted[3] ^= 0x01;
+        let mut corrupted = fs::read(snapshots.data_path(&meta)).unwrap();
+        corrupted[7] ^= 0x01;
         let bad = target_dir.path().join("bad.snap");
-        std::fs::write(&bad, corrupted).unwrap();
+        fs::write(&bad, &corrupted).unwrap();
         assert!(
             load_into_store(&target, 7, &bad).is_err(),
             "a damaged snapshot is refused"
+        );
+        let mut damaged = File::open(&bad).unwrap();
+        let other = SnapshotMeta {
+            snapshot_id: "damaged".into(),
+            ..meta.clone()
+        };
+        assert!(installed.install(&target, 7, &other, &mut damaged).is_err());
+        assert_eq!(
+            current_id(&installed),
+            Some(meta.snapshot_id.clone()),
+            "still the good one"
+        );
+        assert_eq!(files_in(&installed.dir).len(), 2, "the refused copy is gone");
+    }
+
+    #[test]
+    fn a_file_without_the_version_tag_still_loads() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = store_with_records(dir.path(), 3, 4);
+        let snapshots = SnapshotDir::new(&dir.path().join("snapshots"), 3);
+        let (meta, _) = snapshots.build(&store, 3).unwrap();
+        let tagged = fs::read(snapshots.data_path(&meta)).unwrap();
+        assert_eq!(&tagged[..4], MAGIC);
+        let mut untagged = tagged[MAGIC.len() + 1..tagged.len() - 4].to_vec();
+        let crc = crc32fast::hash(&untagged);
+        untagged.extend_from_slice(&crc.to_be_bytes());
+        let old = dir.path().join("old.snap");
+        fs::write(&old, untagged).unwrap();
+
+        let other_dir = tempfile::tempdir().unwrap();
+        let other = Store::open(other_dir.path()).unwrap();
+        load_into_store(&other, 3, &old).unwrap();
+        assert_eq!(group_keys(&other, 3), group_keys(&store, 3));
+
+        let mut future = tagged.clone();
+        future[MAGIC.len()] = FORMAT_VERSION + 1;
+        fs::write(&old, future).unwrap();
+        assert!(
+            load_into_store(&other, 3, &old).is_err(),
+            "an unknown version is refused"
+        );
+    }
+
+    fn current_id(snapshots: &SnapshotDir) -> Option<String> {
+        match snapshots.current().unwrap() {
+            CurrentSnapshot::Found(meta, _) => Some(meta.snapshot_id),
+            CurrentSnapshot::None => None,
+            CurrentSnapshot::Lost(why) => panic!("lost: {why}"),
+        }
+    }
+
+    #[test]
+    fn a_missing_snapshot_file_is_reported_as_lost_not_as_an_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = store_with_records(dir.path(), 5, 2);
+        let snapshots = SnapshotDir::new(&dir.path().join("snapshots"), 5);
+        assert_eq!(current_id(&snapshots), None, "none built yet");
+        let (meta, _) = snapshots.build(&store, 5).unwrap();
+        fs::remove_file(snapshots.data_path(&meta)).unwrap();
+        assert!(matches!(snapshots.current().unwrap(), CurrentSnapshot::Lost(_)));
+        fs::write(snapshots.dir.join(CURRENT_META), b"{not json").unwrap();
+        assert!(matches!(snapshots.current().unwrap(), CurrentSnapshot::Lost(_)));
+        let (rebuilt, _) = snapshots.build(&store, 5).unwrap();
+        assert_eq!(current_id(&snapshots), Some(rebuilt.snapshot_id));
+        snapshots.remove().unwrap();
+        assert!(!snapshots.dir.exists());
+        assert_eq!(current_id(&snapshots), None);
+    }
+
+    /// Builds and installs of one group racing from several threads, while a
+    /// reader keeps opening the current snapshot: the race a spawned snapshot
+    /// build and an install from the leader used to lose (each deleted the
+    /// other's file). Every operation succeeds, the current snapshot can always
+    /// be opened and read whole, and one data file is left.
+    #[test]
+    fn concurrent_builds_installs_and_reads_never_lose_a_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = store_with_records(dir.path(), 9, 50);
+        let root = dir.path().join("snapshots");
+        let source_dir = tempfile::tempdir().unwrap();
+        let source_store = store_with_records(source_dir.path(), 9, 50);
+        let (source_meta, _) = SnapshotDir::new(&source_dir.path().join("snapshots"), 9)
+            .build(&source_store, 9)
+            .unwrap();
+        let source_bytes =
+            fs::read(SnapshotDir::new(&source_dir.path().join("snapshots"), 9).data_path(&source_meta)).unwrap();
+        SnapshotDir::new(&root, 9).build(&store, 9).unwrap();
+
+        let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let reader = {
+            let snapshots = SnapshotDir::new(&root, 9);
+            let done = Arc::clone(&done);
+            std::thread::spawn(move || {
+                let mut reads = 0;
+                while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                    let CurrentSnapshot::Found(_, mut file) = snapshots.current().unwrap() else {
+                        panic!("no current snapshot while builds and installs race");
+                    };
+                    let mut bytes = Vec::new();
+                    file.read_to_end(&mut bytes).unwrap();
+                    assert_eq!(&bytes[..4], MAGIC, "a whole snapshot file");
+                    reads += 1;
+                }
+                reads
+            })
+        };
+        let workers: Vec<_> = (0..4)
+            .map(|worker| {
+                let snapshots = SnapshotDir::new(&root, 9);
+                let store = store.clone();
+                let source_bytes = source_bytes.clone();
+                let source_meta = source_meta.clone();
+                std::thread::spawn(move || {
+                    for round in 0..20 {
+                        if (worker + round) % 2 == 0 {
+                            snapshots.build(&store, 9).unwrap();
+                        } else {
+                            let mut incoming = snapshots.receiving_file().unwrap();
+                            incoming.write_all(&source_bytes).unwrap();
+                            let meta = SnapshotMeta {
+                                snapshot_id: format!("installed-{worker}-{round}"),
+                                ..source_meta.clone()
+                            };
+                            snapshots.install(&store, 9, &meta, &mut incoming).unwrap();
+                        }
+                    }
+                })
+            })
+            .collect();
+        for worker in workers {
+            worker.join().unwrap();
+        }
+        done.store(true, std::sync::atomic::Ordering::Relaxed);
+        assert!(reader.join().unwrap() > 0);
+
+        let snapshots = SnapshotDir::new(&root, 9);
+        let id = current_id(&snapshots).unwrap();
+        assert_eq!(
+            files_in(&snapshots.dir),
+            vec![CURRENT_META.to_string(), format!("{id}.snap")]
         );
     }
 }

@@ -3,19 +3,20 @@
 //! after a crash the state is consistent at some earlier applied id, and openraft
 //! re-applies the rest from the durable log (committed id saved by the log store).
 
+use std::collections::BTreeSet;
 use std::path::Path;
 use std::sync::Arc;
 
 use openraft::storage::{RaftStateMachine, Snapshot};
 use openraft::{EntryPayload, ErrorSubject, ErrorVerb, RaftSnapshotBuilder};
 use rocksdb::WriteBatch;
-use tokio::io::{AsyncSeekExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::sync::watch;
 
 use super::command::{Command, CommandResponse};
 use super::log_store::{blocking, io_error};
-use super::snapshot::{load_into_store, read_applied_state, SnapshotDir};
-use super::{GroupId, LogId, RaftStorageError, SnapshotMeta, StoredMembership, TypeConfig};
+use super::snapshot::{read_applied_state, CurrentSnapshot, SnapshotDir};
+use super::{GroupId, LogId, NodeId, RaftStorageError, SnapshotMeta, StoredMembership, TypeConfig};
 use crate::cluster::metadata::ClusterState;
 use crate::group::store::SharedGroups;
 use crate::metrics::METRICS;
@@ -45,12 +46,17 @@ pub enum GroupRole {
 }
 
 impl GroupRole {
+    /// Applies one command. Whatever it holds, a command is answered, refused
+    /// inside its response if it cannot be applied: an error or a panic here
+    /// would stop the group, and every replica would meet the same entry again
+    /// at each restart. Only a storage failure is an error.
     fn apply(
         &mut self,
         write: &mut WriteBatch,
         command: &Command,
         store: &Store,
         group: GroupId,
+        membership: &StoredMembership,
     ) -> Result<CommandResponse, StorageError> {
         match (self, command) {
             (
@@ -79,7 +85,10 @@ impl GroupRole {
             (
                 GroupRole::Controller { cluster, .. },
                 Command::CreateTopic { .. } | Command::DeleteTopic { .. } | Command::CreatePartitions { .. },
-            ) => Ok(CommandResponse::Controller(cluster.apply(command))),
+            ) => {
+                let voters: BTreeSet<NodeId> = membership.membership().voter_ids().collect();
+                Ok(CommandResponse::Controller(cluster.apply(command, &voters)))
+            }
             _ => Ok(CommandResponse::WrongGroup),
         }
     }
@@ -183,7 +192,10 @@ impl GroupStateMachine {
             self.applied = Some(entry.log_id);
             let response = match entry.payload {
                 EntryPayload::Blank => CommandResponse::Empty,
-                EntryPayload::Normal(command) => self.role.apply(&mut write, &command, &self.store, self.group)?,
+                EntryPayload::Normal(command) => {
+                    self.role
+                        .apply(&mut write, &command, &self.store, self.group, &self.membership)?
+                }
                 EntryPayload::Membership(membership) => {
                     self.membership = StoredMembership::new(Some(entry.log_id), membership);
                     CommandResponse::Empty
@@ -195,13 +207,12 @@ impl GroupStateMachine {
         self.role.publish();
         Ok(responses)
     }
+}
 
-    async fn open_snapshot(&self, meta: SnapshotMeta) -> Result<Snapshot<TypeConfig>, StorageError> {
-        let file = tokio::fs::File::open(self.snapshots.data_path(&meta)).await?;
-        Ok(Snapshot {
-            meta,
-            snapshot: Box::new(file),
-        })
+fn snapshot_of(meta: SnapshotMeta, file: std::fs::File) -> Snapshot<TypeConfig> {
+    Snapshot {
+        meta,
+        snapshot: Box::new(tokio::fs::File::from_std(file)),
     }
 }
 
@@ -213,16 +224,10 @@ pub struct GroupSnapshotBuilder {
 
 impl RaftSnapshotBuilder<TypeConfig> for GroupSnapshotBuilder {
     async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, RaftStorageError> {
-        let build = || -> Result<_, StorageError> { self.snapshots.build(&self.store, self.group) };
-        let meta = blocking(build).map_err(|err| io_error(ErrorSubject::None, ErrorVerb::Write, err))?;
+        let (meta, file) = blocking(|| self.snapshots.build(&self.store, self.group))
+            .map_err(|err| io_error(ErrorSubject::None, ErrorVerb::Write, err))?;
         METRICS.raft_snapshot_built();
-        let file = tokio::fs::File::open(self.snapshots.data_path(&meta))
-            .await
-            .map_err(|err| io_error(ErrorSubject::None, ErrorVerb::Read, err.into()))?;
-        Ok(Snapshot {
-            meta,
-            snapshot: Box::new(file),
-        })
+        Ok(snapshot_of(meta, file))
     }
 }
 
@@ -252,19 +257,9 @@ impl RaftStateMachine<TypeConfig> for GroupStateMachine {
     }
 
     async fn begin_receiving_snapshot(&mut self) -> Result<Box<tokio::fs::File>, RaftStorageError> {
-        let open = async {
-            let path = self.snapshots.incoming_path()?;
-            let file = tokio::fs::OpenOptions::new()
-                .read(true)
-                .write(true)
-                .create(true)
-                .truncate(true)
-                .open(path)
-                .await?;
-            Ok::<_, StorageError>(Box::new(file))
-        };
-        open.await
-            .map_err(|err| io_error(ErrorSubject::None, ErrorVerb::Write, err))
+        let file = blocking(|| self.snapshots.receiving_file())
+            .map_err(|err| io_error(ErrorSubject::None, ErrorVerb::Write, err))?;
+        Ok(Box::new(tokio::fs::File::from_std(file)))
     }
 
     async fn install_snapshot(
@@ -273,16 +268,11 @@ impl RaftStateMachine<TypeConfig> for GroupStateMachine {
         mut snapshot: Box<tokio::fs::File>,
     ) -> Result<(), RaftStorageError> {
         let install = async {
-            // Copy whatever handle openraft gives us into the snapshot's own file.
-            let path = self.snapshots.data_path(meta);
+            // Finish openraft's writes into the received file before reading it.
             snapshot.flush().await?;
-            snapshot.seek(std::io::SeekFrom::Start(0)).await?;
-            let mut target = tokio::fs::File::create(&path).await?;
-            tokio::io::copy(&mut snapshot, &mut target).await?;
-            target.sync_all().await?;
+            let mut received = (*snapshot).into_std().await;
             blocking(|| -> Result<(), StorageError> {
-                load_into_store(&self.store, self.group, &path)?;
-                self.snapshots.make_current(meta)?;
+                self.snapshots.install(&self.store, self.group, meta, &mut received)?;
                 self.role.reload(&self.store, self.group)
             })?;
             self.applied = meta.last_log_id;
@@ -297,15 +287,20 @@ impl RaftStateMachine<TypeConfig> for GroupStateMachine {
             .map_err(|err| io_error(ErrorSubject::Snapshot(Some(meta.signature())), ErrorVerb::Write, err))
     }
 
+    /// A lost snapshot file is not fatal: the state machine has applied all it
+    /// held, so a new snapshot is built from it, and a leader can still send one.
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<TypeConfig>>, RaftStorageError> {
-        let current = async {
-            match self.snapshots.current_meta()? {
-                Some(meta) => Ok::<_, StorageError>(Some(self.open_snapshot(meta).await?)),
-                None => Ok(None),
+        let current =
+            blocking(|| self.snapshots.current()).map_err(|err| io_error(ErrorSubject::None, ErrorVerb::Read, err))?;
+        match current {
+            CurrentSnapshot::Found(meta, file) => Ok(Some(snapshot_of(meta, file))),
+            CurrentSnapshot::None => Ok(None),
+            CurrentSnapshot::Lost(why) => {
+                tracing::warn!(group = self.group, why = %why, "the current snapshot is lost; building a new one");
+                let (meta, file) = blocking(|| self.snapshots.build(&self.store, self.group))
+                    .map_err(|err| io_error(ErrorSubject::None, ErrorVerb::Write, err))?;
+                Ok(Some(snapshot_of(meta, file)))
             }
-        };
-        current
-            .await
-            .map_err(|err| io_error(ErrorSubject::None, ErrorVerb::Read, err))
+        }
     }
 }

@@ -44,7 +44,8 @@ pub enum PeerRequest {
         group: GroupId,
         rpc: InstallSnapshotRequest<TypeConfig>,
     },
-    /// Propose `command` to `group` on the node believed to lead it (admin forwarding).
+    /// Propose `command` to `group` on the node believed to lead it (admin
+    /// forwarding). Only controller commands to the controller group are accepted.
     Propose {
         group: GroupId,
         command: Command,
@@ -83,6 +84,9 @@ pub enum ProposeError {
     GroupNotHere,
     #[error("{0}")]
     Unavailable(String),
+    /// Not a proposal a peer may make: only controller commands are forwarded.
+    #[error("refused: {0}")]
+    Refused(String),
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]

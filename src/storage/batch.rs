@@ -19,6 +19,14 @@ const LENGTH_PREFIX_LEN: usize = 12;
 const MAGIC_POS: usize = 16;
 /// The fixed v2 batch header; a batch is never shorter.
 pub const BATCH_HEADER_LEN: usize = 61;
+/// Position of the CRC-32C, which covers everything after it.
+const CRC_POS: usize = 17;
+const CRC_COVERED_FROM: usize = 21;
+const LAST_OFFSET_DELTA_POS: usize = 23;
+const PRODUCER_ID_POS: usize = 43;
+const PRODUCER_EPOCH_POS: usize = 51;
+const BASE_SEQUENCE_POS: usize = 53;
+const RECORD_COUNT_POS: usize = 57;
 
 #[derive(Debug, thiserror::Error, PartialEq)]
 pub enum BatchError {
@@ -120,6 +128,43 @@ fn validate_batch(bytes: Bytes) -> Result<ValidatedBatch, BatchError> {
     })
 }
 
+/// Checks, when a command is applied, what storing the batch relies on: one
+/// whole v2 batch whose CRC-32C holds and whose header agrees with the fields
+/// the command carries. Batches from the produce path always pass, since they
+/// were cut from a validated request; this refuses a command that bypassed it
+/// instead of panicking on it or storing it. Records are not decoded again:
+/// the CRC already ties them to what the producer sent.
+pub fn check_appendable(batch: &ValidatedBatch) -> Result<(), BatchError> {
+    let corrupt = |what: &str| Err(BatchError::Corrupt(what.to_string()));
+    // Also checks the magic byte and that the whole header is there.
+    if next_batch_size(&batch.bytes)? != batch.bytes.len() {
+        return corrupt("batch length does not match its bytes");
+    }
+    let bytes = &batch.bytes[..];
+    let crc = u32::from_be_bytes([
+        bytes[CRC_POS],
+        bytes[CRC_POS + 1],
+        bytes[CRC_POS + 2],
+        bytes[CRC_POS + 3],
+    ]);
+    if crc32c::crc32c(&bytes[CRC_COVERED_FROM..]) != crc {
+        return corrupt("CRC-32C mismatch");
+    }
+    let i32_at = |pos: usize| i32::from_be_bytes([bytes[pos], bytes[pos + 1], bytes[pos + 2], bytes[pos + 3]]);
+    let mut producer_id = [0u8; 8];
+    producer_id.copy_from_slice(&bytes[PRODUCER_ID_POS..PRODUCER_ID_POS + 8]);
+    let header_agrees = batch.record_count > 0
+        && i64::from(i32_at(RECORD_COUNT_POS)) == batch.record_count
+        && i64::from(i32_at(LAST_OFFSET_DELTA_POS)) == batch.record_count - 1
+        && i64::from_be_bytes(producer_id) == batch.producer_id
+        && i16::from_be_bytes([bytes[PRODUCER_EPOCH_POS], bytes[PRODUCER_EPOCH_POS + 1]]) == batch.producer_epoch
+        && i32_at(BASE_SEQUENCE_POS) == batch.base_sequence;
+    if !header_agrees {
+        return corrupt("the batch header disagrees with the command");
+    }
+    Ok(())
+}
+
 /// Decompresses a batch's records (with a cap) and checks their framing before
 /// `kafka-protocol` decodes them: its record decoder sizes the header map from
 /// the count on the wire, and a 320-byte batch found by fuzzing that declared
@@ -207,6 +252,17 @@ pub(crate) mod tests {
     use kafka_protocol::records::{Record, RecordBatchEncoder, RecordEncodeOptions, TimestampType};
 
     pub fn encode_batch(values: &[&str], compression: Compression) -> Bytes {
+        encode_producer_batch(values, compression, -1, -1, 0)
+    }
+
+    /// A batch as an idempotent producer (`producer_id` >= 0) writes it.
+    pub fn encode_producer_batch(
+        values: &[&str],
+        compression: Compression,
+        producer_id: i64,
+        producer_epoch: i16,
+        base_sequence: i32,
+    ) -> Bytes {
         let records: Vec<Record> = values
             .iter()
             .enumerate()
@@ -215,11 +271,11 @@ pub(crate) mod tests {
                 control: false,
                 delete_horizon: false,
                 partition_leader_epoch: -1,
-                producer_id: -1,
-                producer_epoch: -1,
+                producer_id,
+                producer_epoch,
                 timestamp_type: TimestampType::Creation,
                 offset: i as i64,
-                sequence: i as i32,
+                sequence: base_sequence + i as i32,
                 timestamp: 1_700_000_000_000 + i as i64,
                 key: Some(Bytes::from(format!("k{i}"))),
                 value: Some(Bytes::from(value.to_string())),
@@ -301,6 +357,62 @@ pub(crate) mod tests {
         let set = RecordBatchDecoder::decode(&mut stored.clone()).unwrap();
         assert_eq!(set.records[0].offset, 4242);
         assert_eq!(set.records[1].offset, 4243);
+    }
+
+    #[test]
+    fn validated_batches_are_appendable_and_forged_ones_are_refused() {
+        let batch = encode_batch(&["a", "b", "c"], Compression::Gzip);
+        let good = validate_produce_records(&batch, 1 << 20).unwrap().remove(0);
+        assert_eq!(check_appendable(&good), Ok(()));
+
+        let forged = |change: &dyn Fn(&mut ValidatedBatch)| {
+            let mut batch = good.clone();
+            change(&mut batch);
+            check_appendable(&batch)
+        };
+        let flip = |pos: usize| {
+            move |batch: &mut ValidatedBatch| {
+                let mut bytes = BytesMut::from(&batch.bytes[..]);
+                bytes[pos] ^= 0x01;
+                batch.bytes = bytes.freeze();
+            }
+        };
+        assert!(forged(&|b| b.bytes = Bytes::new()).is_err(), "empty");
+        assert!(
+            forged(&|b| b.bytes = Bytes::from_static(&[0u8; 7])).is_err(),
+            "shorter than a base offset"
+        );
+        assert!(
+            forged(&|b| b.bytes = b.bytes.slice(..b.bytes.len() - 1)).is_err(),
+            "truncated"
+        );
+        assert!(forged(&flip(batch.len() - 1)).is_err(), "a record byte (CRC)");
+        assert!(forged(&flip(MAGIC_POS)).is_err(), "magic");
+        assert!(forged(&flip(RECORD_COUNT_POS + 3)).is_err(), "record count (CRC)");
+        assert!(forged(&|b| b.record_count = 0).is_err(), "no records");
+        assert!(forged(&|b| b.record_count = -3).is_err(), "negative count");
+        assert!(
+            forged(&|b| b.record_count = i64::MAX).is_err(),
+            "count the header does not hold"
+        );
+        assert!(forged(&|b| b.producer_id = 42).is_err(), "another producer");
+        assert!(forged(&|b| b.base_sequence = 9).is_err(), "another sequence");
+        // The base offset and partition leader epoch are outside the CRC and rewritten by the broker.
+        assert_eq!(forged(&flip(3)), Ok(()));
+
+        // Arbitrary bytes are refused, never a panic.
+        let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+        for len in 0..200usize {
+            let bytes: Vec<u8> = (0..len)
+                .map(|_| {
+                    seed ^= seed << 13;
+                    seed ^= seed >> 7;
+                    seed ^= seed << 17;
+                    seed as u8
+                })
+                .collect();
+            assert!(forged(&|b| b.bytes = Bytes::from(bytes.clone())).is_err());
+        }
     }
 
     #[test]

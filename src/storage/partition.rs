@@ -6,7 +6,7 @@ use kafka_protocol::records::RecordBatchDecoder;
 use rocksdb::WriteBatch;
 use serde::{Deserialize, Serialize};
 
-use super::batch::{seal, unseal, with_base_offset, ValidatedBatch};
+use super::batch::{check_appendable, seal, unseal, with_base_offset, ValidatedBatch};
 use super::keys::{self, CF_BATCH_INDEX, CF_RECORDS, CF_SM_STATE, TAG_PARTITION, TAG_PRODUCER};
 use super::producers::{check, record, Producers, SequenceCheck};
 use super::{StorageError, Store};
@@ -81,8 +81,8 @@ impl PartitionLog {
     }
 
     /// Adds `batches` to `write` at the next offsets and returns the base offset
-    /// to answer with. Idempotent producers' sequences are checked first, so a
-    /// refused batch leaves the whole command unapplied.
+    /// to answer with. Every batch's form and idempotent producers' sequences are
+    /// checked first, so a refused batch leaves the whole command unapplied.
     pub fn stage_append(
         &self,
         write: &mut WriteBatch,
@@ -90,6 +90,9 @@ impl PartitionLog {
         producers: &mut Producers,
         batches: &[ValidatedBatch],
     ) -> Result<Result<i64, ProduceRefusal>, StorageError> {
+        if batches.iter().any(|batch| check_appendable(batch).is_err()) {
+            return Ok(Err(ProduceRefusal::InvalidBatch));
+        }
         let mut touched = Producers::new();
         let mut duplicates = Vec::with_capacity(batches.len());
         let mut next = offsets.next_offset;
@@ -106,7 +109,11 @@ impl PartitionLog {
                         touched.insert(id, state);
                     }
                     duplicates.push(None);
-                    next += batch.record_count;
+                    // Offsets are i64 keys: a count that would overflow them is refused.
+                    next = match next.checked_add(batch.record_count) {
+                        Some(next) => next,
+                        None => return Ok(Err(ProduceRefusal::InvalidBatch)),
+                    };
                 }
             }
         }
@@ -228,7 +235,7 @@ impl PartitionLog {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::storage::batch::tests::encode_batch;
+    use crate::storage::batch::tests::{encode_batch, encode_producer_batch};
     use kafka_protocol::records::Compression;
 
     fn append(log: &PartitionLog, offsets: &mut PartitionOffsets, values: &[&str]) -> i64 {
@@ -249,10 +256,11 @@ mod tests {
         let log = PartitionLog::new(3, Store::open(dir.path()).unwrap());
         let mut offsets = PartitionOffsets::default();
         let mut producers = Producers::new();
-        let mut batch =
-            crate::storage::batch::validate_produce_records(&encode_batch(&["a", "b"], Compression::None), 1 << 20)
-                .unwrap();
-        batch[0].producer_id = 11;
+        let idempotent = |base_sequence| {
+            let bytes = encode_producer_batch(&["a", "b"], Compression::None, 11, 0, base_sequence);
+            crate::storage::batch::validate_produce_records(&bytes, 1 << 20).unwrap()
+        };
+        let batch = idempotent(0);
         let mut write = WriteBatch::default();
         assert_eq!(
             log.stage_append(&mut write, &mut offsets, &mut producers, &batch)
@@ -266,15 +274,39 @@ mod tests {
             "retry"
         );
         assert_eq!(offsets.next_offset, 2, "the retry appended nothing");
-        batch[0].base_sequence = 5;
         assert_eq!(
-            log.stage_append(&mut write, &mut offsets, &mut producers, &batch)
+            log.stage_append(&mut write, &mut offsets, &mut producers, &idempotent(5))
                 .unwrap(),
             Err(ProduceRefusal::OutOfOrderSequence)
         );
         log.store.write_buffered(write).unwrap();
         assert_eq!(log.load_producers().unwrap(), producers);
         assert_eq!(log.load_offsets().unwrap().next_offset, 2);
+    }
+
+    #[test]
+    fn a_forged_batch_is_refused_and_appends_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = PartitionLog::new(2, Store::open(dir.path()).unwrap());
+        let mut offsets = PartitionOffsets::default();
+        append(&log, &mut offsets, &["a"]);
+        let mut good =
+            crate::storage::batch::validate_produce_records(&encode_batch(&["b"], Compression::None), 1 << 20).unwrap();
+        let mut short = good[0].clone();
+        short.bytes = short.bytes.slice(..4);
+        let mut huge = good[0].clone();
+        huge.record_count = i64::MAX;
+        for forged in [short, huge] {
+            good.push(forged);
+            let mut write = WriteBatch::default();
+            let answer = log
+                .stage_append(&mut write, &mut offsets, &mut Producers::new(), &good)
+                .unwrap();
+            assert_eq!(answer, Err(ProduceRefusal::InvalidBatch));
+            assert!(write.is_empty(), "nothing staged");
+            assert_eq!(offsets.next_offset, 1);
+            good.pop();
+        }
     }
 
     #[test]

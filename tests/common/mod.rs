@@ -455,6 +455,19 @@ impl ClusterNodes {
     }
 }
 
+impl ClusterNodes {
+    /// The nodes whose process has exited since it was started.
+    pub fn exited(&mut self) -> Vec<u64> {
+        self.nodes
+            .iter_mut()
+            .filter_map(|node| {
+                let exited = node.child.as_mut()?.try_wait().unwrap().is_some();
+                exited.then_some(node.id)
+            })
+            .collect()
+    }
+}
+
 impl ClusterNode {
     fn spawn(&mut self) {
         let log = std::fs::OpenOptions::new()
