@@ -63,46 +63,41 @@ class RecordingProxy:
             except OSError:
                 return
             upstream = socket.create_connection(self.target)
-            threading.Thread(target=self._requests, args=(client, upstream), daemon=True).start()
-            threading.Thread(target=self._pump, args=(upstream, client), daemon=True).start()
+            threading.Thread(target=pump, args=(client, upstream, self._request_parser()), daemon=True).start()
+            threading.Thread(target=pump, args=(upstream, client, None), daemon=True).start()
 
-    def _requests(self, src, dst):
-        """Client to broker, frame by frame, noting each request's api key and version."""
-        buf = b""
-        try:
-            while True:
-                data = src.recv(65536)
-                if not data:
-                    break
-                dst.sendall(data)
-                buf += data
-                while len(buf) >= 8:
-                    size = struct.unpack(">i", buf[:4])[0]
-                    if len(buf) < 4 + size:
-                        break
-                    api, version = struct.unpack(">hh", buf[4:8])
-                    with self.lock:
-                        self.seen.add((API_NAMES.get(api, api), version))
-                    buf = buf[4 + size:]
-        except OSError:
-            pass
-        finally:
-            for s in (src, dst):
-                with_closed(s)
+    def _request_parser(self):
+        """A callback fed the client's bytes, noting each request's api key and version."""
+        buf = bytearray()
 
-    @staticmethod
-    def _pump(src, dst):
-        try:
-            while True:
-                data = src.recv(65536)
-                if not data:
+        def feed(data):
+            buf.extend(data)
+            while len(buf) >= 8:
+                size = struct.unpack(">i", buf[:4])[0]
+                if len(buf) < 4 + size:
                     break
-                dst.sendall(data)
-        except OSError:
-            pass
-        finally:
-            for s in (src, dst):
-                with_closed(s)
+                api, version = struct.unpack(">hh", buf[4:8])
+                with self.lock:
+                    self.seen.add((API_NAMES.get(api, api), version))
+                del buf[:4 + size]
+        return feed
+
+
+def pump(src, dst, observe):
+    """Copies `src` to `dst` until either side closes, showing each chunk to `observe`."""
+    try:
+        while True:
+            data = src.recv(65536)
+            if not data:
+                break
+            dst.sendall(data)
+            if observe:
+                observe(data)
+    except OSError:
+        pass
+    finally:
+        for s in (src, dst):
+            with_closed(s)
 
 
 def with_closed(sock):

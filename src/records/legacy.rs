@@ -65,21 +65,7 @@ pub fn up_convert(records: &Bytes) -> Result<Bytes, BatchError> {
     let records: Vec<Record> = messages
         .into_iter()
         .enumerate()
-        .map(|(delta, message)| Record {
-            transactional: false,
-            control: false,
-            delete_horizon: false,
-            partition_leader_epoch: -1,
-            producer_id: NO_PRODUCER_ID,
-            producer_epoch: NO_PRODUCER_EPOCH,
-            timestamp_type: TimestampType::Creation,
-            offset: delta as i64,
-            sequence: NO_SEQUENCE,
-            timestamp: message.timestamp,
-            key: message.key,
-            value: message.value,
-            headers: Default::default(),
-        })
+        .map(|(delta, message)| plain_record(delta as i64, message.timestamp, message.key, message.value))
         .collect();
     let mut out = BytesMut::new();
     let options = RecordEncodeOptions {
@@ -88,6 +74,25 @@ pub fn up_convert(records: &Bytes) -> Result<Bytes, BatchError> {
     };
     RecordBatchEncoder::encode(&mut out, &records, &options).map_err(|err| BatchError::Corrupt(err.to_string()))?;
     Ok(out.freeze())
+}
+
+/// A record of no producer and no transaction, as an old-format message becomes.
+fn plain_record(offset: i64, timestamp: i64, key: Option<Bytes>, value: Option<Bytes>) -> Record {
+    Record {
+        transactional: false,
+        control: false,
+        delete_horizon: false,
+        partition_leader_epoch: -1,
+        producer_id: NO_PRODUCER_ID,
+        producer_epoch: NO_PRODUCER_EPOCH,
+        timestamp_type: TimestampType::Creation,
+        offset,
+        sequence: NO_SEQUENCE,
+        timestamp,
+        key,
+        value,
+        headers: Default::default(),
+    }
 }
 
 /// Converts stored v2 batches into uncompressed messages of `magic` (0 or 1),
@@ -230,21 +235,12 @@ mod tests {
     use kafka_protocol_legacy::records as old;
 
     fn record(offset: i64, timestamp: i64, key: Option<&'static [u8]>, value: &'static [u8]) -> Record {
-        Record {
-            transactional: false,
-            control: false,
-            delete_horizon: false,
-            partition_leader_epoch: -1,
-            producer_id: NO_PRODUCER_ID,
-            producer_epoch: NO_PRODUCER_EPOCH,
-            timestamp_type: TimestampType::Creation,
+        plain_record(
             offset,
-            sequence: NO_SEQUENCE,
             timestamp,
-            key: key.map(Bytes::from_static),
-            value: Some(Bytes::from_static(value)),
-            headers: Default::default(),
-        }
+            key.map(Bytes::from_static),
+            Some(Bytes::from_static(value)),
+        )
     }
 
     fn old_record(r: &Record) -> old::Record {
