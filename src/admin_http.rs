@@ -30,6 +30,7 @@ use crate::metrics::{
     RaftGroupLabels, ReplicaLabels, CONTENT_TYPE as METRICS_CONTENT_TYPE, METRICS,
 };
 use crate::protocol::Broker;
+use crate::server::next_connection;
 
 /// A scraper or probe that has not sent its request headers by then is dropped.
 const HEADER_TIMEOUT: Duration = Duration::from_secs(5);
@@ -82,27 +83,7 @@ impl AdminState {
 /// Serves admin connections until `shutdown` is cancelled.
 pub async fn serve(listener: TcpListener, state: Arc<AdminState>, shutdown: CancellationToken) {
     let limit = Arc::new(Semaphore::new(MAX_CONNECTIONS));
-    loop {
-        let permit = tokio::select! {
-            _ = shutdown.cancelled() => return,
-            permit = Arc::clone(&limit).acquire_owned() => match permit {
-                Ok(permit) => permit,
-                Err(_) => return,
-            },
-        };
-        let accepted = tokio::select! {
-            _ = shutdown.cancelled() => return,
-            accepted = listener.accept() => accepted,
-        };
-        let socket = match accepted {
-            Ok((socket, _)) => socket,
-            Err(err) => {
-                // Usually out of file descriptors: back off instead of spinning.
-                tracing::warn!(error = %err, "admin accept failed");
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                continue;
-            }
-        };
+    while let Some((socket, _, permit)) = next_connection(&listener, &limit, &shutdown, "admin").await {
         let state = Arc::clone(&state);
         let shutdown = shutdown.clone();
         tokio::spawn(async move {

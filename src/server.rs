@@ -11,7 +11,7 @@ use futures::stream::{FuturesOrdered, StreamExt};
 use kafka_protocol::messages::{ApiKey, ResponseKind};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
@@ -30,32 +30,40 @@ type PendingResponse = Pin<Box<dyn std::future::Future<Output = Option<Bytes>> +
 pub async fn serve(listener: TcpListener, broker: Arc<Broker>, shutdown: CancellationToken) {
     let limit = Arc::new(Semaphore::new(broker.cluster.config().max_connections));
     let meters = Arc::new(RequestMeters::new());
+    while let Some((socket, peer, permit)) = next_connection(&listener, &limit, &shutdown, "kafka").await {
+        let broker = Arc::clone(&broker);
+        let meters = Arc::clone(&meters);
+        let shutdown = shutdown.clone();
+        tokio::spawn(async move {
+            let _permit = permit;
+            let _open = METRICS.connection_opened();
+            Connection::new(socket, peer, broker, meters).run(shutdown).await;
+        });
+    }
+}
+
+/// Waits for a free connection slot of `limit`, then for the next connection;
+/// `None` once `shutdown` is cancelled. The Kafka and the admin listener share it.
+pub async fn next_connection(
+    listener: &TcpListener,
+    limit: &Arc<Semaphore>,
+    shutdown: &CancellationToken,
+    name: &str,
+) -> Option<(TcpStream, SocketAddr, OwnedSemaphorePermit)> {
+    let permit = tokio::select! {
+        _ = shutdown.cancelled() => return None,
+        permit = Arc::clone(limit).acquire_owned() => permit.ok()?,
+    };
     loop {
-        let permit = tokio::select! {
-            _ = shutdown.cancelled() => return,
-            permit = Arc::clone(&limit).acquire_owned() => match permit {
-                Ok(permit) => permit,
-                Err(_) => return,
-            },
-        };
         let accepted = tokio::select! {
-            _ = shutdown.cancelled() => return,
+            _ = shutdown.cancelled() => return None,
             accepted = listener.accept() => accepted,
         };
         match accepted {
-            Ok((socket, peer)) => {
-                let broker = Arc::clone(&broker);
-                let meters = Arc::clone(&meters);
-                let shutdown = shutdown.clone();
-                tokio::spawn(async move {
-                    let _permit = permit;
-                    let _open = METRICS.connection_opened();
-                    Connection::new(socket, peer, broker, meters).run(shutdown).await;
-                });
-            }
+            Ok((socket, peer)) => return Some((socket, peer, permit)),
             Err(err) => {
                 // Usually out of file descriptors: back off instead of spinning.
-                tracing::warn!(error = %err, "accept failed");
+                tracing::warn!(listener = name, error = %err, "accept failed");
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
         }
