@@ -46,6 +46,41 @@ pub struct BrokerConfig {
     pub group_min_session_timeout_ms: i32,
     #[serde(default = "default_max_session")]
     pub group_max_session_timeout_ms: i32,
+    /// Kafka's `log.retention.hours`: topics' default `retention.ms`; -1 keeps records forever.
+    #[serde(default = "default_retention_hours")]
+    pub log_retention_hours: i64,
+    /// Kafka's `log.retention.bytes`: topics' default `retention.bytes` per partition; -1 is no limit.
+    #[serde(default = "default_retention_bytes")]
+    pub log_retention_bytes: i64,
+    /// How often leaders apply retention and replicas free what it released.
+    #[serde(default = "default_retention_check_interval")]
+    pub log_retention_check_interval_ms: u64,
+    /// Kafka's `log.segment.bytes`: topics' default `segment.bytes`, the unit retention frees.
+    #[serde(default = "default_segment_bytes")]
+    pub log_segment_bytes: u64,
+    /// Kafka's `log.roll.ms`: topics' default `segment.ms`.
+    #[serde(default = "default_segment_ms")]
+    pub log_roll_ms: u64,
+}
+
+fn default_retention_hours() -> i64 {
+    168
+}
+
+fn default_retention_bytes() -> i64 {
+    -1
+}
+
+fn default_retention_check_interval() -> u64 {
+    300_000
+}
+
+fn default_segment_bytes() -> u64 {
+    1 << 30
+}
+
+fn default_segment_ms() -> u64 {
+    7 * 24 * 3_600_000
 }
 
 fn default_admin_listener() -> SocketAddr {

@@ -158,6 +158,7 @@ pub struct Metrics {
     /// Refreshed when scraped.
     pub partition_high_watermark: Family<PartitionLabels, Gauge>,
     pub partition_log_start_offset: Family<PartitionLabels, Gauge>,
+    pub partition_size_bytes: Family<PartitionLabels, Gauge>,
     pub partition_leader: Family<PartitionLabels, Gauge>,
     pub partition_replica_lag: Family<ReplicaLabels, Gauge>,
     pub raft_last_log_index: Family<RaftGroupLabels, Gauge>,
@@ -198,6 +199,7 @@ impl Metrics {
             connections_accepted: Counter::default(),
             partition_high_watermark: Family::default(),
             partition_log_start_offset: Family::default(),
+            partition_size_bytes: Family::default(),
             partition_leader: Family::default(),
             partition_replica_lag: Family::default(),
             raft_term: Family::default(),
@@ -269,6 +271,11 @@ impl Metrics {
             "partition_log_start_offset",
             "First offset of each partition replica on this node",
             self.partition_log_start_offset.clone(),
+        );
+        r.register(
+            "partition_size_bytes",
+            "Bytes of each partition replica's log files on this node's disk",
+            self.partition_size_bytes.clone(),
         );
         r.register(
             "partition_leader",
@@ -480,6 +487,7 @@ impl Metrics {
     pub fn clear_scraped_state(&self) {
         self.partition_high_watermark.clear();
         self.partition_log_start_offset.clear();
+        self.partition_size_bytes.clear();
         self.partition_leader.clear();
         self.partition_replica_lag.clear();
         self.raft_last_log_index.clear();

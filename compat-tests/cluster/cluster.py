@@ -112,12 +112,12 @@ class Cluster(StartedInWith):
     """`size` rafka nodes (ids 1..size) forming one Raft cluster; a context manager."""
 
     def __init__(self, size=3, proxies=False, snapshot_entries=10000, rtt_millis=50, election_rtt=10,
-                 heartbeat_rtt=1, name="cluster"):
+                 heartbeat_rtt=1, name="cluster", settings=None):
         self.binary = find_binary()
         self.root = Path(tempfile.mkdtemp(prefix=f"rafka-{name}-"))
         self.cluster_id = f"rafka-test-{name}-{uuid.uuid4().hex[:8]}"
         self.settings = {"snapshot_entries": snapshot_entries, "rtt_millis": rtt_millis,
-                         "election_rtt": election_rtt, "heartbeat_rtt": heartbeat_rtt}
+                         "election_rtt": election_rtt, "heartbeat_rtt": heartbeat_rtt, **(settings or {})}
         self.proxied = proxies
         ids = list(range(1, size + 1))
         links = [(i, j) for i in ids for j in ids if i != j]

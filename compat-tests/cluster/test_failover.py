@@ -6,7 +6,7 @@ Scenarios, each on a fresh cluster of three nodes (see README.md for what each o
   follower-kill  kill -9 a follower during produce, restart it under load
   isolation      cut the leader off the network (TCP proxies), heal
   wipe           stop a follower, write many entries, wipe its data dir, start it
-  wipe-purged    kill -9 a caught-up follower after snapshots purged the logs, wipe it, restart it,
+  wipe-purged    kill -9 a caught-up follower of a long log, wipe it, restart it,
                  restart it again, under acks=all load
 
     python3 compat-tests/cluster/test_failover.py [--repeat N] [--only leader-kill,wipe]
@@ -306,7 +306,8 @@ def wiped_follower(cluster, step):
         step(f"a follower is stopped while the others commit {WIPE_ENTRIES} Raft entries "
              f"(snapshot_entries={WIPE_SNAPSHOT_ENTRIES})",
              lambda: write_entries_without_follower(cluster, topic, state))
-        step("the wiped follower starts empty, installs a snapshot and catches up: checksums agree",
+        step("the wiped follower starts empty and catches up by log replication (a partition's snapshot "
+             "carries no records, and its log is only cut by retention): checksums agree",
              lambda: wipe_and_catch_up(cluster, topic, state["victim"]))
         step("every acknowledged record is read back once, in order, at its acknowledged offset",
              lambda: verify_read_back(cluster.bootstrap(), state["work"]))
@@ -344,8 +345,6 @@ def wipe_and_catch_up(cluster, topic, victim):
     views = cluster.wait_replicas_agree(topic, timeout=FAULT_DEADLINE * 2)
     timing("wipe", catch_up_s=time.monotonic() - started)
     print_agreement(views)
-    expect("snapshot installed" in cluster.nodes[victim].log_since_last_start(),
-           f"node {victim}'s log since its restart has no 'snapshot installed' line")
 
 
 # -- e. caught-up follower wiped after its groups purged their logs -----------------------
@@ -365,10 +364,11 @@ def wiped_caught_up_follower(cluster, step):
                      client_id="wipe-purged-burst", conf=ONE_RECORD_PER_ENTRY)
     try:
         step("topic with 1 partition, RF 3, hosted on every node", lambda: cluster.create_topic(topic, 1))
-        step(f"acks=all produce until snapshots purged the logs ({PURGED_ENTRIES} entries, "
-             f"snapshot_entries={WIPE_SNAPSHOT_ENTRIES}), then only a steady {STEADY_RATE}/s; every replica "
-             f"caught up", lambda: produce_until_purged(cluster, steady, burst, topic))
-        step("kill -9 a follower, wipe its data dir, restart it under load: it installs a snapshot and catches up",
+        step(f"acks=all produce {PURGED_ENTRIES} entries (snapshot_entries={WIPE_SNAPSHOT_ENTRIES}: the "
+             f"controller's log is purged, a partition's only by retention), then only a steady "
+             f"{STEADY_RATE}/s; every replica caught up", lambda: produce_until_purged(cluster, steady, burst, topic))
+        step("kill -9 a follower, wipe its data dir, restart it under load: the leader, which had seen it "
+             "match far along, notices the lost log and it catches up",
              lambda: wipe_caught_up(cluster, steady, topic, state))
         step("kill -9 and restart the wiped follower under load: it starts, serves and catches up",
              lambda: restart_and_catch_up(cluster, steady, topic, state["victim"]))
@@ -429,8 +429,6 @@ def wipe_caught_up(cluster, work, topic, state):
     leader_after = cluster.leader_of(topic, 0)
     if leader_after != leader:
         print(f"  note: leadership of {topic}/0 moved from node {leader} to node {leader_after}", flush=True)
-    expect("snapshot installed" in cluster.nodes[victim].log_since_last_start(),
-           f"node {victim}'s log since its restart has no 'snapshot installed' line")
 
 
 def restart_and_catch_up(cluster, work, topic, victim):

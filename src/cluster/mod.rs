@@ -5,9 +5,11 @@ pub mod leaders;
 pub mod leadership;
 pub mod metadata;
 pub mod peer_service;
+pub mod retention;
 pub mod topics;
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
@@ -22,6 +24,7 @@ use crate::error::BrokerError;
 use crate::group::store::{GroupCommand, SharedGroups};
 use crate::raft::command::{Command, CommandResponse};
 use crate::raft::group::{effective_leader, start_group, GroupStartError};
+use crate::raft::log_store::{has_raft_state, log_dir, EntryBatches, GroupLogStore};
 use crate::raft::network::{CallError, Peers};
 use crate::raft::snapshot::SnapshotDir;
 use crate::raft::state_machine::GroupRole;
@@ -30,6 +33,7 @@ use crate::raft::{GroupId, NodeId, Raft, CONTROLLER_GROUP};
 use crate::storage::batch::ValidatedBatch;
 use crate::storage::keys::ALL_CFS;
 use crate::storage::partition::{PartitionLog, PartitionOffsets};
+use crate::storage::segments::{RollPolicy, SegmentLog};
 use crate::storage::{StorageError, Store};
 use leaders::{LeaderBoard, LeaderView, ANNOUNCE_INTERVAL};
 use metadata::{ClusterState, TopicState};
@@ -58,9 +62,26 @@ pub struct PartitionHandle {
     pub consumer_groups: Option<SharedGroups>,
     /// How long a leader may go without a majority's acknowledgement and still act as leader.
     lease: Duration,
+    /// The group's log files.
+    pub segments: Arc<SegmentLog>,
+    /// The log start up to which this replica last asked for its log to be freed.
+    freed_to: AtomicI64,
 }
 
 impl PartitionHandle {
+    /// Asks openraft for a snapshot once the log start has moved, so that the
+    /// log files below it are purged.
+    pub async fn free_below_log_start(&self) {
+        let start = self.offsets().log_start_offset;
+        if self.consumer_groups.is_some() || start <= self.freed_to.load(Ordering::Relaxed) {
+            return;
+        }
+        match self.raft.trigger().snapshot().await {
+            Ok(()) => self.freed_to.store(start, Ordering::Relaxed),
+            Err(err) => tracing::warn!(group = self.group, error = %err, "cannot start freeing the log"),
+        }
+    }
+
     pub fn leader(&self) -> Option<NodeId> {
         effective_leader(&self.raft.metrics().borrow(), self.lease)
     }
@@ -115,7 +136,8 @@ impl Cluster {
         };
         // Ascending ids: the lowest member bootstraps the controller group.
         let voters: Vec<(NodeId, String)> = members.iter().map(|(id, addr)| (*id, addr.clone())).collect();
-        let controller = start_group(&cfg, &store, &peers, CONTROLLER_GROUP, role, &voters).await?;
+        let controller_log = GroupLogStore::open(CONTROLLER_GROUP, store.clone(), &cfg.data_dir, state_log_roll())?;
+        let controller = start_group(&cfg, &store, &peers, controller_log, role, &voters).await?;
         tokio::spawn(leadership::follow(
             CONTROLLER_GROUP,
             controller.server_metrics(),
@@ -140,6 +162,7 @@ impl Cluster {
         ));
         cluster.reconcile().await?;
         tokio::spawn(Arc::clone(&cluster).follow_metadata(shutdown.clone()));
+        tokio::spawn(retention::run(Arc::clone(&cluster), shutdown.clone()));
         tokio::spawn(Arc::clone(&cluster).announce(shutdown));
         Ok(cluster)
     }
@@ -299,7 +322,7 @@ impl Cluster {
             }
             PeerRequest::Probe { group } => PeerResponse::Probed {
                 // An unreadable store must not look like a blank one.
-                has_state: self.store.has_raft_state(group).unwrap_or(true),
+                has_state: has_raft_state(&self.store, &self.cfg.data_dir, group).unwrap_or(true),
             },
             PeerRequest::Announce(announcement) => {
                 self.board.record(announcement);
@@ -317,7 +340,10 @@ impl Cluster {
             .filter_map(|(topic, partition, assignment)| {
                 let handle = self.partition_by_group(assignment.group)?;
                 let applied_index = handle.raft.metrics().borrow().last_applied.map_or(0, |id| id.index);
-                let (checksum, batches) = self.store.checksum_group(assignment.group).ok()?;
+                let (checksum, batches) = match handle.consumer_groups {
+                    Some(_) => (self.store.checksum_group(assignment.group).ok()?, 0),
+                    None => handle.log.checksum(handle.offsets().log_start_offset).ok()?,
+                };
                 Some(PartitionChecksum {
                     topic: topic.to_string(),
                     partition,
@@ -515,7 +541,17 @@ impl Cluster {
         replicas: &[NodeId],
         stores_offsets: bool,
     ) -> Result<PartitionHandle, StartError> {
-        let log = PartitionLog::new(group, self.store.clone());
+        let roll = match stores_offsets {
+            true => state_log_roll(),
+            false => retention::roll_policy(&self.cfg, &self.topic_configs(group)),
+        };
+        let log_store = GroupLogStore::open(group, self.store.clone(), &self.cfg.data_dir, roll)?;
+        let segments = log_store.segments();
+        let log = PartitionLog::new(
+            group,
+            self.store.clone(),
+            Arc::new(EntryBatches(Arc::clone(&segments))),
+        );
         let (published, offsets) = watch::channel(PartitionOffsets::default());
         let consumer_groups = stores_offsets.then(SharedGroups::default);
         let role = match &consumer_groups {
@@ -532,7 +568,7 @@ impl Cluster {
             .iter()
             .map(|id| (*id, self.members.get(id).cloned().unwrap_or_default()))
             .collect();
-        let raft = start_group(&self.cfg, &self.store, &self.peers, group, role, &members).await?;
+        let raft = start_group(&self.cfg, &self.store, &self.peers, log_store, role, &members).await?;
         tokio::spawn(leadership::follow(group, raft.server_metrics(), self.metadata.clone()));
         tracing::info!(group, stores_offsets, "partition group started");
         Ok(PartitionHandle {
@@ -542,6 +578,8 @@ impl Cluster {
             offsets,
             consumer_groups,
             lease: self.lease(),
+            segments,
+            freed_to: AtomicI64::new(0),
         })
     }
 
@@ -554,6 +592,7 @@ impl Cluster {
         self.store.delete_group_in(&mut write, group, &ALL_CFS);
         self.store.write_durable(write)?;
         SnapshotDir::new(&self.cfg.data_dir.join("snapshots"), group).remove()?;
+        SegmentLog::remove(&log_dir(&self.cfg.data_dir, group))?;
         tracing::info!(group, "partition group dropped");
         Ok(())
     }
@@ -826,6 +865,58 @@ impl Cluster {
 
     /// Replicates `batches` through the partition's Raft group and waits up to
     /// `timeout` for the commit; returns (base offset, log start offset).
+    /// This node's partitions that hold records (not consumer offsets).
+    pub fn record_partitions(&self) -> Vec<Arc<PartitionHandle>> {
+        self.partitions
+            .read()
+            .map(|map| map.values().filter(|h| h.consumer_groups.is_none()).cloned().collect())
+            .unwrap_or_default()
+    }
+
+    /// The configs of the topic `group` is a partition of.
+    pub fn topic_configs(&self, group: GroupId) -> BTreeMap<String, String> {
+        let metadata = self.metadata();
+        metadata
+            .topics
+            .values()
+            .find(|topic| topic.partitions.iter().any(|a| a.group == group))
+            .map(|topic| topic.configs.clone())
+            .unwrap_or_default()
+    }
+
+    /// Moves a partition's log start forward through its leader (this node);
+    /// returns the new log start.
+    pub async fn advance_log_start(&self, handle: &PartitionHandle, offset: i64) -> Result<i64, BrokerError> {
+        match handle.raft.client_write(Command::AdvanceLogStart { offset }).await {
+            Ok(response) => match response.data {
+                CommandResponse::LogStart(start) => Ok(start),
+                other => Err(BrokerError::InvalidRequest(format!(
+                    "unexpected partition answer {other:?}"
+                ))),
+            },
+            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_))) => Err(BrokerError::NotLeader),
+            Err(err) => Err(BrokerError::LeaderNotAvailable(err.to_string())),
+        }
+    }
+
+    /// DeleteRecords for one partition: everything below `offset` (-1: the high
+    /// watermark) goes. Returns the new low watermark.
+    pub async fn delete_records(&self, topic: &str, partition: i32, offset: i64) -> Result<i64, BrokerError> {
+        let handle = self.led_partition(topic, partition)?;
+        let offsets = handle.offsets();
+        let target = if offset == -1 { offsets.next_offset } else { offset };
+        if target < 0 || target > offsets.next_offset {
+            return Err(BrokerError::OffsetOutOfRange {
+                offset,
+                log_start: offsets.log_start_offset,
+                high_watermark: offsets.next_offset,
+            });
+        }
+        let start = self.advance_log_start(&handle, target).await?;
+        handle.free_below_log_start().await;
+        Ok(start)
+    }
+
     pub async fn append(
         &self,
         handle: &PartitionHandle,
@@ -850,6 +941,15 @@ impl Cluster {
             Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_))) => Err(BrokerError::NotLeader),
             Err(err) => Err(BrokerError::LeaderNotAvailable(err.to_string())),
         }
+    }
+}
+
+/// How the logs of groups that hold state only (the controller, consumer
+/// offsets) roll: they are cut by snapshots, so the size matters little.
+fn state_log_roll() -> RollPolicy {
+    RollPolicy {
+        max_bytes: 64 << 20,
+        max_age: Duration::from_secs(24 * 3600),
     }
 }
 

@@ -6,7 +6,7 @@ use kafka_protocol::messages::{DescribeConfigsRequest, DescribeConfigsResponse};
 use kafka_protocol::protocol::VersionRange;
 
 use super::{error_message, str_bytes};
-use crate::cluster::Cluster;
+use crate::cluster::{retention, Cluster};
 use crate::config::BrokerConfig;
 use crate::error::{code_of, BrokerError};
 
@@ -94,6 +94,7 @@ fn topic_defaults(cfg: &BrokerConfig) -> Vec<Entry> {
         ("min.insync.replicas", "1".to_string()),
     ]
     .into_iter()
+    .chain(retention::topic_defaults(cfg))
     .map(|(name, value)| (name.to_string(), value, SOURCE_DEFAULT))
     .collect()
 }
@@ -103,6 +104,14 @@ fn broker_configs(cfg: &BrokerConfig) -> Vec<Entry> {
         ("auto.create.topics.enable", cfg.auto_create_topics.to_string()),
         ("broker.id", cfg.node_id.to_string()),
         ("default.replication.factor", cfg.default_replication_factor.to_string()),
+        ("log.retention.bytes", cfg.log_retention_bytes.to_string()),
+        (
+            "log.retention.check.interval.ms",
+            cfg.log_retention_check_interval_ms.to_string(),
+        ),
+        ("log.retention.hours", cfg.log_retention_hours.to_string()),
+        ("log.roll.ms", cfg.log_roll_ms.to_string()),
+        ("log.segment.bytes", cfg.log_segment_bytes.to_string()),
         ("message.max.bytes", cfg.message_max_bytes.to_string()),
         ("num.partitions", cfg.default_partitions.to_string()),
         ("socket.request.max.bytes", cfg.socket_request_max_bytes.to_string()),

@@ -49,7 +49,7 @@ fn lookup(cluster: &Cluster, topic: &str, partition: &ListOffsetsPartition) -> R
         EARLIEST => Ok((-1, offsets.log_start_offset)),
         timestamp if timestamp >= 0 => Ok(handle
             .log
-            .offset_for_timestamp(timestamp)?
+            .offset_for_timestamp(timestamp, offsets.log_start_offset)?
             .filter(|(offset, _)| *offset < offsets.next_offset)
             .map_or((-1, -1), |(offset, ts)| (ts, offset))),
         other => Err(BrokerError::InvalidRequest(format!(

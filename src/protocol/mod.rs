@@ -7,6 +7,7 @@ pub mod codec;
 pub mod create_partitions;
 pub mod create_topics;
 pub mod delete_groups;
+pub mod delete_records;
 pub mod delete_topics;
 pub mod describe_cluster;
 pub mod describe_configs;
@@ -69,6 +70,7 @@ pub const SUPPORTED_APIS: &[(ApiKey, VersionRange)] = &[
     (ApiKey::DeleteGroups, delete_groups::VERSIONS),
     (ApiKey::OffsetDelete, offset_delete::VERSIONS),
     (ApiKey::DescribeCluster, describe_cluster::VERSIONS),
+    (ApiKey::DeleteRecords, delete_records::VERSIONS),
 ];
 
 pub fn supported_versions(api_key: ApiKey) -> Option<VersionRange> {
@@ -98,6 +100,7 @@ pub async fn handle(broker: Arc<Broker>, peer: SocketAddr, request: Request) -> 
         RequestKind::CreatePartitions(req) => {
             ResponseKind::CreatePartitions(create_partitions::handle(cluster, req).await)
         }
+        RequestKind::DeleteRecords(req) => ResponseKind::DeleteRecords(delete_records::handle(cluster, req).await),
         RequestKind::DescribeConfigs(req) => ResponseKind::DescribeConfigs(describe_configs::handle(cluster, req)),
         RequestKind::DescribeCluster(_) => ResponseKind::DescribeCluster(describe_cluster::handle(cluster)),
         RequestKind::FindCoordinator(req) => {

@@ -26,6 +26,9 @@ pub enum Command {
     CreatePartitions { name: String, replicas: Vec<Vec<NodeId>> },
     /// Partition: append validated record batches.
     Append { batches: Vec<ValidatedBatch> },
+    /// Partition: move the log start forward (retention, DeleteRecords); the
+    /// records below it are gone for readers, and their log can be freed.
+    AdvanceLogStart { offset: i64 },
     /// Offsets partition: a consumer group change.
     Group(GroupCommand),
     /// Controller: hand out the next idempotent producer id.
@@ -43,7 +46,7 @@ impl Command {
             | Command::DeleteTopic { .. }
             | Command::CreatePartitions { .. }
             | Command::AllocateProducerId => true,
-            Command::Append { .. } | Command::Group(_) => false,
+            Command::Append { .. } | Command::AdvanceLogStart { .. } | Command::Group(_) => false,
         }
     }
 }
@@ -57,6 +60,8 @@ pub enum CommandResponse {
     /// A partition appended batches starting at `base_offset` (or had already
     /// appended them, for a retried idempotent batch).
     Appended { base_offset: i64, log_start_offset: i64 },
+    /// A partition's log start after an AdvanceLogStart.
+    LogStart(i64),
     /// A partition refused an idempotent producer's batches.
     ProduceRefused(ProduceRefusal),
     /// The controller allocated a producer id.

@@ -32,17 +32,27 @@ pub enum GroupStartError {
     Raft(String),
 }
 
-fn raft_config(cfg: &BrokerConfig, group: GroupId) -> Result<Arc<openraft::Config>, GroupStartError> {
+fn raft_config(cfg: &BrokerConfig, group: GroupId, holds_records: bool) -> Result<Arc<openraft::Config>, GroupStartError> {
     let election = cfg.election_timeout().as_millis() as u64;
+    let (snapshot_policy, max_in_snapshot_log_to_keep) = if holds_records {
+        // The log is the partition's records: it is cut only where retention
+        // moved the log start, by a snapshot built on request at that point.
+        (SnapshotPolicy::Never, 0)
+    } else {
+        // Keep a tail of the log after a snapshot so a briefly lagging follower
+        // catches up from the log instead of a full snapshot.
+        (
+            SnapshotPolicy::LogsSinceLast(cfg.snapshot_entries),
+            (cfg.snapshot_entries / 10).max(1),
+        )
+    };
     let config = openraft::Config {
         cluster_name: format!("group-{group}"),
         heartbeat_interval: cfg.heartbeat_interval().as_millis() as u64,
         election_timeout_min: election,
         election_timeout_max: election * 2,
-        snapshot_policy: SnapshotPolicy::LogsSinceLast(cfg.snapshot_entries),
-        // Keep a tail of the log after a snapshot so a briefly lagging follower
-        // catches up from the log instead of a full snapshot.
-        max_in_snapshot_log_to_keep: (cfg.snapshot_entries / 10).max(1),
+        snapshot_policy,
+        max_in_snapshot_log_to_keep,
         max_payload_entries: MAX_PAYLOAD_ENTRIES,
         ..Default::default()
     };
@@ -52,22 +62,29 @@ fn raft_config(cfg: &BrokerConfig, group: GroupId) -> Result<Arc<openraft::Confi
         .map_err(|err| GroupStartError::Raft(err.to_string()))
 }
 
-/// Opens the group's storage and starts its Raft instance. `members` lists the
+/// Starts the group's Raft instance over its opened log. `members` lists the
 /// group's voters, the designated bootstrapper first: if the group has never run
 /// anywhere, that node initialises its membership.
 pub async fn start_group(
     cfg: &BrokerConfig,
     store: &Store,
     peers: &Arc<Peers>,
-    group: GroupId,
+    log_store: GroupLogStore,
     role: GroupRole,
     members: &[(NodeId, String)],
 ) -> Result<Raft, GroupStartError> {
-    let log_store = GroupLogStore::new(group, store.clone());
-    let state_machine = GroupStateMachine::open(group, store.clone(), role, &cfg.data_dir.join("snapshots"))?;
+    let group = log_store.group();
+    let holds_records = matches!(role, GroupRole::Partition { .. });
+    let state_machine = GroupStateMachine::open(
+        group,
+        store.clone(),
+        role,
+        &cfg.data_dir.join("snapshots"),
+        log_store.segments(),
+    )?;
     let raft = Raft::new(
         cfg.node_id,
-        raft_config(cfg, group)?,
+        raft_config(cfg, group, holds_records)?,
         GroupNetwork::new(group, Arc::clone(peers)),
         log_store,
         state_machine,

@@ -1,28 +1,79 @@
-//! openraft log storage for one group, in the node's shared RocksDB.
+//! openraft log storage for one group: entries in the group's segment files
+//! (the only place a produced record's bytes are written), votes and the
+//! purge point in the node's RocksDB.
 //!
 //! Durability is enforced here: votes and appended entries are fsynced before
 //! openraft is told they are stored, so an acknowledged write survives kill -9.
+//! Recording the purge point syncs RocksDB's write-ahead log, which also makes
+//! the state machine's earlier unsynced writes durable: the state the purged
+//! entries built can no longer be lost.
 
 use std::fmt::Debug;
 use std::ops::{Bound, RangeBounds};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use openraft::storage::{LogFlushed, LogState, RaftLogStorage};
-use openraft::{ErrorSubject, ErrorVerb, RaftLogReader, StorageIOError, Vote};
+use bytes::Bytes;
+use openraft::{EntryPayload, ErrorSubject, ErrorVerb, RaftLogReader, StorageIOError, Vote};
 use rocksdb::WriteBatch;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use super::{GroupId, LogId, NodeId, RaftStorageError, TypeConfig};
+use super::{Command, GroupId, LogId, NodeId, RaftStorageError, TypeConfig};
 use crate::metrics::METRICS;
-use crate::storage::keys::{self, CF_RAFT_LOG, CF_RAFT_STATE};
+use crate::storage::keys::{self, CF_RAFT_STATE};
+use crate::storage::partition::BatchSource;
+use crate::storage::segments::{RollPolicy, SegmentLog};
 use crate::storage::{StorageError, Store};
 
 type Entry = openraft::Entry<TypeConfig>;
+
+/// Version tag of an entry's encoding inside its log record.
+const ENTRY_FORMAT: u8 = 1;
+
+pub fn encode_entry(entry: &Entry) -> Result<Vec<u8>, StorageError> {
+    let mut out = vec![ENTRY_FORMAT];
+    bincode::serialize_into(&mut out, entry)?;
+    Ok(out)
+}
+
+pub fn decode_entry(raw: &[u8]) -> Result<Entry, StorageError> {
+    match raw.split_first() {
+        Some((&ENTRY_FORMAT, body)) => Ok(bincode::deserialize(body)?),
+        Some((version, _)) => Err(StorageError::Encoding(format!("unknown entry format {version}"))),
+        None => Err(StorageError::Encoding("empty log entry".into())),
+    }
+}
+
+/// Where a group's log files live under the node's data dir.
+pub fn log_dir(data_dir: &Path, group: GroupId) -> PathBuf {
+    data_dir.join("log").join(format!("group-{group}"))
+}
+
+/// Whether this node ever held Raft state (a vote or a log entry) for `group`.
+pub fn has_raft_state(store: &Store, data_dir: &Path, group: GroupId) -> Result<bool, StorageError> {
+    Ok(store.has_group_keys(CF_RAFT_STATE, group)? || SegmentLog::exists(&log_dir(data_dir, group)))
+}
+
+/// Reads a partition's record batches out of the log entries that carried them.
+pub struct EntryBatches(pub Arc<SegmentLog>);
+
+impl BatchSource for EntryBatches {
+    fn batches(&self, entry: u64) -> Result<Option<Vec<Bytes>>, StorageError> {
+        let Some(raw) = self.0.read(entry)? else { return Ok(None) };
+        Ok(Some(match decode_entry(&raw)?.payload {
+            EntryPayload::Normal(Command::Append { batches }) => batches.into_iter().map(|batch| batch.bytes).collect(),
+            _ => Vec::new(),
+        }))
+    }
+}
 
 #[derive(Clone)]
 pub struct GroupLogStore {
     group: GroupId,
     store: Store,
+    log: Arc<SegmentLog>,
 }
 
 pub(crate) fn io_error(
@@ -53,8 +104,25 @@ pub(crate) fn blocking<T>(work: impl FnOnce() -> T) -> T {
 }
 
 impl GroupLogStore {
-    pub fn new(group: GroupId, store: Store) -> Self {
-        GroupLogStore { group, store }
+    pub fn open(group: GroupId, store: Store, data_dir: &Path, roll: RollPolicy) -> Result<Self, StorageError> {
+        let log = SegmentLog::open(&log_dir(data_dir, group), roll).map_err(|err| match err {
+            StorageError::Corrupt { what, .. } => StorageError::Corrupt { group, what },
+            other => other,
+        })?;
+        Ok(GroupLogStore {
+            group,
+            store,
+            log: Arc::new(log),
+        })
+    }
+
+    pub fn group(&self) -> GroupId {
+        self.group
+    }
+
+    /// The group's log files, for readers of committed entries.
+    pub fn segments(&self) -> Arc<SegmentLog> {
+        Arc::clone(&self.log)
     }
 
     fn read_state<T: DeserializeOwned>(&self, tag: u8) -> Result<Option<T>, StorageError> {
@@ -75,18 +143,8 @@ impl GroupLogStore {
     }
 
     fn last_entry(&self) -> Result<Option<Entry>, StorageError> {
-        let (start, end) = keys::group_range(self.group);
-        let mut iter = self.store.db().raw_iterator_cf(self.store.cf(CF_RAFT_LOG));
-        iter.seek_for_prev(&end);
-        match (iter.key(), iter.value()) {
-            (Some(key), Some(value)) if key >= start.as_slice() && key < end.as_slice() => {
-                Ok(Some(bincode::deserialize(value)?))
-            }
-            _ => {
-                iter.status()?;
-                Ok(None)
-            }
-        }
+        let Some((_, last)) = self.log.bounds() else { return Ok(None) };
+        self.log.read(last)?.map(|raw| decode_entry(&raw)).transpose()
     }
 
     /// The consecutive entries `from..until` this store holds, which may end early
@@ -105,40 +163,27 @@ impl GroupLogStore {
             });
         }
         let mut entries = Vec::new();
-        for item in self
-            .store
-            .scan_group(CF_RAFT_LOG, self.group, &keys::group_u64_key(self.group, from))
-        {
-            let (key, value) = item?;
-            let index = keys::key_suffix_u64(&key).unwrap_or(u64::MAX);
-            if until.is_some_and(|until| index >= until) && !entries.is_empty() {
-                break;
-            }
-            // Also past the range when nothing was found before it: the log then
-            // starts after `from` with no purge point to account for the gap.
-            let expected = from + entries.len() as u64;
-            if index != expected {
+        let last = match self.log.bounds() {
+            Some((first, _)) if first > from => {
                 return Err(LogReadError::Hole {
                     group: self.group,
-                    missing: expected,
-                    found: index,
-                });
+                    missing: from,
+                    found: first,
+                })
             }
-            entries.push(bincode::deserialize(&value).map_err(StorageError::from)?);
+            Some((_, last)) => last,
+            None => return Ok(entries),
+        };
+        let end = until.map_or(last + 1, |until| until.min(last + 1));
+        for index in from..end {
+            let raw = self.log.read(index)?.ok_or(LogReadError::Hole {
+                group: self.group,
+                missing: index,
+                found: last,
+            })?;
+            entries.push(decode_entry(&raw)?);
         }
         Ok(entries)
-    }
-
-    fn delete_log_range(&self, batch: &mut WriteBatch, from: u64, until: Option<u64>) {
-        let end = match until {
-            Some(until) => keys::group_u64_key(self.group, until).to_vec(),
-            None => keys::group_range(self.group).1,
-        };
-        batch.delete_range_cf(
-            self.store.cf(CF_RAFT_LOG),
-            keys::group_u64_key(self.group, from).to_vec(),
-            end,
-        );
     }
 }
 
@@ -211,20 +256,19 @@ impl RaftLogStorage<TypeConfig> for GroupLogStore {
         I: IntoIterator<Item = Entry> + Send,
         I::IntoIter: Send,
     {
-        let mut batch = WriteBatch::default();
-        let cf = self.store.cf(CF_RAFT_LOG);
-        let (mut count, mut bytes) = (0, 0);
-        for entry in entries {
-            let value = bincode::serialize(&entry)
-                .map_err(|err| io_error(ErrorSubject::Logs, ErrorVerb::Write, StorageError::from(err)))?;
-            count += 1;
-            bytes += value.len();
-            batch.put_cf(cf, keys::group_u64_key(self.group, entry.log_id.index), value);
-        }
+        let encoded = entries
+            .into_iter()
+            .map(|entry| Ok((entry.log_id.index, encode_entry(&entry)?)))
+            .collect::<Result<Vec<(u64, Vec<u8>)>, StorageError>>()
+            .map_err(|err| io_error(ErrorSubject::Logs, ErrorVerb::Write, err))?;
+        let bytes = encoded.iter().map(|(_, raw)| raw.len()).sum();
         // The write is synced before returning, so entries are readable and durable at once.
         let started = std::time::Instant::now();
-        let result = blocking(|| self.store.write_durable(batch));
-        METRICS.raft_log_appended(count, bytes, started.elapsed());
+        let result = blocking(|| {
+            self.log
+                .append(encoded.iter().map(|(index, raw)| (*index, raw.as_slice())))
+        });
+        METRICS.raft_log_appended(encoded.len(), bytes, started.elapsed());
         let io_result = result
             .as_ref()
             .map(|_| ())
@@ -234,18 +278,17 @@ impl RaftLogStorage<TypeConfig> for GroupLogStore {
     }
 
     async fn truncate(&mut self, log_id: LogId) -> Result<(), RaftStorageError> {
-        let mut batch = WriteBatch::default();
-        self.delete_log_range(&mut batch, log_id.index, None);
-        blocking(|| self.store.write_durable(batch)).map_err(|err| io_error(ErrorSubject::Logs, ErrorVerb::Delete, err))
+        blocking(|| self.log.truncate_from(log_id.index))
+            .map_err(|err| io_error(ErrorSubject::Logs, ErrorVerb::Delete, err))
     }
 
     async fn purge(&mut self, log_id: LogId) -> Result<(), RaftStorageError> {
-        // The purge point and the deletion are one atomic write, so the log never
-        // has a hole that get_log_state would not account for.
+        // The purge point is durable before any file goes: readers refuse what
+        // lies below it, and a crash in between leaves files the next purge frees.
         let purge = || -> Result<(), StorageError> {
-            let mut batch = self.state_write(keys::TAG_LAST_PURGED, &log_id)?;
-            self.delete_log_range(&mut batch, 0, Some(log_id.index + 1));
-            self.store.write_durable(batch)
+            self.store
+                .write_durable(self.state_write(keys::TAG_LAST_PURGED, &log_id)?)?;
+            self.log.purge_through(log_id.index)
         };
         blocking(purge).map_err(|err| io_error(ErrorSubject::Logs, ErrorVerb::Delete, err))
     }
@@ -253,7 +296,7 @@ impl RaftLogStorage<TypeConfig> for GroupLogStore {
 
 #[cfg(test)]
 mod tests {
-    use openraft::{CommittedLeaderId, EntryPayload};
+    use openraft::CommittedLeaderId;
 
     use super::*;
 
@@ -261,20 +304,29 @@ mod tests {
         LogId::new(CommittedLeaderId::new(1, 1), index)
     }
 
-    fn put_entries(store: &Store, group: GroupId, indexes: impl IntoIterator<Item = u64>) {
-        let mut batch = WriteBatch::default();
-        for index in indexes {
-            let entry = Entry {
-                log_id: log_id(index),
-                payload: EntryPayload::Blank,
-            };
-            batch.put_cf(
-                store.cf(CF_RAFT_LOG),
-                keys::group_u64_key(group, index),
-                bincode::serialize(&entry).unwrap(),
-            );
-        }
-        store.write_durable(batch).unwrap();
+    fn put_entries(log: &GroupLogStore, indexes: impl IntoIterator<Item = u64>) {
+        let encoded: Vec<(u64, Vec<u8>)> = indexes
+            .into_iter()
+            .map(|index| {
+                let entry = Entry {
+                    log_id: log_id(index),
+                    payload: EntryPayload::Blank,
+                };
+                (index, encode_entry(&entry).unwrap())
+            })
+            .collect();
+        log.log
+            .append(encoded.iter().map(|(index, raw)| (*index, raw.as_slice())))
+            .unwrap();
+    }
+
+    fn open(dir: &Path, group: GroupId) -> GroupLogStore {
+        let store = Store::open(dir).unwrap();
+        let roll = RollPolicy {
+            max_bytes: 1 << 20,
+            max_age: std::time::Duration::from_secs(3600),
+        };
+        GroupLogStore::open(group, store, dir, roll).unwrap()
     }
 
     fn indexes(entries: &[Entry]) -> Vec<u64> {
@@ -284,9 +336,8 @@ mod tests {
     #[tokio::test(flavor = "multi_thread")]
     async fn a_purged_range_is_refused_not_served_from_what_is_left() {
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path()).unwrap();
-        let mut log = GroupLogStore::new(4, store.clone());
-        put_entries(&store, 4, 0..10);
+        let mut log = open(dir.path(), 4);
+        put_entries(&log, 0..10);
         assert_eq!(indexes(&log.try_get_log_entries(0..3).await.unwrap()), vec![0, 1, 2]);
 
         log.purge(log_id(5)).await.unwrap();
@@ -315,15 +366,16 @@ mod tests {
     #[tokio::test(flavor = "multi_thread")]
     async fn a_log_with_a_hole_is_refused() {
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path()).unwrap();
-        let mut log = GroupLogStore::new(2, store.clone());
+        let mut log = open(dir.path(), 2);
         // What a follower was left with when a leader streamed it a purged log's
         // tail: entries from 38 on and no purge point below them.
-        put_entries(&store, 2, 38..42);
+        put_entries(&log, 38..42);
         assert!(log.try_get_log_entries(0..64).await.is_err());
         assert!(log.try_get_log_entries(0..1).await.is_err());
-        put_entries(&store, 2, [44]);
-        assert!(log.try_get_log_entries(40..45).await.is_err(), "entry 43 is missing");
+        assert!(
+            log.log.append([(44, [ENTRY_FORMAT].as_slice())]).is_err(),
+            "the segment log itself refuses a hole"
+        );
         assert_eq!(
             indexes(&log.try_get_log_entries(38..42).await.unwrap()),
             vec![38, 39, 40, 41]

@@ -1,12 +1,13 @@
-//! Snapshot files. A group's snapshot is every key it owns in the state-machine
-//! column families, read from one RocksDB snapshot so that the applied log id
-//! and the data always agree. The same format serves the controller and every
-//! partition, and a follower installs it by replacing the group's key range.
-//!
-//! File layout: `RFKS` | version (1 byte) | repeated
+//! Snapshot files, of two kinds. A partition that holds records snapshots one
+//! checkpoint of its state (offsets and producers, never records):
+//! `RFKC` | version (1 byte) | encoded checkpoint | crc32 of everything before.
+//! The controller and the consumer-offsets partitions, whose state is all
+//! they hold, snapshot every key they own in the state-machine column
+//! families, read from one RocksDB snapshot so that the applied log id and the
+//! data agree, and a follower installs it by replacing the group's key range:
+//! `RFKS` | version (1 byte) | repeated
 //! `cf: u8 | key_len: u32 | key | value_len: u32 | value`, then
-//! `0xFF | crc32 of everything before`. Files written before the version tag
-//! start directly with the first record and are still read.
+//! `0xFF | crc32 of everything before`.
 //!
 //! A group's directory holds `<snapshot id>.snap` files, `current.json` naming
 //! the current one, and temporary files while one is written. Building,
@@ -26,10 +27,14 @@ use rocksdb::WriteBatch;
 
 use super::{GroupId, LogId, SnapshotMeta, StoredMembership};
 use crate::storage::keys::{self, CF_SM_STATE, STATE_MACHINE_CFS, TAG_APPLIED};
+use crate::storage::partition::Checkpoint;
 use crate::storage::{StorageError, Store};
 
 const MAGIC: &[u8; 4] = b"RFKS";
-const FORMAT_VERSION: u8 = 1;
+/// Version 2 dropped the records column family, which version 1 files carried.
+const FORMAT_VERSION: u8 = 2;
+const CHECKPOINT_MAGIC: &[u8; 4] = b"RFKC";
+const CHECKPOINT_VERSION: u8 = 1;
 const END_MARKER: u8 = 0xFF;
 const CURRENT_META: &str = "current.json";
 const DATA_EXTENSION: &str = "snap";
@@ -172,14 +177,17 @@ impl SnapshotDir {
         }
     }
 
-    /// Writes the group's state to a new snapshot file, makes it current and
-    /// returns it open.
-    pub fn build(&self, store: &Store, group: GroupId) -> Result<(SnapshotMeta, File), StorageError> {
+    /// Writes a new snapshot file with `content` (which fills the file at the
+    /// path it is given and says what applied state it holds), makes it
+    /// current and returns it open.
+    pub fn build(
+        &self,
+        content: impl FnOnce(&Path) -> Result<AppliedState, StorageError>,
+    ) -> Result<(SnapshotMeta, File), StorageError> {
         let _locked = self.locked();
         self.create_dir()?;
         let building = self.temp_path("building");
-        let dumped = dump_group(store, group, &building);
-        let (applied, membership) = match dumped {
+        let (applied, membership) = match content(&building) {
             Ok(state) => state,
             Err(err) => {
                 let _ = fs::remove_file(&building);
@@ -219,13 +227,12 @@ impl SnapshotDir {
     }
 
     /// Replaces the group's state with the snapshot received in `incoming`
-    /// (checked while it is loaded) and makes it the current snapshot.
+    /// (`load` checks it while it loads it) and makes it the current snapshot.
     pub fn install(
         &self,
-        store: &Store,
-        group: GroupId,
         meta: &SnapshotMeta,
         incoming: &mut File,
+        load: impl FnOnce(&Path) -> Result<(), StorageError>,
     ) -> Result<(), StorageError> {
         let _locked = self.locked();
         self.create_dir()?;
@@ -235,7 +242,7 @@ impl SnapshotDir {
             let mut target = File::create(&installing)?;
             std::io::copy(incoming, &mut target)?;
             target.sync_all()?;
-            load_into_store(store, group, &installing)
+            load(&installing)
         })();
         if let Err(err) = copied {
             let _ = fs::remove_file(&installing);
@@ -296,7 +303,47 @@ fn snapshot_id(applied: Option<LogId>) -> String {
     }
 }
 
-fn dump_group(store: &Store, group: GroupId, path: &Path) -> Result<AppliedState, StorageError> {
+/// Writes `checkpoint` as a partition snapshot file; the checkpoint's
+/// replication part is the applied state it stands for.
+pub fn write_checkpoint(path: &Path, checkpoint: &Checkpoint) -> Result<AppliedState, StorageError> {
+    let applied: AppliedState = bincode::deserialize(&checkpoint.replication)?;
+    let mut content = CHECKPOINT_MAGIC.to_vec();
+    content.push(CHECKPOINT_VERSION);
+    content.extend_from_slice(&checkpoint.encode()?);
+    let crc = crc32fast::hash(&content);
+    content.extend_from_slice(&crc.to_be_bytes());
+    let mut file = File::create(path)?;
+    file.write_all(&content)?;
+    file.sync_all()?;
+    Ok(applied)
+}
+
+/// Reads a partition snapshot file written by [`write_checkpoint`]: the
+/// checkpoint and the applied state it stands for.
+pub fn read_checkpoint(path: &Path, group: GroupId) -> Result<(Checkpoint, AppliedState), StorageError> {
+    let corrupt = |what: &str| StorageError::Corrupt {
+        group,
+        what: format!("partition snapshot: {what}"),
+    };
+    let content = fs::read(path)?;
+    let header = CHECKPOINT_MAGIC.len() + 1;
+    if content.len() < header + 4 || &content[..CHECKPOINT_MAGIC.len()] != CHECKPOINT_MAGIC {
+        return Err(corrupt("not a partition snapshot"));
+    }
+    if content[CHECKPOINT_MAGIC.len()] != CHECKPOINT_VERSION {
+        return Err(corrupt("unsupported format version"));
+    }
+    let (body, crc) = content.split_at(content.len() - 4);
+    if crc32fast::hash(body) != u32::from_be_bytes(crc.try_into().unwrap_or_default()) {
+        return Err(corrupt("checksum mismatch"));
+    }
+    let checkpoint = Checkpoint::decode(&body[header..])?;
+    let applied = bincode::deserialize(&checkpoint.replication)?;
+    Ok((checkpoint, applied))
+}
+
+/// Writes every state-machine key of `group` as a snapshot file.
+pub fn dump_group(store: &Store, group: GroupId, path: &Path) -> Result<AppliedState, StorageError> {
     let db = store.db();
     let view = db.snapshot();
     let applied = match view.get_cf(store.cf(CF_SM_STATE), keys::group_tag_key(group, TAG_APPLIED))? {
@@ -345,24 +392,15 @@ pub fn load_into_store(store: &Store, group: GroupId, path: &Path) -> Result<(),
     let mut hasher = crc32fast::Hasher::new();
     let mut write = WriteBatch::default();
     store.delete_group_in(&mut write, group, &STATE_MACHINE_CFS);
-    let mut first = read_exact::<1>(&mut reader, &mut hasher)?[0];
-    // An untagged file starts with its first record's column family instead.
-    if first == MAGIC[0] {
-        let rest = read_exact::<4>(&mut reader, &mut hasher)?;
-        if rest[..3] != MAGIC[1..] {
-            return Err(corrupt("not a snapshot file"));
-        }
-        if rest[3] != FORMAT_VERSION {
-            return Err(corrupt(&format!("unsupported format version {}", rest[3])));
-        }
-        first = read_exact::<1>(&mut reader, &mut hasher)?[0];
+    let header = read_exact::<5>(&mut reader, &mut hasher)?;
+    if header[..4] != MAGIC[..] {
+        return Err(corrupt("not a snapshot file"));
     }
-    let mut next_tag = Some(first);
+    if header[4] != FORMAT_VERSION {
+        return Err(corrupt(&format!("unsupported format version {}", header[4])));
+    }
     loop {
-        let tag = match next_tag.take() {
-            Some(tag) => tag,
-            None => read_exact::<1>(&mut reader, &mut hasher)?[0],
-        };
+        let tag = read_exact::<1>(&mut reader, &mut hasher)?[0];
         if tag == END_MARKER {
             break;
         }
@@ -406,14 +444,14 @@ fn read_part(reader: &mut impl Read, hasher: &mut crc32fast::Hasher) -> Result<V
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::storage::keys::CF_RECORDS;
+    use crate::storage::keys::CF_SM_STATE as CF_DATA;
 
     fn store_with_records(dir: &Path, group: GroupId, count: u64) -> Store {
         let store = Store::open(dir).unwrap();
         let mut write = WriteBatch::default();
         for offset in 0..count {
             write.put_cf(
-                store.cf(CF_RECORDS),
+                store.cf(CF_DATA),
                 keys::group_u64_key(group, offset),
                 format!("batch {offset}"),
             );
@@ -424,7 +462,7 @@ mod tests {
 
     fn group_keys(store: &Store, group: GroupId) -> Vec<crate::storage::KeyValue> {
         store
-            .scan_group(CF_RECORDS, group, &keys::group_range(group).0)
+            .scan_group(CF_DATA, group, &keys::group_range(group).0)
             .map(|kv| kv.unwrap())
             .collect()
     }
@@ -444,29 +482,29 @@ mod tests {
         let source = store_with_records(source_dir.path(), 7, 5);
         source
             .db()
-            .put_cf(source.cf(CF_RECORDS), keys::group_u64_key(8, 0), "another group")
+            .put_cf(source.cf(CF_DATA), keys::group_u64_key(8, 0), "another group")
             .unwrap();
         let snapshots = SnapshotDir::new(&source_dir.path().join("snapshots"), 7);
-        let (meta, _) = snapshots.build(&source, 7).unwrap();
+        let (meta, _) = snapshots.build(|path| dump_group(&source, 7, path)).unwrap();
         assert_eq!(current_id(&snapshots), Some(meta.snapshot_id.clone()));
 
         let target_dir = tempfile::tempdir().unwrap();
         let target = Store::open(target_dir.path()).unwrap();
         target
             .db()
-            .put_cf(target.cf(CF_RECORDS), keys::group_u64_key(7, 99), "stale")
+            .put_cf(target.cf(CF_DATA), keys::group_u64_key(7, 99), "stale")
             .unwrap();
         let installed = SnapshotDir::new(&target_dir.path().join("snapshots"), 7);
         let mut incoming = installed.receiving_file().unwrap();
         std::io::copy(&mut File::open(snapshots.data_path(&meta)).unwrap(), &mut incoming).unwrap();
-        installed.install(&target, 7, &meta, &mut incoming).unwrap();
+        installed.install(&meta, &mut incoming, |path| load_into_store(&target, 7, path)).unwrap();
         assert_eq!(
             group_keys(&target, 7),
             group_keys(&source, 7),
             "same keys and values; the stale key is gone"
         );
         assert!(
-            target.get(CF_RECORDS, &keys::group_u64_key(8, 0)).unwrap().is_none(),
+            target.get(CF_DATA, &keys::group_u64_key(8, 0)).unwrap().is_none(),
             "only the group's keys"
         );
         assert_eq!(current_id(&installed), Some(meta.snapshot_id.clone()));
@@ -489,7 +527,7 @@ mod tests {
             snapshot_id: "damaged".into(),
             ..meta.clone()
         };
-        assert!(installed.install(&target, 7, &other, &mut damaged).is_err());
+        assert!(installed.install(&other, &mut damaged, |path| load_into_store(&target, 7, path)).is_err());
         assert_eq!(
             current_id(&installed),
             Some(meta.snapshot_id.clone()),
@@ -499,31 +537,38 @@ mod tests {
     }
 
     #[test]
-    fn a_file_without_the_version_tag_still_loads() {
+    fn an_unknown_version_is_refused() {
         let dir = tempfile::tempdir().unwrap();
         let store = store_with_records(dir.path(), 3, 4);
         let snapshots = SnapshotDir::new(&dir.path().join("snapshots"), 3);
-        let (meta, _) = snapshots.build(&store, 3).unwrap();
-        let tagged = fs::read(snapshots.data_path(&meta)).unwrap();
+        let (meta, _) = snapshots.build(|path| dump_group(&store, 3, path)).unwrap();
+        let mut tagged = fs::read(snapshots.data_path(&meta)).unwrap();
         assert_eq!(&tagged[..4], MAGIC);
-        let mut untagged = tagged[MAGIC.len() + 1..tagged.len() - 4].to_vec();
-        let crc = crc32fast::hash(&untagged);
-        untagged.extend_from_slice(&crc.to_be_bytes());
-        let old = dir.path().join("old.snap");
-        fs::write(&old, untagged).unwrap();
-
+        tagged[MAGIC.len()] = FORMAT_VERSION + 1;
+        let future = dir.path().join("future.snap");
+        fs::write(&future, tagged).unwrap();
         let other_dir = tempfile::tempdir().unwrap();
         let other = Store::open(other_dir.path()).unwrap();
-        load_into_store(&other, 3, &old).unwrap();
-        assert_eq!(group_keys(&other, 3), group_keys(&store, 3));
+        assert!(load_into_store(&other, 3, &future).is_err());
+    }
 
-        let mut future = tagged.clone();
-        future[MAGIC.len()] = FORMAT_VERSION + 1;
-        fs::write(&old, future).unwrap();
-        assert!(
-            load_into_store(&other, 3, &old).is_err(),
-            "an unknown version is refused"
-        );
+    #[test]
+    fn a_checkpoint_file_round_trips_and_damage_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let applied: AppliedState = (None, StoredMembership::default());
+        let checkpoint = Checkpoint {
+            offsets: Default::default(),
+            producers: Default::default(),
+            replication: bincode::serialize(&applied).unwrap(),
+        };
+        let path = dir.path().join("checkpoint.snap");
+        assert_eq!(write_checkpoint(&path, &checkpoint).unwrap(), applied);
+        let (read, read_applied) = read_checkpoint(&path, 1).unwrap();
+        assert_eq!((read, read_applied), (checkpoint, applied));
+        let mut damaged = fs::read(&path).unwrap();
+        damaged[6] ^= 1;
+        fs::write(&path, damaged).unwrap();
+        assert!(read_checkpoint(&path, 1).is_err());
     }
 
     fn current_id(snapshots: &SnapshotDir) -> Option<String> {
@@ -540,12 +585,12 @@ mod tests {
         let store = store_with_records(dir.path(), 5, 2);
         let snapshots = SnapshotDir::new(&dir.path().join("snapshots"), 5);
         assert_eq!(current_id(&snapshots), None, "none built yet");
-        let (meta, _) = snapshots.build(&store, 5).unwrap();
+        let (meta, _) = snapshots.build(|path| dump_group(&store, 5, path)).unwrap();
         fs::remove_file(snapshots.data_path(&meta)).unwrap();
         assert!(matches!(snapshots.current().unwrap(), CurrentSnapshot::Lost(_)));
         fs::write(snapshots.dir.join(CURRENT_META), b"{not json").unwrap();
         assert!(matches!(snapshots.current().unwrap(), CurrentSnapshot::Lost(_)));
-        let (rebuilt, _) = snapshots.build(&store, 5).unwrap();
+        let (rebuilt, _) = snapshots.build(|path| dump_group(&store, 5, path)).unwrap();
         assert_eq!(current_id(&snapshots), Some(rebuilt.snapshot_id));
         snapshots.remove().unwrap();
         assert!(!snapshots.dir.exists());
@@ -565,11 +610,11 @@ mod tests {
         let source_dir = tempfile::tempdir().unwrap();
         let source_store = store_with_records(source_dir.path(), 9, 50);
         let (source_meta, _) = SnapshotDir::new(&source_dir.path().join("snapshots"), 9)
-            .build(&source_store, 9)
+            .build(|path| dump_group(&source_store, 9, path))
             .unwrap();
         let source_bytes =
             fs::read(SnapshotDir::new(&source_dir.path().join("snapshots"), 9).data_path(&source_meta)).unwrap();
-        SnapshotDir::new(&root, 9).build(&store, 9).unwrap();
+        SnapshotDir::new(&root, 9).build(|path| dump_group(&store, 9, path)).unwrap();
 
         let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let reader = {
@@ -598,7 +643,7 @@ mod tests {
                 std::thread::spawn(move || {
                     for round in 0..20 {
                         if (worker + round) % 2 == 0 {
-                            snapshots.build(&store, 9).unwrap();
+                            snapshots.build(|path| dump_group(&store, 9, path)).unwrap();
                         } else {
                             let mut incoming = snapshots.receiving_file().unwrap();
                             incoming.write_all(&source_bytes).unwrap();
@@ -606,7 +651,7 @@ mod tests {
                                 snapshot_id: format!("installed-{worker}-{round}"),
                                 ..source_meta.clone()
                             };
-                            snapshots.install(&store, 9, &meta, &mut incoming).unwrap();
+                            snapshots.install(&meta, &mut incoming, |path| load_into_store(&store, 9, path)).unwrap();
                         }
                     }
                 })

@@ -2,6 +2,13 @@
 //! new state and its applied log id in one RocksDB write batch without fsync:
 //! after a crash the state is consistent at some earlier applied id, and openraft
 //! re-applies the rest from the durable log (committed id saved by the log store).
+//!
+//! A partition that holds records snapshots a checkpoint of its state taken
+//! where a log file ends, the newest one below its log start: its snapshot
+//! never copies records, and the log before it can be freed whole files at a
+//! time. Such a partition builds a snapshot only when asked (its log start
+//! moved); the controller and consumer-offsets partitions snapshot their whole
+//! state every `snapshot_entries` entries.
 
 use std::collections::BTreeSet;
 use std::path::Path;
@@ -15,14 +22,18 @@ use tokio::sync::watch;
 
 use super::command::{Command, CommandResponse};
 use super::log_store::{blocking, io_error};
-use super::snapshot::{read_applied_state, CurrentSnapshot, SnapshotDir};
+use super::snapshot::{
+    dump_group, load_into_store, read_applied_state, read_checkpoint, write_checkpoint, AppliedState, CurrentSnapshot,
+    SnapshotDir,
+};
 use super::{GroupId, LogId, NodeId, RaftStorageError, SnapshotMeta, StoredMembership, TypeConfig};
 use crate::cluster::metadata::ClusterState;
 use crate::group::store::SharedGroups;
 use crate::metrics::METRICS;
 use crate::storage::keys::{self, CF_SM_STATE, TAG_APPLIED, TAG_CLUSTER};
-use crate::storage::partition::{PartitionLog, PartitionOffsets};
+use crate::storage::partition::{Checkpoint, PartitionLog, PartitionOffsets};
 use crate::storage::producers::Producers;
+use crate::storage::segments::SegmentLog;
 use crate::storage::{StorageError, Store};
 
 type Entry = openraft::Entry<TypeConfig>;
@@ -54,9 +65,7 @@ impl GroupRole {
         &mut self,
         write: &mut WriteBatch,
         command: &Command,
-        store: &Store,
-        group: GroupId,
-        membership: &StoredMembership,
+        entry: &Applying,
     ) -> Result<CommandResponse, StorageError> {
         match (self, command) {
             (
@@ -67,26 +76,29 @@ impl GroupRole {
                     ..
                 },
                 Command::Append { batches },
-            ) => Ok(match log.stage_append(write, offsets, producers, batches)? {
+            ) => Ok(match log.stage_append(write, offsets, producers, batches, entry.index)? {
                 Ok(base_offset) => CommandResponse::Appended {
                     base_offset,
                     log_start_offset: offsets.log_start_offset,
                 },
                 Err(refusal) => CommandResponse::ProduceRefused(refusal),
             }),
+            (GroupRole::Partition { log, offsets, .. }, Command::AdvanceLogStart { offset }) => {
+                Ok(CommandResponse::LogStart(log.stage_advance_start(write, offsets, *offset)?))
+            }
             (GroupRole::Controller { cluster, .. }, Command::AllocateProducerId) => {
                 Ok(CommandResponse::ProducerId(cluster.allocate_producer_id()))
             }
             (GroupRole::Offsets { groups }, Command::Group(change)) => {
                 let mut groups = groups.write().unwrap_or_else(|poisoned| poisoned.into_inner());
-                crate::group::store::apply(&mut groups, change, store, group, write)?;
+                crate::group::store::apply(&mut groups, change, entry.store, entry.group, write)?;
                 Ok(CommandResponse::Empty)
             }
             (
                 GroupRole::Controller { cluster, .. },
                 Command::CreateTopic { .. } | Command::DeleteTopic { .. } | Command::CreatePartitions { .. },
             ) => {
-                let voters: BTreeSet<NodeId> = membership.membership().voter_ids().collect();
+                let voters: BTreeSet<NodeId> = entry.membership.membership().voter_ids().collect();
                 Ok(CommandResponse::Controller(cluster.apply(command, &voters)))
             }
             _ => Ok(CommandResponse::WrongGroup),
@@ -149,6 +161,23 @@ impl GroupRole {
     }
 }
 
+/// What a command's apply may need to know about the entry that carries it.
+struct Applying<'a> {
+    index: u64,
+    store: &'a Store,
+    group: GroupId,
+    membership: &'a StoredMembership,
+}
+
+/// How a group's snapshots are made and loaded.
+#[derive(Clone)]
+enum SnapshotKind {
+    /// Every state-machine key of the group.
+    WholeState,
+    /// The newest checkpoint below the partition's log start.
+    Checkpoint(PartitionLog),
+}
+
 pub struct GroupStateMachine {
     group: GroupId,
     store: Store,
@@ -156,11 +185,19 @@ pub struct GroupStateMachine {
     applied: Option<LogId>,
     membership: StoredMembership,
     snapshots: SnapshotDir,
+    /// The group's log files: a checkpoint is taken where one ends.
+    segments: Arc<SegmentLog>,
 }
 
 impl GroupStateMachine {
     /// Loads the group's persisted state and publishes it.
-    pub fn open(group: GroupId, store: Store, mut role: GroupRole, snapshot_root: &Path) -> Result<Self, StorageError> {
+    pub fn open(
+        group: GroupId,
+        store: Store,
+        mut role: GroupRole,
+        snapshot_root: &Path,
+        segments: Arc<SegmentLog>,
+    ) -> Result<Self, StorageError> {
         let (applied, membership) = read_applied_state(&store, group)?;
         role.reload(&store, group)?;
         role.publish();
@@ -171,7 +208,49 @@ impl GroupStateMachine {
             applied,
             membership,
             snapshots: SnapshotDir::new(snapshot_root, group),
+            segments,
         })
+    }
+
+    fn snapshot_kind(&self) -> SnapshotKind {
+        match &self.role {
+            GroupRole::Partition { log, .. } => SnapshotKind::Checkpoint(log.clone()),
+            _ => SnapshotKind::WholeState,
+        }
+    }
+
+    fn builder(&self) -> GroupSnapshotBuilder {
+        GroupSnapshotBuilder {
+            group: self.group,
+            store: self.store.clone(),
+            snapshots: self.snapshots.clone(),
+            kind: self.snapshot_kind(),
+        }
+    }
+
+    /// The partition's state after the entry just applied, where the log can be cut.
+    fn stage_checkpoint(&self, write: &mut WriteBatch) -> Result<(), StorageError> {
+        let (
+            GroupRole::Partition {
+                log,
+                offsets,
+                producers,
+                ..
+            },
+            Some(applied),
+        ) = (&self.role, self.applied)
+        else {
+            return Ok(());
+        };
+        if !self.segments.ends_file(applied.index) {
+            return Ok(());
+        }
+        let checkpoint = Checkpoint {
+            offsets: *offsets,
+            producers: producers.clone(),
+            replication: bincode::serialize(&(self.applied, &self.membership))?,
+        };
+        log.stage_checkpoint(write, applied.index, &checkpoint)
     }
 
     fn persist(&mut self, mut write: WriteBatch) -> Result<(), StorageError> {
@@ -193,14 +272,20 @@ impl GroupStateMachine {
             let response = match entry.payload {
                 EntryPayload::Blank => CommandResponse::Empty,
                 EntryPayload::Normal(command) => {
-                    self.role
-                        .apply(&mut write, &command, &self.store, self.group, &self.membership)?
+                    let applying = Applying {
+                        index: entry.log_id.index,
+                        store: &self.store,
+                        group: self.group,
+                        membership: &self.membership,
+                    };
+                    self.role.apply(&mut write, &command, &applying)?
                 }
                 EntryPayload::Membership(membership) => {
                     self.membership = StoredMembership::new(Some(entry.log_id), membership);
                     CommandResponse::Empty
                 }
             };
+            self.stage_checkpoint(&mut write)?;
             responses.push(response);
         }
         self.persist(write)?;
@@ -220,12 +305,75 @@ pub struct GroupSnapshotBuilder {
     group: GroupId,
     store: Store,
     snapshots: SnapshotDir,
+    kind: SnapshotKind,
+}
+
+impl GroupSnapshotBuilder {
+    fn build(&self) -> Result<(SnapshotMeta, std::fs::File), StorageError> {
+        match &self.kind {
+            SnapshotKind::WholeState => self.snapshots.build(|path| dump_group(&self.store, self.group, path)),
+            SnapshotKind::Checkpoint(log) => self.build_checkpoint(log),
+        }
+    }
+
+    /// The newest checkpoint no record above the log start precedes; the
+    /// current snapshot again when there is no newer one, and an empty one
+    /// (which openraft ignores) when there is none at all.
+    fn build_checkpoint(&self, log: &PartitionLog) -> Result<(SnapshotMeta, std::fs::File), StorageError> {
+        let log_start = log.load_offsets()?.log_start_offset;
+        let newest = log
+            .checkpoints()?
+            .into_iter()
+            .rev()
+            .find(|(_, checkpoint)| checkpoint.offsets.next_offset <= log_start);
+        let current = self.snapshots.current()?;
+        let current_index = match &current {
+            CurrentSnapshot::Found(meta, _) => meta.last_log_id.map(|id| id.index),
+            _ => None,
+        };
+        match (newest, current) {
+            (Some((index, checkpoint)), _) if current_index.is_none_or(|current| index > current) => {
+                let built = self.snapshots.build(|path| write_checkpoint(path, &checkpoint))?;
+                let mut forget = WriteBatch::default();
+                log.stage_forget_checkpoints_before(&mut forget, index);
+                self.store.write_buffered(forget)?;
+                Ok(built)
+            }
+            (_, CurrentSnapshot::Found(meta, file)) => Ok((meta, file)),
+            _ => Ok((
+                SnapshotMeta {
+                    last_log_id: None,
+                    last_membership: StoredMembership::default(),
+                    snapshot_id: "none".into(),
+                },
+                self.snapshots.receiving_file()?,
+            )),
+        }
+    }
+
+    /// Loads a snapshot received from the leader into the store.
+    fn load(&self, path: &Path) -> Result<(), StorageError> {
+        match &self.kind {
+            SnapshotKind::WholeState => load_into_store(&self.store, self.group, path),
+            SnapshotKind::Checkpoint(log) => {
+                let (checkpoint, applied): (Checkpoint, AppliedState) = read_checkpoint(path, self.group)?;
+                let mut write = WriteBatch::default();
+                let index = applied.0.map_or(0, |id| id.index);
+                log.stage_restore(&mut write, index, &checkpoint)?;
+                write.put_cf(
+                    self.store.cf(CF_SM_STATE),
+                    keys::group_tag_key(self.group, TAG_APPLIED),
+                    bincode::serialize(&applied)?,
+                );
+                self.store.write_durable(write)
+            }
+        }
+    }
 }
 
 impl RaftSnapshotBuilder<TypeConfig> for GroupSnapshotBuilder {
     async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, RaftStorageError> {
-        let (meta, file) = blocking(|| self.snapshots.build(&self.store, self.group))
-            .map_err(|err| io_error(ErrorSubject::None, ErrorVerb::Write, err))?;
+        let (meta, file) = blocking(|| self.build()).map_err(|err| io_error(ErrorSubject::None, ErrorVerb::Write, err))?;
         METRICS.raft_snapshot_built();
         Ok(snapshot_of(meta, file))
     }
@@ -249,11 +397,7 @@ impl RaftStateMachine<TypeConfig> for GroupStateMachine {
     }
 
     async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
-        GroupSnapshotBuilder {
-            group: self.group,
-            store: self.store.clone(),
-            snapshots: self.snapshots.clone(),
-        }
+        self.builder()
     }
 
     async fn begin_receiving_snapshot(&mut self) -> Result<Box<tokio::fs::File>, RaftStorageError> {
@@ -271,8 +415,10 @@ impl RaftStateMachine<TypeConfig> for GroupStateMachine {
             // Finish openraft's writes into the received file before reading it.
             snapshot.flush().await?;
             let mut received = (*snapshot).into_std().await;
+            let builder = self.builder();
             blocking(|| -> Result<(), StorageError> {
-                self.snapshots.install(&self.store, self.group, meta, &mut received)?;
+                self.snapshots
+                    .install(meta, &mut received, |path| builder.load(path))?;
                 self.role.reload(&self.store, self.group)
             })?;
             self.applied = meta.last_log_id;
@@ -297,9 +443,10 @@ impl RaftStateMachine<TypeConfig> for GroupStateMachine {
             CurrentSnapshot::None => Ok(None),
             CurrentSnapshot::Lost(why) => {
                 tracing::warn!(group = self.group, why = %why, "the current snapshot is lost; building a new one");
-                let (meta, file) = blocking(|| self.snapshots.build(&self.store, self.group))
-                    .map_err(|err| io_error(ErrorSubject::None, ErrorVerb::Write, err))?;
-                Ok(Some(snapshot_of(meta, file)))
+                let builder = self.builder();
+                let (meta, file) =
+                    blocking(|| builder.build()).map_err(|err| io_error(ErrorSubject::None, ErrorVerb::Write, err))?;
+                Ok(Some(snapshot_of(meta, file)).filter(|snapshot| snapshot.meta.last_log_id.is_some()))
             }
         }
     }

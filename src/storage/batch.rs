@@ -2,8 +2,8 @@
 //!
 //! Batches are validated with the `kafka-protocol` decoder (which checks the CRC-32C
 //! and every record) and then stored byte for byte as the client sent them, so a
-//! compressed batch stays compressed. Only the base offset, which the CRC does not
-//! cover, is rewritten when the state machine assigns offsets.
+//! compressed batch stays compressed. The base offset, which the CRC does not
+//! cover, is filled in when a batch is served.
 
 use bytes::{Buf, Bytes};
 use kafka_protocol::records::{Compression, RecordBatchDecoder};
@@ -223,26 +223,12 @@ fn read_varint(buf: &mut &[u8]) -> anyhow::Result<i64> {
     anyhow::bail!("varint longer than 10 bytes")
 }
 
-/// The batch as it is stored and served: the client's bytes with `base_offset` set.
-pub fn with_base_offset(batch: &[u8], base_offset: i64) -> Vec<u8> {
-    let mut stored = batch.to_vec();
-    stored[..BASE_OFFSET_LEN].copy_from_slice(&base_offset.to_be_bytes());
-    stored
-}
-
-/// Prefixes a stored batch with its crc32 so that corruption on disk is detected on read.
-pub fn seal(batch: &[u8]) -> Vec<u8> {
-    let mut value = Vec::with_capacity(4 + batch.len());
-    value.extend_from_slice(&crc32fast::hash(batch).to_be_bytes());
-    value.extend_from_slice(batch);
-    value
-}
-
-/// Checks the crc32 written by [`seal`] and returns the batch bytes.
-pub fn unseal(value: &[u8]) -> Option<&[u8]> {
-    let (crc, batch) = value.split_at_checked(4)?;
-    let expected = u32::from_be_bytes(crc.try_into().ok()?);
-    (crc32fast::hash(batch) == expected).then_some(batch)
+/// Sets the base offset of a batch in place (as served: the client sent 0).
+/// The CRC does not cover it, so the batch stays valid.
+pub fn set_base_offset(batch: &mut [u8], base_offset: i64) {
+    if let Some(field) = batch.get_mut(..BASE_OFFSET_LEN) {
+        field.copy_from_slice(&base_offset.to_be_bytes());
+    }
 }
 
 #[cfg(test)]
@@ -353,7 +339,9 @@ pub(crate) mod tests {
     #[test]
     fn base_offset_rewrite_keeps_the_batch_valid() {
         let batch = encode_batch(&["a", "b"], Compression::Lz4);
-        let stored = Bytes::from(with_base_offset(&batch, 4242));
+        let mut stored = batch.to_vec();
+        set_base_offset(&mut stored, 4242);
+        let stored = Bytes::from(stored);
         let set = RecordBatchDecoder::decode(&mut stored.clone()).unwrap();
         assert_eq!(set.records[0].offset, 4242);
         assert_eq!(set.records[1].offset, 4243);
@@ -413,13 +401,5 @@ pub(crate) mod tests {
                 .collect();
             assert!(forged(&|b| b.bytes = Bytes::from(bytes.clone())).is_err());
         }
-    }
-
-    #[test]
-    fn seal_detects_corruption() {
-        let mut value = seal(b"batch bytes");
-        assert_eq!(unseal(&value), Some(&b"batch bytes"[..]));
-        value[6] ^= 1;
-        assert_eq!(unseal(&value), None);
     }
 }

@@ -4,21 +4,21 @@
 //! are contiguous and sort in numeric order ("big-endian to ensure correct sorting"):
 //! a group can be scanned, snapshotted or dropped with one range.
 
-/// Raft log entries: `group | index`.
-pub const CF_RAFT_LOG: &str = "raft_log";
-/// Raft durable state (vote, committed, last purged): `group | tag`.
+/// Durable replication state (vote, committed, last purged): `group | tag`.
+/// The log entries themselves live in segment files (`segments.rs`).
 pub const CF_RAFT_STATE: &str = "raft_state";
-/// Record batches as the client sent them, base offset patched: `group | base_offset`.
-pub const CF_RECORDS: &str = "records";
-/// Per-batch summary used by ListOffsets and retention: `group | base_offset`.
+/// Where each record batch is and what it holds: `group | base_offset`.
 pub const CF_BATCH_INDEX: &str = "batch_index";
+/// Time index: `group | running max timestamp` -> the base offset of the batch
+/// that first reached it.
+pub const CF_TIME_INDEX: &str = "time_index";
 /// State-machine state (applied log id, membership, partition or cluster state): `group | tag`.
 pub const CF_SM_STATE: &str = "sm_state";
 
-pub const ALL_CFS: [&str; 5] = [CF_RAFT_LOG, CF_RAFT_STATE, CF_RECORDS, CF_BATCH_INDEX, CF_SM_STATE];
+pub const ALL_CFS: [&str; 4] = [CF_RAFT_STATE, CF_BATCH_INDEX, CF_TIME_INDEX, CF_SM_STATE];
 
-/// The column families that make up a group's state machine, and so its snapshot.
-pub const STATE_MACHINE_CFS: [&str; 3] = [CF_RECORDS, CF_BATCH_INDEX, CF_SM_STATE];
+/// The column families that make up a group's state machine.
+pub const STATE_MACHINE_CFS: [&str; 3] = [CF_BATCH_INDEX, CF_TIME_INDEX, CF_SM_STATE];
 
 pub const TAG_VOTE: u8 = 1;
 pub const TAG_COMMITTED: u8 = 2;
@@ -30,6 +30,8 @@ pub const TAG_CLUSTER: u8 = 13;
 pub const TAG_CONSUMER_GROUP: u8 = 14;
 /// Followed by the producer id, big-endian: one key per idempotent producer.
 pub const TAG_PRODUCER: u8 = 15;
+/// Followed by a log index, big-endian: a partition's state after that entry.
+pub const TAG_CHECKPOINT: u8 = 16;
 
 pub fn group_u64_key(group: u64, value: u64) -> [u8; 16] {
     let mut key = [0u8; 16];
@@ -48,6 +50,20 @@ pub fn group_tag_key(group: u64, tag: u8) -> [u8; 9] {
 /// Offsets are never negative once assigned, so their big-endian bytes sort numerically.
 pub fn offset_key(group: u64, offset: i64) -> [u8; 16] {
     group_u64_key(group, offset as u64)
+}
+
+/// Timestamps may be negative; flipping the sign bit makes their big-endian
+/// bytes sort numerically.
+pub fn timestamp_key(group: u64, timestamp: i64) -> [u8; 16] {
+    group_u64_key(group, (timestamp as u64) ^ (1 << 63))
+}
+
+/// `group | tag | value`, big-endian.
+pub fn group_tag_u64_key(group: u64, tag: u8, value: u64) -> [u8; 17] {
+    let mut key = [0u8; 17];
+    key[..9].copy_from_slice(&group_tag_key(group, tag));
+    key[9..].copy_from_slice(&value.to_be_bytes());
+    key
 }
 
 /// The `[start, end)` range holding every key of `group` in any column family.
@@ -79,5 +95,9 @@ mod tests {
         assert!(start.as_slice() <= &offset_key(7, 0)[..]);
         assert!(&offset_key(7, i64::MAX)[..] < end.as_slice());
         assert_eq!(key_suffix_u64(&group_u64_key(3, 42)), Some(42));
+        assert!(timestamp_key(1, -1) < timestamp_key(1, 0));
+        assert!(timestamp_key(1, i64::MIN) < timestamp_key(1, -5));
+        assert!(timestamp_key(1, 1_700_000_000_000) < timestamp_key(1, i64::MAX));
+        assert!(group_tag_u64_key(1, TAG_CHECKPOINT, 255) < group_tag_u64_key(1, TAG_CHECKPOINT, 256));
     }
 }

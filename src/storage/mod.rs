@@ -5,6 +5,7 @@ pub mod decompress;
 pub mod keys;
 pub mod partition;
 pub mod producers;
+pub mod segments;
 
 use std::path::Path;
 use std::sync::Arc;
@@ -21,6 +22,8 @@ pub enum StorageError {
     Encoding(String),
     #[error("io: {0}")]
     Io(#[from] std::io::Error),
+    #[error("data dir format: {0}")]
+    Format(String),
 }
 
 impl From<bincode::Error> for StorageError {
@@ -31,6 +34,39 @@ impl From<bincode::Error> for StorageError {
 
 /// Memory all column families' memtables may use before RocksDB flushes the largest.
 const MEMTABLE_BUDGET_BYTES: usize = 128 << 20;
+
+/// The layout of a data dir: RocksDB for state and indexes, segment files for
+/// log entries. Format 1 (no marker file) kept records in RocksDB.
+const DATA_FORMAT: &str = "rafka-data 2";
+const FORMAT_FILE: &str = "FORMAT";
+
+/// Marks a new data dir with its format, and refuses one written in another.
+fn check_format(dir: &Path) -> Result<(), StorageError> {
+    let marker = dir.join(FORMAT_FILE);
+    match std::fs::read_to_string(&marker) {
+        Ok(found) if found.trim() == DATA_FORMAT => Ok(()),
+        Ok(found) => Err(StorageError::Format(format!(
+            "{} says {:?}; this broker reads {DATA_FORMAT:?}",
+            marker.display(),
+            found.trim()
+        ))),
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
+            if dir.join("db").exists() {
+                return Err(StorageError::Format(format!(
+                    "{} holds data in the first format (records inside RocksDB), which this \
+                     broker no longer reads; move it aside to start empty",
+                    dir.display()
+                )));
+            }
+            let mut file = std::fs::File::create(&marker)?;
+            std::io::Write::write_all(&mut file, format!("{DATA_FORMAT}\n").as_bytes())?;
+            file.sync_all()?;
+            std::fs::File::open(dir)?.sync_all()?;
+            Ok(())
+        }
+        Err(err) => Err(err.into()),
+    }
+}
 
 /// A raw key and value read from RocksDB.
 pub type KeyValue = (Box<[u8]>, Box<[u8]>);
@@ -58,14 +94,15 @@ pub struct Store {
 impl Store {
     pub fn open(dir: &Path) -> Result<Self, StorageError> {
         std::fs::create_dir_all(dir)?;
+        check_format(dir)?;
         let mut opts = Options::default();
         opts.create_if_missing(true);
         opts.create_missing_column_families(true);
         // One cap for the memtables of every column family: RocksDB's default of
         // 64 MiB twice per family let one node reach half a gigabyte under load.
         opts.set_db_write_buffer_size(MEMTABLE_BUDGET_BYTES);
-        // Every column family shares the WAL, so a synced Raft log write also makes
-        // the state machine's earlier unsynced writes durable.
+        // Every column family shares the WAL, so a synced write (a vote, a purge
+        // point) also makes the state machine's earlier unsynced writes durable.
         let descriptors = keys::ALL_CFS
             .iter()
             .map(|name| ColumnFamilyDescriptor::new(*name, Options::default()));
@@ -132,35 +169,27 @@ impl Store {
         }
     }
 
-    /// Whether this node ever held Raft state (a vote or a log entry) for `group`.
-    pub fn has_raft_state(&self, group: u64) -> Result<bool, StorageError> {
-        for cf in [keys::CF_RAFT_LOG, keys::CF_RAFT_STATE] {
-            if self
-                .scan_group(cf, group, &group.to_be_bytes())
-                .next()
-                .transpose()?
-                .is_some()
-            {
-                return Ok(true);
-            }
-        }
-        Ok(false)
+    /// Whether `cf` holds any key of `group`.
+    pub fn has_group_keys(&self, cf: &str, group: u64) -> Result<bool, StorageError> {
+        Ok(self
+            .scan_group(cf, group, &group.to_be_bytes())
+            .next()
+            .transpose()?
+            .is_some())
     }
 
-    /// CRC-32 over every state-machine key and value of `group`, in key order, and
-    /// the number of stored record batches: equal on replicas that applied the same entries.
-    pub fn checksum_group(&self, group: u64) -> Result<(u32, u64), StorageError> {
+    /// CRC-32 over every state-machine key and value of `group`, in key order:
+    /// equal on replicas that applied the same entries.
+    pub fn checksum_group(&self, group: u64) -> Result<u32, StorageError> {
         let mut hasher = crc32fast::Hasher::new();
-        let mut batches = 0;
         for cf in keys::STATE_MACHINE_CFS {
             for item in self.scan_group(cf, group, &group.to_be_bytes()) {
                 let (key, value) = item?;
                 hasher.update(&key);
                 hasher.update(&value);
-                batches += u64::from(cf == keys::CF_RECORDS);
             }
         }
-        Ok((hasher.finalize(), batches))
+        Ok(hasher.finalize())
     }
 
     /// Iterates `(key, value)` of `group` in `cf` from `from` (inclusive) upwards.
@@ -192,7 +221,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
         let mut write = WriteBatch::default();
-        write.put_cf(store.cf(keys::CF_RECORDS), keys::group_u64_key(1, 0), vec![7u8; 4096]);
+        write.put_cf(store.cf(keys::CF_SM_STATE), keys::group_u64_key(1, 0), vec![7u8; 4096]);
         store.write_durable(write).unwrap();
         let stats = store.stats().unwrap();
         assert!(!stats.write_stopped);
@@ -201,9 +230,20 @@ mod tests {
         let (_, sst, memtables) = stats
             .column_families
             .iter()
-            .find(|(name, _, _)| *name == keys::CF_RECORDS)
+            .find(|(name, _, _)| *name == keys::CF_SM_STATE)
             .copied()
             .unwrap();
-        assert!(sst + memtables >= 4096, "records: {stats:?}");
+        assert!(sst + memtables >= 4096, "sm_state: {stats:?}");
+    }
+
+    #[test]
+    fn a_data_dir_of_another_format_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        drop(Store::open(dir.path()).unwrap());
+        drop(Store::open(dir.path()).expect("its own format reopens"));
+        std::fs::remove_file(dir.path().join(FORMAT_FILE)).unwrap();
+        assert!(matches!(Store::open(dir.path()), Err(StorageError::Format(_))));
+        std::fs::write(dir.path().join(FORMAT_FILE), "rafka-data 9\n").unwrap();
+        assert!(matches!(Store::open(dir.path()), Err(StorageError::Format(_))));
     }
 }

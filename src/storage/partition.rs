@@ -1,45 +1,116 @@
-//! One partition's records in RocksDB: batches keyed by base offset, plus a
-//! small index of (last offset, max timestamp) per batch.
+//! One partition's state: offsets, idempotent producers, and indexes that find
+//! each record batch in the replicated log entry it arrived in. The batch
+//! bytes themselves are never copied out of that entry: the log is the
+//! partition's only copy of its records.
+//!
+//! Checkpoints of the state (small: offsets and producers, never records) are
+//! kept at the points where the log can be freed, so that a snapshot of the
+//! partition is one checkpoint and a replica that receives it gets the records
+//! after it by ordinary log replication.
+
+use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
 use kafka_protocol::records::RecordBatchDecoder;
 use rocksdb::WriteBatch;
 use serde::{Deserialize, Serialize};
 
-use super::batch::{check_appendable, seal, unseal, with_base_offset, ValidatedBatch};
-use super::keys::{self, CF_BATCH_INDEX, CF_RECORDS, CF_SM_STATE, TAG_PARTITION, TAG_PRODUCER};
+use super::batch::{check_appendable, set_base_offset, ValidatedBatch};
+use super::keys::{self, CF_BATCH_INDEX, CF_SM_STATE, CF_TIME_INDEX, TAG_CHECKPOINT, TAG_PARTITION, TAG_PRODUCER};
 use super::producers::{check, record, Producers, SequenceCheck};
 use super::{StorageError, Store};
 use crate::raft::command::ProduceRefusal;
 
-/// Offsets of a partition. Everything below `next_offset` is committed and applied,
-/// so `next_offset` is the high watermark Fetch and ListOffsets report.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+/// Version tag of batch index values and checkpoints.
+const FORMAT_VERSION: u8 = 1;
+
+/// Where a partition stands. Everything below `next_offset` is committed and
+/// applied, so `next_offset` is the high watermark Fetch and ListOffsets report.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PartitionOffsets {
     pub log_start_offset: i64,
     pub next_offset: i64,
+    /// The largest record timestamp appended so far (-1 before the first).
+    pub max_timestamp: i64,
+    /// Batch bytes appended since the partition was created.
+    pub appended_bytes: u64,
 }
 
-/// What the index keeps of each batch.
+impl Default for PartitionOffsets {
+    fn default() -> Self {
+        PartitionOffsets {
+            log_start_offset: 0,
+            next_offset: 0,
+            max_timestamp: -1,
+            appended_bytes: 0,
+        }
+    }
+}
+
+/// Where the bytes of appended batches are read from: the log entries that
+/// carried them.
+pub trait BatchSource: Send + Sync {
+    /// The batches entry `entry` carried, in order; `None` once it was freed.
+    fn batches(&self, entry: u64) -> Result<Option<Vec<Bytes>>, StorageError>;
+}
+
+/// What the batch index keeps of each batch.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct BatchSummary {
+struct BatchLocation {
     last_offset: i64,
     max_timestamp: i64,
+    /// The log entry that carried the batch, and its position among the entry's batches.
+    entry: u64,
+    ordinal: u32,
 }
 
-impl BatchSummary {
-    fn encode(&self) -> [u8; 16] {
-        let mut out = [0u8; 16];
-        out[..8].copy_from_slice(&self.last_offset.to_be_bytes());
-        out[8..].copy_from_slice(&self.max_timestamp.to_be_bytes());
+impl BatchLocation {
+    const ENCODED_LEN: usize = 29;
+
+    fn encode(&self) -> [u8; Self::ENCODED_LEN] {
+        let mut out = [0u8; Self::ENCODED_LEN];
+        out[0] = FORMAT_VERSION;
+        out[1..9].copy_from_slice(&self.last_offset.to_be_bytes());
+        out[9..17].copy_from_slice(&self.max_timestamp.to_be_bytes());
+        out[17..25].copy_from_slice(&self.entry.to_be_bytes());
+        out[25..29].copy_from_slice(&self.ordinal.to_be_bytes());
         out
     }
 
     fn decode(raw: &[u8]) -> Option<Self> {
-        Some(BatchSummary {
-            last_offset: i64::from_be_bytes(raw.get(..8)?.try_into().ok()?),
-            max_timestamp: i64::from_be_bytes(raw.get(8..16)?.try_into().ok()?),
+        if raw.len() != Self::ENCODED_LEN || raw[0] != FORMAT_VERSION {
+            return None;
+        }
+        Some(BatchLocation {
+            last_offset: i64::from_be_bytes(raw[1..9].try_into().ok()?),
+            max_timestamp: i64::from_be_bytes(raw[9..17].try_into().ok()?),
+            entry: u64::from_be_bytes(raw[17..25].try_into().ok()?),
+            ordinal: u32::from_be_bytes(raw[25..29].try_into().ok()?),
         })
+    }
+}
+
+/// A partition's state after one log entry. `replication` is the replication
+/// layer's own record of that point (applied entry, membership), kept opaque here.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Checkpoint {
+    pub offsets: PartitionOffsets,
+    pub producers: Producers,
+    pub replication: Vec<u8>,
+}
+
+impl Checkpoint {
+    pub fn encode(&self) -> Result<Vec<u8>, StorageError> {
+        let mut out = vec![FORMAT_VERSION];
+        bincode::serialize_into(&mut out, self)?;
+        Ok(out)
+    }
+
+    pub fn decode(raw: &[u8]) -> Result<Self, StorageError> {
+        match raw.split_first() {
+            Some((&FORMAT_VERSION, body)) => Ok(bincode::deserialize(body)?),
+            _ => Err(StorageError::Encoding("unknown checkpoint format".into())),
+        }
     }
 }
 
@@ -47,11 +118,12 @@ impl BatchSummary {
 pub struct PartitionLog {
     group: u64,
     store: Store,
+    source: Arc<dyn BatchSource>,
 }
 
 impl PartitionLog {
-    pub fn new(group: u64, store: Store) -> Self {
-        PartitionLog { group, store }
+    pub fn new(group: u64, store: Store, source: Arc<dyn BatchSource>) -> Self {
+        PartitionLog { group, store, source }
     }
 
     pub fn load_offsets(&self) -> Result<PartitionOffsets, StorageError> {
@@ -80,15 +152,17 @@ impl PartitionLog {
         Ok(producers)
     }
 
-    /// Adds `batches` to `write` at the next offsets and returns the base offset
-    /// to answer with. Every batch's form and idempotent producers' sequences are
-    /// checked first, so a refused batch leaves the whole command unapplied.
+    /// Indexes `batches`, carried by log entry `entry`, at the next offsets and
+    /// returns the base offset to answer with. Every batch's form and idempotent
+    /// producers' sequences are checked first, so a refused batch leaves the
+    /// whole command unapplied.
     pub fn stage_append(
         &self,
         write: &mut WriteBatch,
         offsets: &mut PartitionOffsets,
         producers: &mut Producers,
         batches: &[ValidatedBatch],
+        entry: u64,
     ) -> Result<Result<i64, ProduceRefusal>, StorageError> {
         if batches.iter().any(|batch| check_appendable(batch).is_err()) {
             return Ok(Err(ProduceRefusal::InvalidBatch));
@@ -118,39 +192,173 @@ impl PartitionLog {
             }
         }
         let answer = duplicates.first().copied().flatten().unwrap_or(offsets.next_offset);
-        for (batch, duplicate) in batches.iter().zip(duplicates) {
+        for (ordinal, (batch, duplicate)) in batches.iter().zip(duplicates).enumerate() {
             if duplicate.is_none() {
-                self.stage_batch(write, offsets, batch);
+                self.stage_batch(write, offsets, batch, entry, ordinal as u32);
             }
         }
         for (id, state) in touched {
-            let mut key = keys::group_tag_key(self.group, TAG_PRODUCER).to_vec();
-            key.extend_from_slice(&id.to_be_bytes());
-            write.put_cf(self.store.cf(CF_SM_STATE), key, bincode::serialize(&state)?);
+            write.put_cf(
+                self.store.cf(CF_SM_STATE),
+                self.producer_key(id),
+                bincode::serialize(&state)?,
+            );
             producers.insert(id, state);
         }
+        self.stage_offsets(write, offsets)?;
+        Ok(Ok(answer))
+    }
+
+    fn producer_key(&self, id: i64) -> Vec<u8> {
+        let mut key = keys::group_tag_key(self.group, TAG_PRODUCER).to_vec();
+        key.extend_from_slice(&id.to_be_bytes());
+        key
+    }
+
+    fn stage_offsets(&self, write: &mut WriteBatch, offsets: &PartitionOffsets) -> Result<(), StorageError> {
         write.put_cf(
             self.store.cf(CF_SM_STATE),
             keys::group_tag_key(self.group, TAG_PARTITION),
             bincode::serialize(offsets)?,
         );
-        Ok(Ok(answer))
+        Ok(())
     }
 
-    fn stage_batch(&self, write: &mut WriteBatch, offsets: &mut PartitionOffsets, batch: &ValidatedBatch) {
+    fn stage_batch(
+        &self,
+        write: &mut WriteBatch,
+        offsets: &mut PartitionOffsets,
+        batch: &ValidatedBatch,
+        entry: u64,
+        ordinal: u32,
+    ) {
         let base = offsets.next_offset;
-        let key = keys::offset_key(self.group, base);
-        write.put_cf(
-            self.store.cf(CF_RECORDS),
-            key,
-            seal(&with_base_offset(&batch.bytes, base)),
-        );
-        let summary = BatchSummary {
+        let location = BatchLocation {
             last_offset: base + batch.record_count - 1,
             max_timestamp: batch.max_timestamp,
+            entry,
+            ordinal,
         };
-        write.put_cf(self.store.cf(CF_BATCH_INDEX), key, summary.encode());
+        write.put_cf(
+            self.store.cf(CF_BATCH_INDEX),
+            keys::offset_key(self.group, base),
+            location.encode(),
+        );
+        if batch.max_timestamp > offsets.max_timestamp {
+            write.put_cf(
+                self.store.cf(CF_TIME_INDEX),
+                keys::timestamp_key(self.group, batch.max_timestamp),
+                base.to_be_bytes(),
+            );
+            offsets.max_timestamp = batch.max_timestamp;
+        }
         offsets.next_offset = base + batch.record_count;
+        offsets.appended_bytes += batch.bytes.len() as u64;
+    }
+
+    /// Moves the log start forward to `requested` (never back, never past the
+    /// high watermark) and drops the index entries of batches wholly below it.
+    /// Returns the new log start.
+    pub fn stage_advance_start(
+        &self,
+        write: &mut WriteBatch,
+        offsets: &mut PartitionOffsets,
+        requested: i64,
+    ) -> Result<i64, StorageError> {
+        let start = requested.clamp(offsets.log_start_offset, offsets.next_offset);
+        if start > offsets.log_start_offset {
+            offsets.log_start_offset = start;
+            let first_kept = self.batch_start_for(start)?;
+            write.delete_range_cf(
+                self.store.cf(CF_BATCH_INDEX),
+                keys::offset_key(self.group, 0),
+                keys::offset_key(self.group, first_kept),
+            );
+            self.stage_offsets(write, offsets)?;
+        }
+        Ok(offsets.log_start_offset)
+    }
+
+    /// Records the partition's state after log entry `index`.
+    pub fn stage_checkpoint(
+        &self,
+        write: &mut WriteBatch,
+        index: u64,
+        checkpoint: &Checkpoint,
+    ) -> Result<(), StorageError> {
+        write.put_cf(
+            self.store.cf(CF_SM_STATE),
+            keys::group_tag_u64_key(self.group, TAG_CHECKPOINT, index),
+            checkpoint.encode()?,
+        );
+        Ok(())
+    }
+
+    /// Every checkpoint, oldest first: `(log index, checkpoint)`.
+    pub fn checkpoints(&self) -> Result<Vec<(u64, Checkpoint)>, StorageError> {
+        let prefix = keys::group_tag_key(self.group, TAG_CHECKPOINT);
+        let mut found = Vec::new();
+        for item in self.store.scan_group(CF_SM_STATE, self.group, &prefix) {
+            let (key, value) = item?;
+            if !key.starts_with(&prefix) {
+                break;
+            }
+            let index = key[prefix.len()..]
+                .try_into()
+                .map(u64::from_be_bytes)
+                .map_err(|_| self.corrupt("bad checkpoint key".into()))?;
+            found.push((index, Checkpoint::decode(&value)?));
+        }
+        Ok(found)
+    }
+
+    /// Drops the checkpoints before `index`: they are older than the snapshot.
+    pub fn stage_forget_checkpoints_before(&self, write: &mut WriteBatch, index: u64) {
+        write.delete_range_cf(
+            self.store.cf(CF_SM_STATE),
+            keys::group_tag_u64_key(self.group, TAG_CHECKPOINT, 0).to_vec(),
+            keys::group_tag_u64_key(self.group, TAG_CHECKPOINT, index).to_vec(),
+        );
+    }
+
+    /// Replaces the partition's state with `checkpoint`, taken after entry
+    /// `index` on another replica: producers, offsets, and no index entries for
+    /// offsets it has not reached. Index entries below are kept: they describe
+    /// committed entries, the same on every replica.
+    pub fn stage_restore(&self, write: &mut WriteBatch, index: u64, checkpoint: &Checkpoint) -> Result<(), StorageError> {
+        let (_, group_end) = keys::group_range(self.group);
+        let next = checkpoint.offsets.next_offset;
+        write.delete_range_cf(
+            self.store.cf(CF_BATCH_INDEX),
+            keys::offset_key(self.group, next).to_vec(),
+            group_end.clone(),
+        );
+        for item in self.store.scan_group(CF_TIME_INDEX, self.group, &self.group.to_be_bytes()) {
+            let (key, value) = item?;
+            if decode_offset(&value).is_none_or(|offset| offset >= next) {
+                write.delete_cf(self.store.cf(CF_TIME_INDEX), key);
+            }
+        }
+        let producers = keys::group_tag_key(self.group, TAG_PRODUCER);
+        write.delete_range_cf(
+            self.store.cf(CF_SM_STATE),
+            producers.to_vec(),
+            keys::group_tag_key(self.group, TAG_PRODUCER + 1).to_vec(),
+        );
+        for (id, state) in &checkpoint.producers {
+            write.put_cf(
+                self.store.cf(CF_SM_STATE),
+                self.producer_key(*id),
+                bincode::serialize(state)?,
+            );
+        }
+        write.delete_range_cf(
+            self.store.cf(CF_SM_STATE),
+            keys::group_tag_key(self.group, TAG_CHECKPOINT).to_vec(),
+            keys::group_tag_key(self.group, TAG_CHECKPOINT + 1).to_vec(),
+        );
+        self.stage_checkpoint(write, index, checkpoint)?;
+        self.stage_offsets(write, &checkpoint.offsets)
     }
 
     /// Reads whole batches starting with the one that holds `from`, stopping before
@@ -159,26 +367,49 @@ impl PartitionLog {
     pub fn read(&self, from: i64, high_watermark: i64, max_bytes: usize) -> Result<Bytes, StorageError> {
         let mut out = BytesMut::new();
         let start = self.batch_start_for(from)?;
+        let mut entry_batches: Option<(u64, Vec<Bytes>)> = None;
         for item in self
             .store
-            .scan_group(CF_RECORDS, self.group, &keys::offset_key(self.group, start))
+            .scan_group(CF_BATCH_INDEX, self.group, &keys::offset_key(self.group, start))
         {
             let (key, value) = item?;
             let base = keys::key_suffix_u64(&key).unwrap_or(u64::MAX) as i64;
             if base >= high_watermark {
                 break;
             }
-            let batch =
-                unseal(&value).ok_or_else(|| self.corrupt(format!("checksum mismatch in batch at offset {base}")))?;
+            let location = BatchLocation::decode(&value).ok_or_else(|| self.corrupt("bad batch index entry".into()))?;
+            let batch = self.batch_at(&mut entry_batches, base, &location)?;
             if !out.is_empty() && out.len() + batch.len() > max_bytes {
                 break;
             }
-            out.extend_from_slice(batch);
+            let at = out.len();
+            out.extend_from_slice(&batch);
+            set_base_offset(&mut out[at..], base);
             if out.len() >= max_bytes {
                 break;
             }
         }
         Ok(out.freeze())
+    }
+
+    /// The batch `location` points at, reading its entry unless `cached` holds it.
+    fn batch_at(
+        &self,
+        cached: &mut Option<(u64, Vec<Bytes>)>,
+        base: i64,
+        location: &BatchLocation,
+    ) -> Result<Bytes, StorageError> {
+        if cached.as_ref().is_none_or(|(entry, _)| *entry != location.entry) {
+            let batches = self
+                .source
+                .batches(location.entry)?
+                .ok_or_else(|| self.corrupt(format!("the log no longer holds the batch at offset {base}")))?;
+            *cached = Some((location.entry, batches));
+        }
+        cached
+            .as_ref()
+            .and_then(|(_, batches)| batches.get(location.ordinal as usize).cloned())
+            .ok_or_else(|| self.corrupt(format!("log entry {} has no batch {}", location.entry, location.ordinal)))
     }
 
     /// The base offset of the batch holding `offset`, or `offset` when no batch does.
@@ -188,9 +419,9 @@ impl PartitionLog {
         if let (Some(key), Some(value)) = (iter.key(), iter.value()) {
             if key.starts_with(&self.group.to_be_bytes()) {
                 let base = keys::key_suffix_u64(key).unwrap_or(0) as i64;
-                let summary =
-                    BatchSummary::decode(value).ok_or_else(|| self.corrupt("bad batch index entry".into()))?;
-                if summary.last_offset >= offset {
+                let location =
+                    BatchLocation::decode(value).ok_or_else(|| self.corrupt("bad batch index entry".into()))?;
+                if location.last_offset >= offset {
                     return Ok(base);
                 }
             }
@@ -199,29 +430,73 @@ impl PartitionLog {
         Ok(offset)
     }
 
-    /// The first record whose timestamp is at least `timestamp`: `(offset, its timestamp)`.
-    pub fn offset_for_timestamp(&self, timestamp: i64) -> Result<Option<(i64, i64)>, StorageError> {
+    /// The first record at or after `log_start` whose timestamp is at least
+    /// `timestamp`: `(offset, its timestamp)`. The time index names the first
+    /// batch that reached it; batches before that one are all older.
+    pub fn offset_for_timestamp(&self, timestamp: i64, log_start: i64) -> Result<Option<(i64, i64)>, StorageError> {
+        let Some(first) = self.first_batch_reaching(timestamp)? else { return Ok(None) };
+        let from = first.max(self.batch_start_for(log_start)?);
+        let mut cached = None;
         for item in self
             .store
-            .scan_group(CF_BATCH_INDEX, self.group, &keys::offset_key(self.group, 0))
+            .scan_group(CF_BATCH_INDEX, self.group, &keys::offset_key(self.group, from))
         {
             let (key, value) = item?;
-            let summary = BatchSummary::decode(&value).ok_or_else(|| self.corrupt("bad batch index entry".into()))?;
-            if summary.max_timestamp < timestamp {
+            let base = keys::key_suffix_u64(&key).unwrap_or(u64::MAX) as i64;
+            let location = BatchLocation::decode(&value).ok_or_else(|| self.corrupt("bad batch index entry".into()))?;
+            if location.max_timestamp < timestamp {
                 continue;
             }
-            let raw = self
-                .store
-                .get(CF_RECORDS, &key)?
-                .ok_or_else(|| self.corrupt("batch index points at a missing batch".into()))?;
-            let batch = unseal(&raw).ok_or_else(|| self.corrupt("checksum mismatch".into()))?;
-            let set = RecordBatchDecoder::decode(&mut Bytes::copy_from_slice(batch))
-                .map_err(|err| self.corrupt(err.to_string()))?;
-            if let Some(record) = set.records.iter().find(|r| r.timestamp >= timestamp) {
+            let mut batch = self.batch_at(&mut cached, base, &location)?.to_vec();
+            set_base_offset(&mut batch, base);
+            let set = RecordBatchDecoder::decode(&mut Bytes::from(batch)).map_err(|err| self.corrupt(err.to_string()))?;
+            if let Some(record) = set
+                .records
+                .iter()
+                .find(|r| r.timestamp >= timestamp && r.offset >= log_start)
+            {
                 return Ok(Some((record.offset, record.timestamp)));
             }
         }
         Ok(None)
+    }
+
+    fn first_batch_reaching(&self, timestamp: i64) -> Result<Option<i64>, StorageError> {
+        let from = keys::timestamp_key(self.group, timestamp);
+        match self.store.scan_group(CF_TIME_INDEX, self.group, &from).next() {
+            Some(item) => {
+                let (_, value) = item?;
+                decode_offset(&value)
+                    .map(Some)
+                    .ok_or_else(|| self.corrupt("bad time index entry".into()))
+            }
+            None => Ok(None),
+        }
+    }
+
+    /// CRC-32 over the partition's batches from `log_start` (their index entries
+    /// and bytes), its offsets and its producers, and the number of batches:
+    /// equal on replicas that applied the same entries.
+    pub fn checksum(&self, log_start: i64) -> Result<(u32, u64), StorageError> {
+        let mut hasher = crc32fast::Hasher::new();
+        let mut batches = 0;
+        let mut cached = None;
+        let start = self.batch_start_for(log_start)?;
+        for item in self
+            .store
+            .scan_group(CF_BATCH_INDEX, self.group, &keys::offset_key(self.group, start))
+        {
+            let (key, value) = item?;
+            let base = keys::key_suffix_u64(&key).unwrap_or(u64::MAX) as i64;
+            let location = BatchLocation::decode(&value).ok_or_else(|| self.corrupt("bad batch index entry".into()))?;
+            hasher.update(&key);
+            hasher.update(&value);
+            hasher.update(&self.batch_at(&mut cached, base, &location)?);
+            batches += 1;
+        }
+        hasher.update(&bincode::serialize(&self.load_offsets()?)?);
+        hasher.update(&bincode::serialize(&self.load_producers()?)?);
+        Ok((hasher.finalize(), batches))
     }
 
     fn corrupt(&self, what: String) -> StorageError {
@@ -232,66 +507,122 @@ impl PartitionLog {
     }
 }
 
+fn decode_offset(raw: &[u8]) -> Option<i64> {
+    Some(i64::from_be_bytes(raw.try_into().ok()?))
+}
+
 #[cfg(test)]
 mod tests {
+    use std::collections::HashMap;
+    use std::sync::Mutex;
+
     use super::*;
     use crate::storage::batch::tests::{encode_batch, encode_producer_batch};
+    use crate::storage::batch::validate_produce_records;
     use kafka_protocol::records::Compression;
 
-    fn append(log: &PartitionLog, offsets: &mut PartitionOffsets, values: &[&str]) -> i64 {
-        let bytes = encode_batch(values, Compression::None);
-        let batch = crate::storage::batch::validate_produce_records(&bytes, 1 << 20).unwrap();
-        let mut write = WriteBatch::default();
-        let base = log
-            .stage_append(&mut write, offsets, &mut Producers::new(), &batch)
+    /// Log entries held in memory, as the replication layer would hold them.
+    #[derive(Default)]
+    struct Entries(Mutex<HashMap<u64, Vec<Bytes>>>);
+
+    impl BatchSource for Entries {
+        fn batches(&self, entry: u64) -> Result<Option<Vec<Bytes>>, StorageError> {
+            Ok(self.0.lock().unwrap().get(&entry).cloned())
+        }
+    }
+
+    struct Fixture {
+        _dir: tempfile::TempDir,
+        store: Store,
+        entries: Arc<Entries>,
+        next_entry: u64,
+    }
+
+    impl Fixture {
+        fn new() -> Self {
+            let dir = tempfile::tempdir().unwrap();
+            let store = Store::open(dir.path()).unwrap();
+            Fixture {
+                _dir: dir,
+                store,
+                entries: Arc::default(),
+                next_entry: 1,
+            }
+        }
+
+        fn log(&self, group: u64) -> PartitionLog {
+            PartitionLog::new(group, self.store.clone(), self.entries.clone())
+        }
+
+        fn append(
+            &mut self,
+            log: &PartitionLog,
+            offsets: &mut PartitionOffsets,
+            producers: &mut Producers,
+            batches: &[ValidatedBatch],
+        ) -> Result<i64, ProduceRefusal> {
+            let entry = self.next_entry;
+            self.next_entry += 1;
+            self.entries
+                .0
+                .lock()
+                .unwrap()
+                .insert(entry, batches.iter().map(|b| b.bytes.clone()).collect());
+            let mut write = WriteBatch::default();
+            let answer = log
+                .stage_append(&mut write, offsets, producers, batches, entry)
+                .unwrap();
+            self.store.write_buffered(write).unwrap();
+            answer
+        }
+
+        fn append_values(&mut self, log: &PartitionLog, offsets: &mut PartitionOffsets, values: &[&str]) -> i64 {
+            let batch = validate_produce_records(&encode_batch(values, Compression::None), 1 << 20).unwrap();
+            self.append(log, offsets, &mut Producers::new(), &batch).unwrap()
+        }
+    }
+
+    fn offsets_in(bytes: Bytes) -> Vec<i64> {
+        RecordBatchDecoder::decode_all(&mut bytes.clone())
             .unwrap()
-            .unwrap();
-        log.store.write_buffered(write).unwrap();
-        base
+            .iter()
+            .flat_map(|s| s.records.iter().map(|r| r.offset))
+            .collect()
     }
 
     #[test]
     fn idempotent_retries_are_answered_with_the_first_offset_and_survive_reload() {
-        let dir = tempfile::tempdir().unwrap();
-        let log = PartitionLog::new(3, Store::open(dir.path()).unwrap());
+        let mut fixture = Fixture::new();
+        let log = fixture.log(3);
         let mut offsets = PartitionOffsets::default();
         let mut producers = Producers::new();
         let idempotent = |base_sequence| {
             let bytes = encode_producer_batch(&["a", "b"], Compression::None, 11, 0, base_sequence);
-            crate::storage::batch::validate_produce_records(&bytes, 1 << 20).unwrap()
+            validate_produce_records(&bytes, 1 << 20).unwrap()
         };
         let batch = idempotent(0);
-        let mut write = WriteBatch::default();
+        assert_eq!(fixture.append(&log, &mut offsets, &mut producers, &batch), Ok(0));
         assert_eq!(
-            log.stage_append(&mut write, &mut offsets, &mut producers, &batch)
-                .unwrap(),
-            Ok(0)
-        );
-        assert_eq!(
-            log.stage_append(&mut write, &mut offsets, &mut producers, &batch)
-                .unwrap(),
+            fixture.append(&log, &mut offsets, &mut producers, &batch),
             Ok(0),
             "retry"
         );
         assert_eq!(offsets.next_offset, 2, "the retry appended nothing");
         assert_eq!(
-            log.stage_append(&mut write, &mut offsets, &mut producers, &idempotent(5))
-                .unwrap(),
+            fixture.append(&log, &mut offsets, &mut producers, &idempotent(5)),
             Err(ProduceRefusal::OutOfOrderSequence)
         );
-        log.store.write_buffered(write).unwrap();
         assert_eq!(log.load_producers().unwrap(), producers);
         assert_eq!(log.load_offsets().unwrap().next_offset, 2);
     }
 
     #[test]
     fn a_forged_batch_is_refused_and_appends_nothing() {
-        let dir = tempfile::tempdir().unwrap();
-        let log = PartitionLog::new(2, Store::open(dir.path()).unwrap());
+        let mut fixture = Fixture::new();
+        let log = fixture.log(2);
         let mut offsets = PartitionOffsets::default();
-        append(&log, &mut offsets, &["a"]);
-        let mut good =
-            crate::storage::batch::validate_produce_records(&encode_batch(&["b"], Compression::None), 1 << 20).unwrap();
+        fixture.append_values(&log, &mut offsets, &["a"]);
+        let mut good = validate_produce_records(&encode_batch(&["b"], Compression::None), 1 << 20).unwrap();
         let mut short = good[0].clone();
         short.bytes = short.bytes.slice(..4);
         let mut huge = good[0].clone();
@@ -300,7 +631,7 @@ mod tests {
             good.push(forged);
             let mut write = WriteBatch::default();
             let answer = log
-                .stage_append(&mut write, &mut offsets, &mut Producers::new(), &good)
+                .stage_append(&mut write, &mut offsets, &mut Producers::new(), &good, 9)
                 .unwrap();
             assert_eq!(answer, Err(ProduceRefusal::InvalidBatch));
             assert!(write.is_empty(), "nothing staged");
@@ -310,72 +641,110 @@ mod tests {
     }
 
     #[test]
-    fn appends_assign_dense_offsets_and_read_back() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path()).unwrap();
-        let log = PartitionLog::new(5, store.clone());
-        let other = PartitionLog::new(6, store);
+    fn appends_assign_dense_offsets_and_read_back_from_the_entries() {
+        let mut fixture = Fixture::new();
+        let log = fixture.log(5);
+        let other = fixture.log(6);
         let mut offsets = PartitionOffsets::default();
-        assert_eq!(append(&log, &mut offsets, &["a", "b", "c"]), 0);
-        assert_eq!(append(&log, &mut offsets, &["d", "e"]), 3);
-        append(&other, &mut PartitionOffsets::default(), &["x"]);
-        assert_eq!(
-            log.load_offsets().unwrap(),
-            PartitionOffsets {
-                log_start_offset: 0,
-                next_offset: 5
-            }
-        );
+        assert_eq!(fixture.append_values(&log, &mut offsets, &["a", "b", "c"]), 0);
+        assert_eq!(fixture.append_values(&log, &mut offsets, &["d", "e"]), 3);
+        fixture.append_values(&other, &mut PartitionOffsets::default(), &["x"]);
+        let loaded = log.load_offsets().unwrap();
+        assert_eq!((loaded.log_start_offset, loaded.next_offset), (0, 5));
+        assert!(loaded.appended_bytes > 0);
 
-        let all = log.read(0, 5, 1 << 20).unwrap();
-        let sets = RecordBatchDecoder::decode_all(&mut all.clone()).unwrap();
-        let offsets_read: Vec<i64> = sets.iter().flat_map(|s| s.records.iter().map(|r| r.offset)).collect();
-        assert_eq!(offsets_read, vec![0, 1, 2, 3, 4]);
-
+        assert_eq!(offsets_in(log.read(0, 5, 1 << 20).unwrap()), vec![0, 1, 2, 3, 4]);
         // Reading from the middle of a batch returns that whole batch.
-        let from_middle = log.read(4, 5, 1 << 20).unwrap();
-        let sets = RecordBatchDecoder::decode_all(&mut from_middle.clone()).unwrap();
-        assert_eq!(sets[0].records[0].offset, 3);
+        assert_eq!(offsets_in(log.read(4, 5, 1 << 20).unwrap()), vec![3, 4]);
         // The high watermark hides later batches; max_bytes still yields one batch.
-        assert_eq!(
-            RecordBatchDecoder::decode_all(&mut log.read(0, 3, 1 << 20).unwrap())
-                .unwrap()
-                .len(),
-            1
-        );
-        assert_eq!(
-            RecordBatchDecoder::decode_all(&mut log.read(0, 5, 1).unwrap())
-                .unwrap()
-                .len(),
-            1
-        );
+        assert_eq!(offsets_in(log.read(0, 3, 1 << 20).unwrap()), vec![0, 1, 2]);
+        assert_eq!(offsets_in(log.read(0, 5, 1).unwrap()), vec![0, 1, 2]);
         assert!(log.read(5, 5, 1 << 20).unwrap().is_empty());
+
+        fixture.entries.0.lock().unwrap().remove(&1);
+        assert!(
+            matches!(log.read(0, 5, 1 << 20), Err(StorageError::Corrupt { .. })),
+            "a batch whose entry is gone is an error, not a silent gap"
+        );
     }
 
     #[test]
-    fn finds_offsets_by_timestamp() {
-        let dir = tempfile::tempdir().unwrap();
-        let log = PartitionLog::new(1, Store::open(dir.path()).unwrap());
+    fn the_log_start_moves_forward_only_and_drops_whole_batches_below_it() {
+        let mut fixture = Fixture::new();
+        let log = fixture.log(4);
         let mut offsets = PartitionOffsets::default();
-        append(&log, &mut offsets, &["a", "b", "c"]);
+        for values in [["a", "b"], ["c", "d"], ["e", "f"]] {
+            fixture.append_values(&log, &mut offsets, &values);
+        }
+        let mut write = WriteBatch::default();
+        assert_eq!(log.stage_advance_start(&mut write, &mut offsets, 3).unwrap(), 3);
+        assert_eq!(log.stage_advance_start(&mut write, &mut offsets, 1).unwrap(), 3, "never back");
+        fixture.store.write_buffered(write).unwrap();
+        assert_eq!(offsets_in(log.read(3, 6, 1 << 20).unwrap()), vec![2, 3, 4, 5]);
         assert_eq!(
-            log.offset_for_timestamp(1_700_000_000_001).unwrap(),
+            offsets_in(log.read(0, 6, 1 << 20).unwrap()),
+            vec![2, 3, 4, 5],
+            "the batch holding the start stays whole"
+        );
+        let mut write = WriteBatch::default();
+        assert_eq!(log.stage_advance_start(&mut write, &mut offsets, 99).unwrap(), 6, "not past the end");
+        fixture.store.write_buffered(write).unwrap();
+        assert!(log.read(0, 6, 1 << 20).unwrap().is_empty());
+        assert_eq!(log.load_offsets().unwrap().log_start_offset, 6);
+    }
+
+    #[test]
+    fn finds_offsets_by_timestamp_through_the_time_index() {
+        let mut fixture = Fixture::new();
+        let log = fixture.log(1);
+        let mut offsets = PartitionOffsets::default();
+        fixture.append_values(&log, &mut offsets, &["a", "b", "c"]);
+        fixture.append_values(&log, &mut offsets, &["d", "e"]);
+        assert_eq!(offsets.max_timestamp, 1_700_000_000_002);
+        assert_eq!(
+            log.offset_for_timestamp(1_700_000_000_001, 0).unwrap(),
             Some((1, 1_700_000_000_001))
         );
-        assert_eq!(log.offset_for_timestamp(1_800_000_000_000).unwrap(), None);
+        assert_eq!(log.offset_for_timestamp(0, 0).unwrap(), Some((0, 1_700_000_000_000)));
+        assert_eq!(
+            log.offset_for_timestamp(0, 4).unwrap(),
+            Some((4, 1_700_000_000_001)),
+            "nothing below the log start"
+        );
+        assert_eq!(log.offset_for_timestamp(1_800_000_000_000, 0).unwrap(), None);
     }
 
     #[test]
-    fn corruption_on_disk_is_reported() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path()).unwrap();
-        let log = PartitionLog::new(1, store.clone());
-        append(&log, &mut PartitionOffsets::default(), &["a"]);
-        let key = keys::offset_key(1, 0);
-        let mut value = store.get(CF_RECORDS, &key).unwrap().unwrap();
-        let last = value.len() - 1;
-        value[last] ^= 0x40;
-        store.db().put_cf(store.cf(CF_RECORDS), key, value).unwrap();
-        assert!(matches!(log.read(0, 1, 1 << 20), Err(StorageError::Corrupt { .. })));
+    fn a_restored_checkpoint_replaces_state_and_forgets_later_offsets() {
+        let mut fixture = Fixture::new();
+        let log = fixture.log(7);
+        let mut offsets = PartitionOffsets::default();
+        let mut producers = Producers::new();
+        let batch = validate_produce_records(
+            &encode_producer_batch(&["a"], Compression::None, 5, 0, 0),
+            1 << 20,
+        )
+        .unwrap();
+        fixture.append(&log, &mut offsets, &mut producers, &batch).unwrap();
+        let checkpoint = Checkpoint {
+            offsets,
+            producers: producers.clone(),
+            replication: b"raft".to_vec(),
+        };
+        let mut write = WriteBatch::default();
+        log.stage_checkpoint(&mut write, 1, &checkpoint).unwrap();
+        fixture.store.write_buffered(write).unwrap();
+        fixture.append_values(&log, &mut offsets, &["b", "c"]);
+        let (before, _) = log.checksum(0).unwrap();
+
+        let mut write = WriteBatch::default();
+        log.stage_restore(&mut write, 1, &checkpoint).unwrap();
+        fixture.store.write_buffered(write).unwrap();
+        assert_eq!(log.load_offsets().unwrap(), checkpoint.offsets);
+        assert_eq!(log.load_producers().unwrap(), producers);
+        assert_eq!(offsets_in(log.read(0, 3, 1 << 20).unwrap()), vec![0]);
+        assert_eq!(log.checkpoints().unwrap(), vec![(1, checkpoint)]);
+        assert_ne!(log.checksum(0).unwrap().0, before);
+        assert_eq!(log.checksum(0).unwrap().1, 1);
     }
 }
