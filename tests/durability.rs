@@ -7,8 +7,6 @@ use std::time::{Duration, Instant};
 
 use common::{record_batch, Broker, Client};
 use kafka_protocol::records::Compression;
-use rafka::storage::keys::{self, CF_RAFT_LOG};
-use rafka::storage::Store;
 
 fn produce_acked(client: &mut Client, topic: &str, from: usize, count: usize) -> Vec<String> {
     let mut acked = Vec::new();
@@ -58,8 +56,11 @@ fn acknowledged_writes_survive_kill_9_and_graceful_restarts() {
     broker.restart();
     let mut client = Client::connect(broker.port).unwrap();
     assert_log_is(&mut client, "durable", &acked);
-    let snapshots = broker.data_dir().join("data/snapshots");
-    assert!(snapshots.exists(), "snapshots are taken every snapshot_entries entries");
+    let log = broker.data_dir().join("data/log/group-1");
+    assert!(
+        std::fs::read_dir(log).unwrap().count() > 0,
+        "the partition's records are in its log files"
+    );
 }
 
 #[test]
@@ -92,11 +93,10 @@ fn topics_and_acks_0_writes_survive_restart() {
     );
 }
 
-/// A partition group whose log on disk is inconsistent (entry 0 gone, later
-/// entries kept, no purge point: what a follower was left with when a leader
-/// streamed it the tail of a purged log) cannot start. The broker logs it,
-/// keeps serving every other partition, and keeps retrying that group without
-/// exiting.
+/// A partition group whose log on disk is inconsistent (its file claims to
+/// start at an entry its first record is not) cannot start. The broker logs
+/// it, keeps serving every other partition, and keeps retrying that group
+/// without exiting.
 #[test]
 fn a_damaged_partition_group_leaves_the_rest_of_the_broker_serving() {
     let mut broker = Broker::start();
@@ -112,20 +112,10 @@ fn a_damaged_partition_group_leaves_the_rest_of_the_broker_serving() {
     }
     broker.stop_gracefully();
 
-    let store = Store::open(&broker.data_dir().join("data")).unwrap();
-    let damaged_group = 1;
-    assert!(
-        store
-            .get(CF_RAFT_LOG, &keys::group_u64_key(damaged_group, 1))
-            .unwrap()
-            .is_some(),
-        "group 1 has a log beyond its first entry"
-    );
-    store
-        .db()
-        .delete_cf(store.cf(CF_RAFT_LOG), keys::group_u64_key(damaged_group, 0))
-        .unwrap();
-    drop(store);
+    let log = broker.data_dir().join("data/log/group-1");
+    let files: Vec<_> = std::fs::read_dir(&log).unwrap().map(|f| f.unwrap().path()).collect();
+    assert_eq!(files.len(), 1, "one log file: {files:?}");
+    std::fs::rename(&files[0], log.join(format!("{:020}.log", 100))).unwrap();
 
     broker.restart();
     let mut client = Client::connect(broker.port).unwrap();
@@ -153,37 +143,69 @@ fn a_damaged_partition_group_leaves_the_rest_of_the_broker_serving() {
     );
 }
 
-/// Snapshot files deleted while the broker is down (the group's log was purged
-/// behind them) are not fatal: the broker starts, builds new snapshots from its
-/// state, and serves every acknowledged record.
+fn snapshot_files(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .flat_map(|group| std::fs::read_dir(group.unwrap().path()).unwrap())
+        .map(|file| file.unwrap().path())
+        .filter(|path| path.extension().is_some_and(|ext| ext == "snap"))
+        .collect()
+}
+
+/// Snapshot files deleted while the broker is down (the logs were purged
+/// behind them) are not fatal: the broker starts, builds new snapshots from
+/// its state, and serves every acknowledged record. The controller's snapshot
+/// holds its whole state; a partition's, a checkpoint taken where retention
+/// freed its log.
 #[test]
 fn lost_snapshot_files_are_rebuilt_at_start() {
-    let mut broker = Broker::start_with(&[("RAFKA_SNAPSHOT_ENTRIES", "25")]);
+    let mut broker = Broker::start_with(&[
+        ("RAFKA_SNAPSHOT_ENTRIES", "10"),
+        ("RAFKA_LOG_SEGMENT_BYTES", "4096"),
+        ("RAFKA_LOG_RETENTION_BYTES", "8192"),
+        ("RAFKA_LOG_RETENTION_CHECK_INTERVAL_MS", "100"),
+    ]);
     let mut client = Client::connect(broker.port).unwrap();
-    assert_eq!(client.create_topic("snapshotted", 1).error_code, 0);
-    let mut acked = produce_acked(&mut client, "snapshotted", 0, 60);
+    assert_eq!(client.create_topic("retained", 1).error_code, 0);
+    for topic in 0..12 {
+        assert_eq!(client.create_topic(&format!("extra-{topic}"), 1).error_code, 0);
+    }
+    let mut acked = produce_acked(&mut client, "retained", 0, 400);
+    let last = acked.len() as i64 - 1;
+    let log_start = |client: &mut Client| client.fetch("retained", 0, last, 0, 0).log_start_offset;
+    let start = Instant::now();
+    while log_start(&mut client) == 0 {
+        assert!(
+            start.elapsed() < common::DEADLINE,
+            "retention never moved the log start"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
     broker.stop_gracefully();
 
     let snapshots = broker.data_dir().join("data/snapshots");
-    let snapshot_files = |dir: &std::path::Path| -> Vec<std::path::PathBuf> {
-        std::fs::read_dir(dir)
-            .unwrap()
-            .flat_map(|group| std::fs::read_dir(group.unwrap().path()).unwrap())
-            .map(|file| file.unwrap().path())
-            .filter(|path| path.extension().is_some_and(|ext| ext == "snap"))
-            .collect()
-    };
     let lost = snapshot_files(&snapshots);
-    assert!(!lost.is_empty(), "snapshots were taken every 25 entries");
+    let groups: Vec<_> = lost.iter().filter_map(|f| f.parent()).collect();
+    assert!(
+        groups.iter().any(|g| g.ends_with("group-0")) && groups.iter().any(|g| g.ends_with("group-1")),
+        "the controller and the partition were snapshotted: {lost:?}"
+    );
     for file in &lost {
         std::fs::remove_file(file).unwrap();
     }
 
     broker.restart();
     let mut client = Client::connect(broker.port).unwrap();
-    assert_log_is(&mut client, "snapshotted", &acked);
-    acked.extend(produce_acked(&mut client, "snapshotted", 60, 5));
-    assert_log_is(&mut client, "snapshotted", &acked);
+    let first = log_start(&mut client);
+    let expected: Vec<(i64, String)> = (first..).zip(acked[first as usize..].iter().cloned()).collect();
+    assert_eq!(client.read_from("retained", 0, first), expected);
+    assert_eq!(
+        client.create_topic("extra-0", 1).error_code,
+        36,
+        "the controller kept its topics"
+    );
+    acked.extend(produce_acked(&mut client, "retained", 400, 5));
+    assert_eq!(client.read_from("retained", 0, last + 1).len(), 10);
     let rebuilt = snapshot_files(&snapshots);
     assert!(
         !rebuilt.is_empty() && rebuilt.iter().all(|file| !lost.contains(file)),

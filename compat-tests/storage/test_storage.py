@@ -66,6 +66,20 @@ def watermarks(bootstrap, topic, partition=0):
         consumer.close()
 
 
+def settled_watermarks(bootstrap, topic, partition=0):
+    """Watermarks once retention has stopped moving the log start (unchanged over 5 check intervals)."""
+    last = [None, time.monotonic()]
+
+    def settled():
+        now = watermarks(bootstrap, topic, partition)
+        if now != last[0]:
+            last[:] = [now, time.monotonic()]
+            return None
+        return now if time.monotonic() - last[1] >= 5 * CHECK_INTERVAL_MS / 1000 else None
+
+    return wait_until(settled, 60, interval=CHECK_INTERVAL_MS / 2000, what=f"{topic}'s log start to settle")
+
+
 def read_offsets(bootstrap, topic, start_offset, until, partition=0):
     """Offsets a consumer assigned at `start_offset` reads up to `until` (exclusive), reset to earliest."""
     consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"storage-read-{time.time_ns()}",
@@ -108,8 +122,9 @@ def single_node(R):
             create_topic(bootstrap, "sized", {"segment.bytes": str(SEGMENT), "retention.bytes": str(3 * MIB)})
             acked = produce_bytes(bootstrap, "sized", 12 * MIB)
             expect_eq(acked, 12 * MIB // VALUE_BYTES, "acknowledged values")
-            low, high = wait_until(lambda: (lambda w: w if w[0] > 0 else None)(watermarks(bootstrap, "sized")),
-                                   60, interval=0.2, what="retention to move the log start")
+            wait_until(lambda: watermarks(bootstrap, "sized")[0] > 0, 60, interval=0.2,
+                       what="retention to move the log start")
+            low, high = settled_watermarks(bootstrap, "sized")
             expect_eq(high, acked, "high watermark")
             expect(high - low <= 6 * MIB // VALUE_BYTES, f"kept {high - low} values, retention asks ~3 MiB")
             wait_until(lambda: log_bytes(broker.data_dir) < 7 * MIB, 60, interval=0.2,

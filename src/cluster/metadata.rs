@@ -91,7 +91,10 @@ impl ClusterState {
                 }
                 Ok(groups)
             }
-            Command::Append { .. } | Command::AdvanceLogStart { .. } | Command::Group(_) | Command::AllocateProducerId => Ok(Vec::new()),
+            Command::Append { .. }
+            | Command::AdvanceLogStart { .. }
+            | Command::Group(_)
+            | Command::AllocateProducerId => Ok(Vec::new()),
         }
     }
 

@@ -547,11 +547,7 @@ impl Cluster {
         };
         let log_store = GroupLogStore::open(group, self.store.clone(), &self.cfg.data_dir, roll)?;
         let segments = log_store.segments();
-        let log = PartitionLog::new(
-            group,
-            self.store.clone(),
-            Arc::new(EntryBatches(Arc::clone(&segments))),
-        );
+        let log = PartitionLog::new(group, self.store.clone(), Arc::new(EntryBatches(Arc::clone(&segments))));
         let (published, offsets) = watch::channel(PartitionOffsets::default());
         let consumer_groups = stores_offsets.then(SharedGroups::default);
         let role = match &consumer_groups {

@@ -70,10 +70,9 @@ impl Retention {
         }
         if self.bytes >= 0 {
             let limit = self.bytes as u64;
-            if let Some((_, kept_from)) = checkpoints
-                .iter()
-                .find(|(_, checkpoint)| offsets.appended_bytes.saturating_sub(checkpoint.offsets.appended_bytes) <= limit)
-            {
+            if let Some((_, kept_from)) = checkpoints.iter().find(|(_, checkpoint)| {
+                offsets.appended_bytes.saturating_sub(checkpoint.offsets.appended_bytes) <= limit
+            }) {
                 start = start.max(kept_from.offsets.next_offset);
             }
         }
@@ -171,11 +170,19 @@ mod tests {
             max_timestamp: 4_000,
             appended_bytes: 4_000,
         };
-        let checkpoints = [checkpoint(100, 1_000, 1_000), checkpoint(200, 2_000, 2_000), checkpoint(300, 3_000, 3_000)];
+        let checkpoints = [
+            checkpoint(100, 1_000, 1_000),
+            checkpoint(200, 2_000, 2_000),
+            checkpoint(300, 3_000, 3_000),
+        ];
         let none = Retention { ms: -1, bytes: -1 };
         assert_eq!(none.log_start(&offsets, &checkpoints, 10_000), 0);
         let by_time = Retention { ms: 7_500, bytes: -1 };
-        assert_eq!(by_time.log_start(&offsets, &checkpoints, 10_000), 200, "records up to 2000 ms expired");
+        assert_eq!(
+            by_time.log_start(&offsets, &checkpoints, 10_000),
+            200,
+            "records up to 2000 ms expired"
+        );
         let by_size = Retention { ms: -1, bytes: 2_500 };
         assert_eq!(
             by_size.log_start(&offsets, &checkpoints, 10_000),

@@ -32,7 +32,11 @@ pub enum GroupStartError {
     Raft(String),
 }
 
-fn raft_config(cfg: &BrokerConfig, group: GroupId, holds_records: bool) -> Result<Arc<openraft::Config>, GroupStartError> {
+fn raft_config(
+    cfg: &BrokerConfig,
+    group: GroupId,
+    holds_records: bool,
+) -> Result<Arc<openraft::Config>, GroupStartError> {
     let election = cfg.election_timeout().as_millis() as u64;
     let (snapshot_policy, max_in_snapshot_log_to_keep) = if holds_records {
         // The log is the partition's records: it is cut only where retention

@@ -13,8 +13,8 @@ use std::ops::{Bound, RangeBounds};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use openraft::storage::{LogFlushed, LogState, RaftLogStorage};
 use bytes::Bytes;
+use openraft::storage::{LogFlushed, LogState, RaftLogStorage};
 use openraft::{EntryPayload, ErrorSubject, ErrorVerb, RaftLogReader, StorageIOError, Vote};
 use rocksdb::WriteBatch;
 use serde::de::DeserializeOwned;
@@ -61,7 +61,9 @@ pub struct EntryBatches(pub Arc<SegmentLog>);
 
 impl BatchSource for EntryBatches {
     fn batches(&self, entry: u64) -> Result<Option<Vec<Bytes>>, StorageError> {
-        let Some(raw) = self.0.read(entry)? else { return Ok(None) };
+        let Some(raw) = self.0.read(entry)? else {
+            return Ok(None);
+        };
         Ok(Some(match decode_entry(&raw)?.payload {
             EntryPayload::Normal(Command::Append { batches }) => batches.into_iter().map(|batch| batch.bytes).collect(),
             _ => Vec::new(),
@@ -143,7 +145,9 @@ impl GroupLogStore {
     }
 
     fn last_entry(&self) -> Result<Option<Entry>, StorageError> {
-        let Some((_, last)) = self.log.bounds() else { return Ok(None) };
+        let Some((_, last)) = self.log.bounds() else {
+            return Ok(None);
+        };
         self.log.read(last)?.map(|raw| decode_entry(&raw)).transpose()
     }
 

@@ -497,7 +497,9 @@ mod tests {
         let installed = SnapshotDir::new(&target_dir.path().join("snapshots"), 7);
         let mut incoming = installed.receiving_file().unwrap();
         std::io::copy(&mut File::open(snapshots.data_path(&meta)).unwrap(), &mut incoming).unwrap();
-        installed.install(&meta, &mut incoming, |path| load_into_store(&target, 7, path)).unwrap();
+        installed
+            .install(&meta, &mut incoming, |path| load_into_store(&target, 7, path))
+            .unwrap();
         assert_eq!(
             group_keys(&target, 7),
             group_keys(&source, 7),
@@ -527,7 +529,9 @@ mod tests {
             snapshot_id: "damaged".into(),
             ..meta.clone()
         };
-        assert!(installed.install(&other, &mut damaged, |path| load_into_store(&target, 7, path)).is_err());
+        assert!(installed
+            .install(&other, &mut damaged, |path| load_into_store(&target, 7, path))
+            .is_err());
         assert_eq!(
             current_id(&installed),
             Some(meta.snapshot_id.clone()),
@@ -614,7 +618,9 @@ mod tests {
             .unwrap();
         let source_bytes =
             fs::read(SnapshotDir::new(&source_dir.path().join("snapshots"), 9).data_path(&source_meta)).unwrap();
-        SnapshotDir::new(&root, 9).build(|path| dump_group(&store, 9, path)).unwrap();
+        SnapshotDir::new(&root, 9)
+            .build(|path| dump_group(&store, 9, path))
+            .unwrap();
 
         let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let reader = {
@@ -651,7 +657,9 @@ mod tests {
                                 snapshot_id: format!("installed-{worker}-{round}"),
                                 ..source_meta.clone()
                             };
-                            snapshots.install(&meta, &mut incoming, |path| load_into_store(&store, 9, path)).unwrap();
+                            snapshots
+                                .install(&meta, &mut incoming, |path| load_into_store(&store, 9, path))
+                                .unwrap();
                         }
                     }
                 })

@@ -76,16 +76,18 @@ impl GroupRole {
                     ..
                 },
                 Command::Append { batches },
-            ) => Ok(match log.stage_append(write, offsets, producers, batches, entry.index)? {
-                Ok(base_offset) => CommandResponse::Appended {
-                    base_offset,
-                    log_start_offset: offsets.log_start_offset,
+            ) => Ok(
+                match log.stage_append(write, offsets, producers, batches, entry.index)? {
+                    Ok(base_offset) => CommandResponse::Appended {
+                        base_offset,
+                        log_start_offset: offsets.log_start_offset,
+                    },
+                    Err(refusal) => CommandResponse::ProduceRefused(refusal),
                 },
-                Err(refusal) => CommandResponse::ProduceRefused(refusal),
-            }),
-            (GroupRole::Partition { log, offsets, .. }, Command::AdvanceLogStart { offset }) => {
-                Ok(CommandResponse::LogStart(log.stage_advance_start(write, offsets, *offset)?))
-            }
+            ),
+            (GroupRole::Partition { log, offsets, .. }, Command::AdvanceLogStart { offset }) => Ok(
+                CommandResponse::LogStart(log.stage_advance_start(write, offsets, *offset)?),
+            ),
             (GroupRole::Controller { cluster, .. }, Command::AllocateProducerId) => {
                 Ok(CommandResponse::ProducerId(cluster.allocate_producer_id()))
             }
@@ -373,7 +375,8 @@ impl GroupSnapshotBuilder {
 
 impl RaftSnapshotBuilder<TypeConfig> for GroupSnapshotBuilder {
     async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, RaftStorageError> {
-        let (meta, file) = blocking(|| self.build()).map_err(|err| io_error(ErrorSubject::None, ErrorVerb::Write, err))?;
+        let (meta, file) =
+            blocking(|| self.build()).map_err(|err| io_error(ErrorSubject::None, ErrorVerb::Write, err))?;
         METRICS.raft_snapshot_built();
         Ok(snapshot_of(meta, file))
     }
@@ -417,8 +420,7 @@ impl RaftStateMachine<TypeConfig> for GroupStateMachine {
             let mut received = (*snapshot).into_std().await;
             let builder = self.builder();
             blocking(|| -> Result<(), StorageError> {
-                self.snapshots
-                    .install(meta, &mut received, |path| builder.load(path))?;
+                self.snapshots.install(meta, &mut received, |path| builder.load(path))?;
                 self.role.reload(&self.store, self.group)
             })?;
             self.applied = meta.last_log_id;

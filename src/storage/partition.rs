@@ -325,7 +325,12 @@ impl PartitionLog {
     /// `index` on another replica: producers, offsets, and no index entries for
     /// offsets it has not reached. Index entries below are kept: they describe
     /// committed entries, the same on every replica.
-    pub fn stage_restore(&self, write: &mut WriteBatch, index: u64, checkpoint: &Checkpoint) -> Result<(), StorageError> {
+    pub fn stage_restore(
+        &self,
+        write: &mut WriteBatch,
+        index: u64,
+        checkpoint: &Checkpoint,
+    ) -> Result<(), StorageError> {
         let (_, group_end) = keys::group_range(self.group);
         let next = checkpoint.offsets.next_offset;
         write.delete_range_cf(
@@ -333,7 +338,10 @@ impl PartitionLog {
             keys::offset_key(self.group, next).to_vec(),
             group_end.clone(),
         );
-        for item in self.store.scan_group(CF_TIME_INDEX, self.group, &self.group.to_be_bytes()) {
+        for item in self
+            .store
+            .scan_group(CF_TIME_INDEX, self.group, &self.group.to_be_bytes())
+        {
             let (key, value) = item?;
             if decode_offset(&value).is_none_or(|offset| offset >= next) {
                 write.delete_cf(self.store.cf(CF_TIME_INDEX), key);
@@ -409,7 +417,12 @@ impl PartitionLog {
         cached
             .as_ref()
             .and_then(|(_, batches)| batches.get(location.ordinal as usize).cloned())
-            .ok_or_else(|| self.corrupt(format!("log entry {} has no batch {}", location.entry, location.ordinal)))
+            .ok_or_else(|| {
+                self.corrupt(format!(
+                    "log entry {} has no batch {}",
+                    location.entry, location.ordinal
+                ))
+            })
     }
 
     /// The base offset of the batch holding `offset`, or `offset` when no batch does.
@@ -434,7 +447,9 @@ impl PartitionLog {
     /// `timestamp`: `(offset, its timestamp)`. The time index names the first
     /// batch that reached it; batches before that one are all older.
     pub fn offset_for_timestamp(&self, timestamp: i64, log_start: i64) -> Result<Option<(i64, i64)>, StorageError> {
-        let Some(first) = self.first_batch_reaching(timestamp)? else { return Ok(None) };
+        let Some(first) = self.first_batch_reaching(timestamp)? else {
+            return Ok(None);
+        };
         let from = first.max(self.batch_start_for(log_start)?);
         let mut cached = None;
         for item in self
@@ -449,7 +464,8 @@ impl PartitionLog {
             }
             let mut batch = self.batch_at(&mut cached, base, &location)?.to_vec();
             set_base_offset(&mut batch, base);
-            let set = RecordBatchDecoder::decode(&mut Bytes::from(batch)).map_err(|err| self.corrupt(err.to_string()))?;
+            let set =
+                RecordBatchDecoder::decode(&mut Bytes::from(batch)).map_err(|err| self.corrupt(err.to_string()))?;
             if let Some(record) = set
                 .records
                 .iter()
@@ -678,7 +694,11 @@ mod tests {
         }
         let mut write = WriteBatch::default();
         assert_eq!(log.stage_advance_start(&mut write, &mut offsets, 3).unwrap(), 3);
-        assert_eq!(log.stage_advance_start(&mut write, &mut offsets, 1).unwrap(), 3, "never back");
+        assert_eq!(
+            log.stage_advance_start(&mut write, &mut offsets, 1).unwrap(),
+            3,
+            "never back"
+        );
         fixture.store.write_buffered(write).unwrap();
         assert_eq!(offsets_in(log.read(3, 6, 1 << 20).unwrap()), vec![2, 3, 4, 5]);
         assert_eq!(
@@ -687,7 +707,11 @@ mod tests {
             "the batch holding the start stays whole"
         );
         let mut write = WriteBatch::default();
-        assert_eq!(log.stage_advance_start(&mut write, &mut offsets, 99).unwrap(), 6, "not past the end");
+        assert_eq!(
+            log.stage_advance_start(&mut write, &mut offsets, 99).unwrap(),
+            6,
+            "not past the end"
+        );
         fixture.store.write_buffered(write).unwrap();
         assert!(log.read(0, 6, 1 << 20).unwrap().is_empty());
         assert_eq!(log.load_offsets().unwrap().log_start_offset, 6);
@@ -720,11 +744,8 @@ mod tests {
         let log = fixture.log(7);
         let mut offsets = PartitionOffsets::default();
         let mut producers = Producers::new();
-        let batch = validate_produce_records(
-            &encode_producer_batch(&["a"], Compression::None, 5, 0, 0),
-            1 << 20,
-        )
-        .unwrap();
+        let batch =
+            validate_produce_records(&encode_producer_batch(&["a"], Compression::None, 5, 0, 0), 1 << 20).unwrap();
         fixture.append(&log, &mut offsets, &mut producers, &batch).unwrap();
         let checkpoint = Checkpoint {
             offsets,

@@ -293,7 +293,9 @@ impl SegmentLog {
                 .next_back()
                 .and_then(|(_, s)| Some((Arc::clone(&s.file), s.span(index)?)))
         };
-        let Some((file, (position, len))) = located else { return Ok(None) };
+        let Some((file, (position, len))) = located else {
+            return Ok(None);
+        };
         let mut raw = vec![0; len as usize];
         file.read_exact_at(&mut raw, position)?;
         match unframe(&raw) {
@@ -392,12 +394,19 @@ fn load_segment(dir: &Path, first: u64, newest: bool) -> Result<Segment, Storage
             .map(|len| u32::from_be_bytes(len.try_into().unwrap_or_default()));
         let record = declared
             .filter(|len| *len <= MAX_RECORD_BYTES)
-            .and_then(|_| unframe(rest))
-            .filter(|(index, _)| *index == first + positions.len() as u64);
+            .and_then(|_| unframe(rest));
+        let expected = first + positions.len() as u64;
         match (record, declared) {
-            (Some(_), Some(len)) => {
+            (Some((index, _)), Some(len)) if index == expected => {
                 positions.push(position as u64);
                 position += FRAME_PREFIX + len as usize;
+            }
+            // Whole and checksummed, but not the record that belongs here: damage.
+            (Some((index, _)), _) => {
+                return Err(corrupt(
+                    dir,
+                    format!("{} holds record {index} where {expected} belongs", path.display()),
+                ))
             }
             _ if newest => {
                 tracing::warn!(
@@ -409,7 +418,12 @@ fn load_segment(dir: &Path, first: u64, newest: bool) -> Result<Segment, Storage
                 file.sync_all()?;
                 break;
             }
-            _ => return Err(corrupt(dir, format!("damaged record at byte {position} of {}", path.display()))),
+            _ => {
+                return Err(corrupt(
+                    dir,
+                    format!("damaged record at byte {position} of {}", path.display()),
+                ))
+            }
         }
     }
     let len = positions.last().map_or(0, |_| position as u64);

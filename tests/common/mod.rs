@@ -339,8 +339,13 @@ impl Client {
 
     /// Every record value of the partition, read from offset 0 up to the high watermark.
     pub fn read_all(&mut self, topic: &str, partition: i32) -> Vec<(i64, String)> {
+        self.read_from(topic, partition, 0)
+    }
+
+    /// Every record from `start` to the high watermark.
+    pub fn read_from(&mut self, topic: &str, partition: i32, start: i64) -> Vec<(i64, String)> {
         let mut out = Vec::new();
-        let mut offset = 0;
+        let mut offset = start;
         loop {
             let data = self.fetch(topic, partition, offset, 0, 0);
             assert_eq!(data.error_code, 0, "fetch error");
