@@ -61,6 +61,14 @@ pub struct BrokerConfig {
     /// Kafka's `log.roll.ms`: topics' default `segment.ms`.
     #[serde(default = "default_segment_ms")]
     pub log_roll_ms: u64,
+    /// Kafka's `producer.id.expiration.ms`: an idempotent producer silent this
+    /// long is forgotten by the partitions it wrote to.
+    #[serde(default = "default_producer_expiration")]
+    pub producer_id_expiration_ms: i64,
+}
+
+fn default_producer_expiration() -> i64 {
+    86_400_000
 }
 
 fn default_retention_hours() -> i64 {

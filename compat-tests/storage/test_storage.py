@@ -23,6 +23,7 @@ MIB = 1 << 20
 VALUE_BYTES = 1024
 SEGMENT = 1 * MIB  # segment.bytes: the unit in which retention frees the log
 CHECK_INTERVAL_MS = 200  # log_retention_check_interval_ms in these tests
+PRODUCER_EXPIRATION_MS = 600_000  # producer_id_expiration_ms: 10 minutes
 
 
 def create_topic(bootstrap, name, configs, partitions=1, replication_factor=1):
@@ -113,7 +114,8 @@ def expect_dense(offsets, first, end, what):
 
 
 def single_node(R):
-    env = {"RAFKA_LOG_RETENTION_CHECK_INTERVAL_MS": str(CHECK_INTERVAL_MS)}
+    env = {"RAFKA_LOG_RETENTION_CHECK_INTERVAL_MS": str(CHECK_INTERVAL_MS),
+           "RAFKA_PRODUCER_ID_EXPIRATION_MS": str(PRODUCER_EXPIRATION_MS)}
     with Broker(extra_env=env) as broker:
         R.broker = broker
         bootstrap = broker.bootstrap
@@ -136,6 +138,13 @@ def single_node(R):
             broker.kill9()
             expect_eq(watermarks(bootstrap, "sized"), (low, high), "watermarks after restart")
             expect_dense(read_offsets(bootstrap, "sized", low, high), low, high, "read back after restart")
+
+        with R.check("an idempotent producer silent past producer.id.expiration.ms is forgotten", timeout=60):
+            create_topic(bootstrap, "expiring", {})
+            produce_bytes(bootstrap, "expiring", 10 * VALUE_BYTES, timestamp_ms=int(time.time() * 1000) - 3_600_000)
+            wait_until(lambda: "idempotent producers expired" in broker.log_tail(lines=10_000), 30, interval=0.2,
+                       what="the hour-old producer to expire")
+            expect_eq(produce_bytes(bootstrap, "expiring", 10 * VALUE_BYTES), 10, "a new producer still writes")
 
         with R.check("retention.ms: records older than the limit go, a file at a time", timeout=240):
             create_topic(bootstrap, "timed", {"segment.bytes": str(SEGMENT), "retention.ms": "60000"})

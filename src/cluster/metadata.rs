@@ -93,6 +93,7 @@ impl ClusterState {
             }
             Command::Append { .. }
             | Command::AdvanceLogStart { .. }
+            | Command::ExpireProducers { .. }
             | Command::Group(_)
             | Command::AllocateProducerId => Ok(Vec::new()),
         }

@@ -883,15 +883,21 @@ impl Cluster {
     /// Moves a partition's log start forward through its leader (this node);
     /// returns the new log start.
     pub async fn advance_log_start(&self, handle: &PartitionHandle, offset: i64) -> Result<i64, BrokerError> {
-        match handle.raft.client_write(Command::AdvanceLogStart { offset }).await {
-            Ok(response) => match response.data {
-                CommandResponse::LogStart(start) => Ok(start),
-                other => Err(BrokerError::InvalidRequest(format!(
-                    "unexpected partition answer {other:?}"
-                ))),
-            },
-            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_))) => Err(BrokerError::NotLeader),
-            Err(err) => Err(BrokerError::LeaderNotAvailable(err.to_string())),
+        match propose_to_partition(handle, Command::AdvanceLogStart { offset }).await? {
+            CommandResponse::LogStart(start) => Ok(start),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// Forgets a partition's idempotent producers silent since `before`
+    /// through its leader (this node); returns how many.
+    pub async fn expire_producers(&self, handle: &PartitionHandle, before: i64) -> Result<u32, BrokerError> {
+        let command = Command::ExpireProducers {
+            before_timestamp: before,
+        };
+        match propose_to_partition(handle, command).await? {
+            CommandResponse::ProducersExpired(count) => Ok(count),
+            other => Err(unexpected(other)),
         }
     }
 
@@ -938,6 +944,19 @@ impl Cluster {
             Err(err) => Err(BrokerError::LeaderNotAvailable(err.to_string())),
         }
     }
+}
+
+/// Proposes a housekeeping command to a partition this node leads.
+async fn propose_to_partition(handle: &PartitionHandle, command: Command) -> Result<CommandResponse, BrokerError> {
+    match handle.raft.client_write(command).await {
+        Ok(response) => Ok(response.data),
+        Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_))) => Err(BrokerError::NotLeader),
+        Err(err) => Err(BrokerError::LeaderNotAvailable(err.to_string())),
+    }
+}
+
+fn unexpected(answer: CommandResponse) -> BrokerError {
+    BrokerError::InvalidRequest(format!("unexpected partition answer {answer:?}"))
 }
 
 /// How the logs of groups that hold state only (the controller, consumer

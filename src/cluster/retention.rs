@@ -16,6 +16,7 @@ use tokio_util::sync::CancellationToken;
 use super::{Cluster, PartitionHandle};
 use crate::config::BrokerConfig;
 use crate::storage::partition::{Checkpoint, PartitionOffsets};
+use crate::storage::producers::expired;
 use crate::storage::segments::RollPolicy;
 
 pub const RETENTION_MS: &str = "retention.ms";
@@ -112,7 +113,8 @@ fn now_ms() -> i64 {
 }
 
 /// Every check interval: leaders move their partitions' log start as retention
-/// asks, and every replica frees the log below its partition's log start.
+/// asks and expire silent idempotent producers, and every replica frees the
+/// log below its partition's log start.
 pub async fn run(cluster: Arc<Cluster>, shutdown: CancellationToken) {
     let interval = Duration::from_millis(cluster.config().log_retention_check_interval_ms.max(1));
     loop {
@@ -130,13 +132,19 @@ pub async fn run(cluster: Arc<Cluster>, shutdown: CancellationToken) {
 
 async fn apply(cluster: &Cluster, handle: &PartitionHandle) -> Result<(), crate::error::BrokerError> {
     if handle.leader() == Some(cluster.node_id()) {
+        let now = now_ms();
         let retention = Retention::of(cluster.config(), &cluster.topic_configs(handle.group));
         let offsets = handle.offsets();
         let checkpoints = handle.log.checkpoints()?;
-        let start = retention.log_start(&offsets, &checkpoints, now_ms());
+        let start = retention.log_start(&offsets, &checkpoints, now);
         if start > offsets.log_start_offset {
             let moved = cluster.advance_log_start(handle, start).await?;
             tracing::info!(group = handle.group, log_start = moved, "retention moved the log start");
+        }
+        let before = now.saturating_sub(cluster.config().producer_id_expiration_ms);
+        if !expired(&handle.log.load_producers()?, before).is_empty() {
+            let forgotten = cluster.expire_producers(handle, before).await?;
+            tracing::info!(group = handle.group, forgotten, "idempotent producers expired");
         }
     }
     handle.free_below_log_start().await;

@@ -29,6 +29,9 @@ pub enum Command {
     /// Partition: move the log start forward (retention, DeleteRecords); the
     /// records below it are gone for readers, and their log can be freed.
     AdvanceLogStart { offset: i64 },
+    /// Partition: forget idempotent producers whose last batch is older than
+    /// `before_timestamp` (the leader's clock, stamped at proposal).
+    ExpireProducers { before_timestamp: i64 },
     /// Offsets partition: a consumer group change.
     Group(GroupCommand),
     /// Controller: hand out the next idempotent producer id.
@@ -46,7 +49,10 @@ impl Command {
             | Command::DeleteTopic { .. }
             | Command::CreatePartitions { .. }
             | Command::AllocateProducerId => true,
-            Command::Append { .. } | Command::AdvanceLogStart { .. } | Command::Group(_) => false,
+            Command::Append { .. }
+            | Command::AdvanceLogStart { .. }
+            | Command::ExpireProducers { .. }
+            | Command::Group(_) => false,
         }
     }
 }
@@ -62,6 +68,8 @@ pub enum CommandResponse {
     Appended { base_offset: i64, log_start_offset: i64 },
     /// A partition's log start after an AdvanceLogStart.
     LogStart(i64),
+    /// How many idempotent producers a partition forgot.
+    ProducersExpired(u32),
     /// A partition refused an idempotent producer's batches.
     ProduceRefused(ProduceRefusal),
     /// The controller allocated a producer id.

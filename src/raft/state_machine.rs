@@ -375,9 +375,17 @@ impl GroupSnapshotBuilder {
 
 impl RaftSnapshotBuilder<TypeConfig> for GroupSnapshotBuilder {
     async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, RaftStorageError> {
+        let started = std::time::Instant::now();
         let (meta, file) =
             blocking(|| self.build()).map_err(|err| io_error(ErrorSubject::None, ErrorVerb::Write, err))?;
         METRICS.raft_snapshot_built();
+        tracing::info!(
+            group = self.group,
+            last_log_id = ?meta.last_log_id,
+            bytes = file.metadata().map_or(0, |m| m.len()),
+            micros = started.elapsed().as_micros() as u64,
+            "snapshot built"
+        );
         Ok(snapshot_of(meta, file))
     }
 }

@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 
 use super::batch::{check_appendable, set_base_offset, ValidatedBatch};
 use super::keys::{self, CF_BATCH_INDEX, CF_SM_STATE, CF_TIME_INDEX, TAG_CHECKPOINT, TAG_PARTITION, TAG_PRODUCER};
-use super::producers::{check, record, Producers, SequenceCheck};
+use super::producers::{check, expired, record, Producers, SequenceCheck};
 use super::{StorageError, Store};
 use crate::raft::command::ProduceRefusal;
 
@@ -277,6 +277,17 @@ impl PartitionLog {
             self.stage_offsets(write, offsets)?;
         }
         Ok(offsets.log_start_offset)
+    }
+
+    /// Forgets the idempotent producers that wrote nothing since `before`;
+    /// returns how many.
+    pub fn stage_expire_producers(&self, write: &mut WriteBatch, producers: &mut Producers, before: i64) -> u32 {
+        let ids = expired(producers, before);
+        for id in &ids {
+            producers.remove(id);
+            write.delete_cf(self.store.cf(CF_SM_STATE), self.producer_key(*id));
+        }
+        ids.len() as u32
     }
 
     /// Records the partition's state after log entry `index`.
@@ -715,6 +726,28 @@ mod tests {
         fixture.store.write_buffered(write).unwrap();
         assert!(log.read(0, 6, 1 << 20).unwrap().is_empty());
         assert_eq!(log.load_offsets().unwrap().log_start_offset, 6);
+    }
+
+    #[test]
+    fn producers_silent_since_the_cutoff_expire_and_stay_gone_after_reload() {
+        let mut fixture = Fixture::new();
+        let log = fixture.log(8);
+        let mut offsets = PartitionOffsets::default();
+        let mut producers = Producers::new();
+        for id in [21, 22] {
+            let batch =
+                validate_produce_records(&encode_producer_batch(&["a"], Compression::None, id, 0, 0), 1 << 20).unwrap();
+            fixture.append(&log, &mut offsets, &mut producers, &batch).unwrap();
+        }
+        producers.get_mut(&22).unwrap().last_timestamp = 1_900_000_000_000;
+        let mut write = WriteBatch::default();
+        assert_eq!(
+            log.stage_expire_producers(&mut write, &mut producers, 1_800_000_000_000),
+            1
+        );
+        fixture.store.write_buffered(write).unwrap();
+        assert_eq!(producers.keys().copied().collect::<Vec<_>>(), vec![22]);
+        assert!(!log.load_producers().unwrap().contains_key(&21));
     }
 
     #[test]

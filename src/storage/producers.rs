@@ -24,6 +24,8 @@ pub struct RecentBatch {
 pub struct ProducerState {
     pub epoch: i16,
     pub recent: VecDeque<RecentBatch>,
+    /// The largest timestamp of its batches: it expires that long after.
+    pub last_timestamp: i64,
 }
 
 pub type Producers = BTreeMap<i64, ProducerState>;
@@ -95,6 +97,17 @@ pub fn record(state: &mut ProducerState, batch: &ValidatedBatch, base_offset: i6
     while state.recent.len() > REMEMBERED_BATCHES {
         state.recent.pop_front();
     }
+    state.last_timestamp = state.last_timestamp.max(batch.max_timestamp);
+}
+
+/// The producers whose last batch is older than `before` (Kafka's
+/// `producer.id.expiration.ms` measured back from now).
+pub fn expired(producers: &Producers, before: i64) -> Vec<i64> {
+    producers
+        .iter()
+        .filter(|(_, state)| state.last_timestamp < before)
+        .map(|(id, _)| *id)
+        .collect()
 }
 
 #[cfg(test)]
