@@ -88,6 +88,9 @@ impl GroupRole {
             (GroupRole::Partition { log, offsets, .. }, Command::AdvanceLogStart { offset }) => Ok(
                 CommandResponse::LogStart(log.stage_advance_start(write, offsets, *offset)?),
             ),
+            (GroupRole::Partition { log, producers, .. }, Command::ExpireProducers { before_timestamp }) => Ok(
+                CommandResponse::ProducersExpired(log.stage_expire_producers(write, producers, *before_timestamp)),
+            ),
             (GroupRole::Controller { cluster, .. }, Command::AllocateProducerId) => {
                 Ok(CommandResponse::ProducerId(cluster.allocate_producer_id()))
             }

@@ -52,12 +52,11 @@ pub fn check(state: Option<&ProducerState>, batch: &ValidatedBatch) -> SequenceC
         return SequenceCheck::Append;
     }
     let Some(state) = state else {
-        // A producer this partition has never seen starts at sequence 0.
-        return if batch.base_sequence == 0 {
-            SequenceCheck::Append
-        } else {
-            SequenceCheck::Refused(ProduceRefusal::OutOfOrderSequence)
-        };
+        // A producer this partition does not know may be one it forgot
+        // (expired, or its batches fell below the log start) that goes on
+        // writing: Kafka accepts it at any sequence (KIP-360) rather than fail
+        // a producer whose state the broker dropped.
+        return SequenceCheck::Append;
     };
     if batch.producer_epoch < state.epoch {
         return SequenceCheck::Refused(ProduceRefusal::InvalidProducerEpoch);
@@ -132,7 +131,8 @@ mod tests {
         assert_eq!(check(None, &batch(0, 0, 3)), SequenceCheck::Append);
         assert_eq!(
             check(None, &batch(0, 5, 3)),
-            SequenceCheck::Refused(ProduceRefusal::OutOfOrderSequence)
+            SequenceCheck::Append,
+            "a producer the partition forgot goes on where it was"
         );
         record(&mut state, &batch(0, 0, 3), 100);
         assert_eq!(check(Some(&state), &batch(0, 3, 2)), SequenceCheck::Append);
