@@ -22,9 +22,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "compat-tests"))
 import machine  # noqa: E402
 from cluster import start_cluster  # noqa: E402
 from procstat import io_write_bytes  # noqa: E402
-from workloads import create_topic, payloads, producer_config  # noqa: E402
+from workloads import payloads, producer_config  # noqa: E402
 
 from confluent_kafka import Producer  # noqa: E402
+from confluent_kafka.admin import AdminClient, NewTopic  # noqa: E402
 
 VALUE_BYTES = 1024
 SETTLE_S = 15
@@ -60,7 +61,8 @@ def produce(bootstrap, topic, total):
 
 def measure(nodes, total):
     with start_cluster(nodes) as brokers:
-        create_topic(brokers.bootstrap, "amplification")
+        admin = AdminClient({"bootstrap.servers": brokers.bootstrap})
+        admin.create_topics([NewTopic("amplification", 1, nodes)])["amplification"].result(60)
         pids = brokers.pids()
         before = [io_write_bytes(pid) or 0 for pid in pids]
         started = time.monotonic()

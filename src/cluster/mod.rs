@@ -1,9 +1,11 @@
 //! The node's view of the cluster: the controller group, the partition groups it
 //! hosts, and routing of reads and writes to them.
 
+pub mod controller_state;
 pub mod leaders;
 pub mod leadership;
 pub mod metadata;
+pub mod partition_state;
 pub mod peer_service;
 pub mod retention;
 pub mod topics;
@@ -21,13 +23,14 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::BrokerConfig;
 use crate::error::BrokerError;
+use crate::group::offsets_state::OffsetsState;
 use crate::group::store::{GroupCommand, SharedGroups};
 use crate::raft::command::{Command, CommandResponse};
 use crate::raft::group::{effective_leader, start_group, GroupStartError};
 use crate::raft::log_store::{has_raft_state, log_dir, EntryBatches, GroupLogStore};
 use crate::raft::network::{CallError, Peers};
 use crate::raft::snapshot::SnapshotDir;
-use crate::raft::state_machine::GroupRole;
+use crate::raft::state_machine::ReplicatedState;
 use crate::raft::wire::{Announcement, LeaderClaim, PartitionChecksum, PeerRequest, PeerResponse, ProposeError};
 use crate::raft::{GroupId, NodeId, Raft, CONTROLLER_GROUP};
 use crate::storage::batch::ValidatedBatch;
@@ -35,8 +38,10 @@ use crate::storage::keys::ALL_CFS;
 use crate::storage::partition::{PartitionLog, PartitionOffsets};
 use crate::storage::segments::{RollPolicy, SegmentLog};
 use crate::storage::{StorageError, Store};
+use controller_state::ControllerState;
 use leaders::{LeaderBoard, LeaderView, ANNOUNCE_INTERVAL};
 use metadata::{ClusterState, TopicState};
+use partition_state::PartitionState;
 
 /// The internal topic whose partitions replicate consumer groups' offsets.
 pub const OFFSETS_TOPIC: &str = "__consumer_offsets";
@@ -130,14 +135,11 @@ impl Cluster {
         }
         let peers = Peers::new(members.clone());
         let (published, metadata) = watch::channel(Arc::new(ClusterState::default()));
-        let role = GroupRole::Controller {
-            cluster: ClusterState::default(),
-            published,
-        };
+        let state = Box::new(ControllerState::new(published));
         // Ascending ids: the lowest member bootstraps the controller group.
         let voters: Vec<(NodeId, String)> = members.iter().map(|(id, addr)| (*id, addr.clone())).collect();
         let controller_log = GroupLogStore::open(CONTROLLER_GROUP, store.clone(), &cfg.data_dir, state_log_roll())?;
-        let controller = start_group(&cfg, &store, &peers, controller_log, role, &voters).await?;
+        let controller = start_group(&cfg, &store, &peers, controller_log, state, &voters).await?;
         tokio::spawn(leadership::follow(
             CONTROLLER_GROUP,
             controller.server_metrics(),
@@ -550,21 +552,15 @@ impl Cluster {
         let log = PartitionLog::new(group, self.store.clone(), Arc::new(EntryBatches(Arc::clone(&segments))));
         let (published, offsets) = watch::channel(PartitionOffsets::default());
         let consumer_groups = stores_offsets.then(SharedGroups::default);
-        let role = match &consumer_groups {
-            Some(groups) => GroupRole::Offsets { groups: groups.clone() },
-            None => GroupRole::Partition {
-                log: log.clone(),
-                offsets: PartitionOffsets::default(),
-                producers: Default::default(),
-                published,
-                appends: self.appends.clone(),
-            },
+        let state: Box<dyn ReplicatedState> = match &consumer_groups {
+            Some(groups) => Box::new(OffsetsState::new(groups.clone())),
+            None => Box::new(PartitionState::new(log.clone(), published, self.appends.clone())),
         };
         let members: Vec<(NodeId, String)> = replicas
             .iter()
             .map(|id| (*id, self.members.get(id).cloned().unwrap_or_default()))
             .collect();
-        let raft = start_group(&self.cfg, &self.store, &self.peers, log_store, role, &members).await?;
+        let raft = start_group(&self.cfg, &self.store, &self.peers, log_store, state, &members).await?;
         tokio::spawn(leadership::follow(group, raft.server_metrics(), self.metadata.clone()));
         tracing::info!(group, stores_offsets, "partition group started");
         Ok(PartitionHandle {

@@ -1,7 +1,9 @@
 //! Consumer groups (the classic protocol). Membership and rebalances live in
 //! memory on the coordinator ([`coordinator`]); committed offsets and group
 //! generations are replicated through the `__consumer_offsets` partitions
-//! ([`store`]), so they survive restarts and fail over with Raft leadership.
+//! ([`store`], applied by [`offsets_state`]), so they survive restarts and fail
+//! over with Raft leadership.
 
 pub mod coordinator;
+pub mod offsets_state;
 pub mod store;

@@ -10,7 +10,7 @@ use openraft::{BasicNode, RaftMetrics, SnapshotPolicy};
 
 use super::log_store::GroupLogStore;
 use super::network::{GroupNetwork, Peers};
-use super::state_machine::{GroupRole, GroupStateMachine};
+use super::state_machine::{GroupStateMachine, ReplicatedState};
 use super::wire::{PeerRequest, PeerResponse};
 use super::{GroupId, NodeId, Raft};
 use crate::config::BrokerConfig;
@@ -74,15 +74,15 @@ pub async fn start_group(
     store: &Store,
     peers: &Arc<Peers>,
     log_store: GroupLogStore,
-    role: GroupRole,
+    state: Box<dyn ReplicatedState>,
     members: &[(NodeId, String)],
 ) -> Result<Raft, GroupStartError> {
     let group = log_store.group();
-    let holds_records = matches!(role, GroupRole::Partition { .. });
+    let holds_records = state.records().is_some();
     let state_machine = GroupStateMachine::open(
         group,
         store.clone(),
-        role,
+        state,
         &cfg.data_dir.join("snapshots"),
         log_store.segments(),
     )?;

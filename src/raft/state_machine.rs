@@ -18,7 +18,6 @@ use openraft::storage::{RaftStateMachine, Snapshot};
 use openraft::{EntryPayload, ErrorSubject, ErrorVerb, RaftSnapshotBuilder};
 use rocksdb::WriteBatch;
 use tokio::io::AsyncWriteExt;
-use tokio::sync::watch;
 
 use super::command::{Command, CommandResponse};
 use super::log_store::{blocking, io_error};
@@ -27,36 +26,19 @@ use super::snapshot::{
     SnapshotDir,
 };
 use super::{GroupId, LogId, NodeId, RaftStorageError, SnapshotMeta, StoredMembership, TypeConfig};
-use crate::cluster::metadata::ClusterState;
-use crate::group::store::SharedGroups;
 use crate::metrics::METRICS;
-use crate::storage::keys::{self, CF_SM_STATE, TAG_APPLIED, TAG_CLUSTER};
-use crate::storage::partition::{Checkpoint, PartitionLog, PartitionOffsets};
-use crate::storage::producers::Producers;
+use crate::storage::keys::{self, CF_SM_STATE, TAG_APPLIED};
+use crate::storage::partition::{Checkpoint, PartitionLog};
 use crate::storage::segments::SegmentLog;
 use crate::storage::{StorageError, Store};
 
 type Entry = openraft::Entry<TypeConfig>;
 
-/// What a group replicates, and where it publishes its state for readers.
-pub enum GroupRole {
-    Controller {
-        cluster: ClusterState,
-        published: watch::Sender<Arc<ClusterState>>,
-    },
-    Partition {
-        log: PartitionLog,
-        offsets: PartitionOffsets,
-        producers: Producers,
-        published: watch::Sender<PartitionOffsets>,
-        /// Bumped on every append to any partition; wakes long-polling fetches.
-        appends: Arc<watch::Sender<u64>>,
-    },
-    /// A `__consumer_offsets` partition: committed offsets of consumer groups.
-    Offsets { groups: SharedGroups },
-}
-
-impl GroupRole {
+/// What a group replicates: the state its entries build, kept in the node's
+/// store, and published to the readers of that state. The controller, the
+/// partitions and the consumer-offsets partitions each implement it in their
+/// own module; this one only drives them.
+pub trait ReplicatedState: Send + Sync + 'static {
     /// Applies one command. Whatever it holds, a command is answered, refused
     /// inside its response if it cannot be applied: an error or a panic here
     /// would stop the group, and every replica would meet the same entry again
@@ -65,113 +47,46 @@ impl GroupRole {
         &mut self,
         write: &mut WriteBatch,
         command: &Command,
-        entry: &Applying,
-    ) -> Result<CommandResponse, StorageError> {
-        match (self, command) {
-            (
-                GroupRole::Partition {
-                    log,
-                    offsets,
-                    producers,
-                    ..
-                },
-                Command::Append { batches },
-            ) => Ok(
-                match log.stage_append(write, offsets, producers, batches, entry.index)? {
-                    Ok(base_offset) => CommandResponse::Appended {
-                        base_offset,
-                        log_start_offset: offsets.log_start_offset,
-                    },
-                    Err(refusal) => CommandResponse::ProduceRefused(refusal),
-                },
-            ),
-            (GroupRole::Partition { log, offsets, .. }, Command::AdvanceLogStart { offset }) => Ok(
-                CommandResponse::LogStart(log.stage_advance_start(write, offsets, *offset)?),
-            ),
-            (GroupRole::Partition { log, producers, .. }, Command::ExpireProducers { before_timestamp }) => Ok(
-                CommandResponse::ProducersExpired(log.stage_expire_producers(write, producers, *before_timestamp)),
-            ),
-            (GroupRole::Controller { cluster, .. }, Command::AllocateProducerId) => {
-                Ok(CommandResponse::ProducerId(cluster.allocate_producer_id()))
-            }
-            (GroupRole::Offsets { groups }, Command::Group(change)) => {
-                let mut groups = groups.write().unwrap_or_else(|poisoned| poisoned.into_inner());
-                crate::group::store::apply(&mut groups, change, entry.store, entry.group, write)?;
-                Ok(CommandResponse::Empty)
-            }
-            (
-                GroupRole::Controller { cluster, .. },
-                Command::CreateTopic { .. } | Command::DeleteTopic { .. } | Command::CreatePartitions { .. },
-            ) => {
-                let voters: BTreeSet<NodeId> = entry.membership.membership().voter_ids().collect();
-                Ok(CommandResponse::Controller(cluster.apply(command, &voters)))
-            }
-            _ => Ok(CommandResponse::WrongGroup),
-        }
-    }
+        entry: &Applying<'_>,
+    ) -> Result<CommandResponse, StorageError>;
 
-    fn stage_state(&self, write: &mut WriteBatch, store: &Store, group: GroupId) -> Result<(), StorageError> {
-        if let GroupRole::Controller { cluster, .. } = self {
-            write.put_cf(
-                store.cf(CF_SM_STATE),
-                keys::group_tag_key(group, TAG_CLUSTER),
-                bincode::serialize(cluster)?,
-            );
-        }
+    /// Adds to `write` the state that is not already staged by `apply`.
+    fn stage(&self, _write: &mut WriteBatch, _store: &Store, _group: GroupId) -> Result<(), StorageError> {
         Ok(())
     }
 
-    fn reload(&mut self, store: &Store, group: GroupId) -> Result<(), StorageError> {
-        match self {
-            GroupRole::Controller { cluster, .. } => {
-                *cluster = match store.get(CF_SM_STATE, &keys::group_tag_key(group, TAG_CLUSTER))? {
-                    Some(raw) => bincode::deserialize(&raw)?,
-                    None => ClusterState::default(),
-                };
-            }
-            GroupRole::Partition {
-                log,
-                offsets,
-                producers,
-                ..
-            } => {
-                *offsets = log.load_offsets()?;
-                *producers = log.load_producers()?;
-            }
-            GroupRole::Offsets { groups } => {
-                let loaded = crate::group::store::load(store, group)?;
-                *groups.write().unwrap_or_else(|poisoned| poisoned.into_inner()) = loaded;
-            }
-        }
-        Ok(())
+    /// Reads the state back from the store (at start, after a snapshot install).
+    fn reload(&mut self, store: &Store, group: GroupId) -> Result<(), StorageError>;
+
+    /// Makes the applied state visible to its readers.
+    fn publish(&self);
+
+    /// A state that holds records: snapshotted as checkpoints of its state,
+    /// its log cut only where its log start moved.
+    fn records(&self) -> Option<&PartitionLog> {
+        None
     }
 
-    fn publish(&self) {
-        match self {
-            GroupRole::Controller { cluster, published } => {
-                published.send_replace(Arc::new(cluster.clone()));
-            }
-            GroupRole::Partition {
-                offsets,
-                published,
-                appends,
-                ..
-            } => {
-                published.send_replace(*offsets);
-                appends.send_modify(|count| *count = count.wrapping_add(1));
-            }
-            // Readers share the map the state machine updates.
-            GroupRole::Offsets { .. } => {}
-        }
+    /// The state to checkpoint now, with the replication layer's own record
+    /// of this point; states that hold no records keep no checkpoints.
+    fn checkpoint(&self, _replication: Vec<u8>) -> Option<Checkpoint> {
+        None
     }
 }
 
 /// What a command's apply may need to know about the entry that carries it.
-struct Applying<'a> {
-    index: u64,
-    store: &'a Store,
-    group: GroupId,
+pub struct Applying<'a> {
+    pub index: u64,
+    pub store: &'a Store,
+    pub group: GroupId,
     membership: &'a StoredMembership,
+}
+
+impl Applying<'_> {
+    /// The group's voters as of this entry.
+    pub fn voters(&self) -> BTreeSet<NodeId> {
+        self.membership.membership().voter_ids().collect()
+    }
 }
 
 /// How a group's snapshots are made and loaded.
@@ -186,7 +101,7 @@ enum SnapshotKind {
 pub struct GroupStateMachine {
     group: GroupId,
     store: Store,
-    role: GroupRole,
+    state: Box<dyn ReplicatedState>,
     applied: Option<LogId>,
     membership: StoredMembership,
     snapshots: SnapshotDir,
@@ -199,17 +114,17 @@ impl GroupStateMachine {
     pub fn open(
         group: GroupId,
         store: Store,
-        mut role: GroupRole,
+        mut state: Box<dyn ReplicatedState>,
         snapshot_root: &Path,
         segments: Arc<SegmentLog>,
     ) -> Result<Self, StorageError> {
         let (applied, membership) = read_applied_state(&store, group)?;
-        role.reload(&store, group)?;
-        role.publish();
+        state.reload(&store, group)?;
+        state.publish();
         Ok(GroupStateMachine {
             group,
             store,
-            role,
+            state,
             applied,
             membership,
             snapshots: SnapshotDir::new(snapshot_root, group),
@@ -218,9 +133,9 @@ impl GroupStateMachine {
     }
 
     fn snapshot_kind(&self) -> SnapshotKind {
-        match &self.role {
-            GroupRole::Partition { log, .. } => SnapshotKind::Checkpoint(log.clone()),
-            _ => SnapshotKind::WholeState,
+        match self.state.records() {
+            Some(log) => SnapshotKind::Checkpoint(log.clone()),
+            None => SnapshotKind::WholeState,
         }
     }
 
@@ -235,31 +150,21 @@ impl GroupStateMachine {
 
     /// The partition's state after the entry just applied, where the log can be cut.
     fn stage_checkpoint(&self, write: &mut WriteBatch) -> Result<(), StorageError> {
-        let (
-            GroupRole::Partition {
-                log,
-                offsets,
-                producers,
-                ..
-            },
-            Some(applied),
-        ) = (&self.role, self.applied)
-        else {
+        let (Some(log), Some(applied)) = (self.state.records(), self.applied) else {
             return Ok(());
         };
         if !self.segments.ends_file(applied.index) {
             return Ok(());
         }
-        let checkpoint = Checkpoint {
-            offsets: *offsets,
-            producers: producers.clone(),
-            replication: bincode::serialize(&(self.applied, &self.membership))?,
-        };
-        log.stage_checkpoint(write, applied.index, &checkpoint)
+        let replication = bincode::serialize(&(self.applied, &self.membership))?;
+        match self.state.checkpoint(replication) {
+            Some(checkpoint) => log.stage_checkpoint(write, applied.index, &checkpoint),
+            None => Ok(()),
+        }
     }
 
     fn persist(&mut self, mut write: WriteBatch) -> Result<(), StorageError> {
-        self.role.stage_state(&mut write, &self.store, self.group)?;
+        self.state.stage(&mut write, &self.store, self.group)?;
         let applied = bincode::serialize(&(self.applied, &self.membership))?;
         write.put_cf(
             self.store.cf(CF_SM_STATE),
@@ -283,7 +188,7 @@ impl GroupStateMachine {
                         group: self.group,
                         membership: &self.membership,
                     };
-                    self.role.apply(&mut write, &command, &applying)?
+                    self.state.apply(&mut write, &command, &applying)?
                 }
                 EntryPayload::Membership(membership) => {
                     self.membership = StoredMembership::new(Some(entry.log_id), membership);
@@ -294,7 +199,7 @@ impl GroupStateMachine {
             responses.push(response);
         }
         self.persist(write)?;
-        self.role.publish();
+        self.state.publish();
         Ok(responses)
     }
 }
@@ -432,11 +337,11 @@ impl RaftStateMachine<TypeConfig> for GroupStateMachine {
             let builder = self.builder();
             blocking(|| -> Result<(), StorageError> {
                 self.snapshots.install(meta, &mut received, |path| builder.load(path))?;
-                self.role.reload(&self.store, self.group)
+                self.state.reload(&self.store, self.group)
             })?;
             self.applied = meta.last_log_id;
             self.membership = meta.last_membership.clone();
-            self.role.publish();
+            self.state.publish();
             tracing::info!(group = self.group, last_log_id = ?meta.last_log_id, "snapshot installed");
             METRICS.raft_snapshot_installed();
             Ok::<_, StorageError>(())
