@@ -16,6 +16,7 @@ from harness import (by_partition, expect, expect_eq, make_messages, run_suite, 
                      wait_until)
 
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition  # noqa: E402
+from kafka.admin import AlterConfigOp, ConfigResource, ConfigResourceType  # noqa: E402
 from kafka.codec import has_gzip, has_lz4, has_snappy, has_zstd  # noqa: E402
 
 TIMEOUT = 30  # seconds, for any single client operation
@@ -166,9 +167,55 @@ def check_delete(bootstrap, R):
                    what="kp-delete-me to disappear from list_topics")
 
 
+def modified_configs(admin, topic):
+    """describe_configs of `topic`, only the keys not at their default: {name: (value, source)}."""
+    described = admin.describe_configs([ConfigResource(ConfigResourceType.TOPIC, topic)])
+    return {name: (c["value"], c["config_source"]) for name, c in described["topic"][topic].items()}
+
+
+def alter(admin, topic, configs, **kwargs):
+    """alter_configs of one topic; the broker's answer for it ('OK' or the error)."""
+    result = admin.alter_configs([ConfigResource(ConfigResourceType.TOPIC, topic, configs=configs)], **kwargs)
+    return result["topic"][topic]
+
+
+def check_configs(bootstrap, R):
+    topic = "kp-configs"
+    with R.check("configs: alter_configs (AlterConfigs) sets overrides; describe_configs reports them "
+                 "as DYNAMIC_TOPIC_CONFIG"), closing(new_admin(bootstrap)) as admin:
+        create_topic(bootstrap, topic, 1)
+        answer = alter(admin, topic, {"compression.type": "gzip", "min.insync.replicas": "2"}, incremental=False)
+        expect_eq(answer, "OK", "AlterConfigs answer")
+        expect_eq(modified_configs(admin, topic),
+                  {"compression.type": ("gzip", "DYNAMIC_TOPIC_CONFIG"),
+                   "min.insync.replicas": ("2", "DYNAMIC_TOPIC_CONFIG")}, "overrides")
+
+    with R.check("configs: alter_configs (IncrementalAlterConfigs) SET and DELETE keep the other overrides"), \
+            closing(new_admin(bootstrap)) as admin:
+        answer = alter(admin, topic, {"cleanup.policy": "compact",
+                                      "min.insync.replicas": (AlterConfigOp.DELETE, None)}, incremental=True)
+        expect_eq(answer, "OK", "IncrementalAlterConfigs answer")
+        expect_eq(modified_configs(admin, topic),
+                  {"compression.type": ("gzip", "DYNAMIC_TOPIC_CONFIG"),
+                   "cleanup.policy": ("compact", "DYNAMIC_TOPIC_CONFIG")}, "overrides")
+
+    with R.check("configs: validate_only applies nothing; a bad value answers InvalidConfigurationError"), \
+            closing(new_admin(bootstrap)) as admin:
+        expect_eq(alter(admin, topic, {"compression.type": "lz4"}, validate_only=True), "OK", "validate_only answer")
+        for incremental in (False, True):
+            answer = alter(admin, topic, {"compression.type": "brotli"}, incremental=incremental)
+            expect("InvalidConfigurationError" in answer, f"incremental={incremental}: {answer}")
+        # raise_on_unknown=False sends an unknown name to the broker, which refuses it.
+        answer = alter(admin, topic, {"dummy.doesntexist": "1"}, raise_on_unknown=False)
+        expect("InvalidConfigurationError" in answer, f"unknown config: {answer}")
+        expect_eq(modified_configs(admin, topic)["compression.type"], ("gzip", "DYNAMIC_TOPIC_CONFIG"),
+                  "compression.type after refused changes")
+
+
 def main(broker, R):
     with R.check("admin: create topic with 3 partitions, describe_topics shows them with leaders"):
         create_topic(broker.bootstrap, "kp-admin", PARTITIONS)
+    check_configs(broker.bootstrap, R)
     check_codecs(broker.bootstrap, R)
     check_offsets(broker.bootstrap, R)
     check_delete(broker.bootstrap, R)

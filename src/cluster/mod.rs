@@ -5,6 +5,7 @@ pub mod leaders;
 pub mod leadership;
 pub mod metadata;
 pub mod peer_service;
+pub mod topic_configs;
 pub mod topics;
 
 use std::collections::{BTreeMap, HashMap};
@@ -20,7 +21,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::BrokerConfig;
 use crate::error::BrokerError;
 use crate::group::store::{GroupCommand, SharedGroups};
-use crate::raft::command::{Command, CommandResponse};
+use crate::raft::command::{Command, CommandResponse, ConfigChange};
 use crate::raft::group::{effective_leader, start_group, GroupStartError};
 use crate::raft::network::{CallError, Peers};
 use crate::raft::snapshot::SnapshotDir;
@@ -653,6 +654,34 @@ impl Cluster {
         self.reconcile()
             .await
             .map_err(|err| BrokerError::LeaderNotAvailable(err.to_string()))
+    }
+
+    /// Changes a topic's config overrides (AlterConfigs with `replace`,
+    /// IncrementalAlterConfigs without). The change is checked against this
+    /// node's metadata first, so that a bad change gets its error without a
+    /// proposal and `validate_only` proposes nothing; the controller checks it
+    /// again when it applies it, against the state it then holds.
+    pub async fn alter_topic_configs(
+        &self,
+        name: &str,
+        replace: bool,
+        changes: Vec<ConfigChange>,
+        validate_only: bool,
+    ) -> Result<(), BrokerError> {
+        let metadata = self.metadata();
+        let topic = metadata.topics.get(name).ok_or(BrokerError::UnknownTopicOrPartition)?;
+        topic_configs::apply_changes(&topic.configs, replace, &changes).map_err(BrokerError::InvalidConfig)?;
+        if validate_only {
+            return Ok(());
+        }
+        self.propose_to_controller(Command::AlterTopicConfigs {
+            name: name.to_string(),
+            replace,
+            changes,
+        })
+        .await?;
+        tracing::info!(topic = name, "topic configs changed");
+        Ok(())
     }
 
     /// A new idempotent producer id, unique in the cluster.

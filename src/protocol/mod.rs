@@ -1,6 +1,7 @@
 //! Kafka APIs: the sans-io codec, one handler file per API, and the single table
 //! of supported versions that both request decoding and ApiVersions use.
 
+pub mod alter_configs;
 pub mod api_versions;
 pub mod bridge;
 pub mod codec;
@@ -15,6 +16,7 @@ pub mod error_codes;
 pub mod fetch;
 pub mod find_coordinator;
 pub mod heartbeat;
+pub mod incremental_alter_configs;
 pub mod init_producer_id;
 pub mod join_group;
 pub mod leave_group;
@@ -64,11 +66,13 @@ pub const SUPPORTED_APIS: &[(ApiKey, VersionRange)] = &[
     (ApiKey::CreateTopics, create_topics::VERSIONS),
     (ApiKey::DeleteTopics, delete_topics::VERSIONS),
     (ApiKey::DescribeConfigs, describe_configs::VERSIONS),
+    (ApiKey::AlterConfigs, alter_configs::VERSIONS),
     (ApiKey::CreatePartitions, create_partitions::VERSIONS),
     (ApiKey::InitProducerId, init_producer_id::VERSIONS),
     (ApiKey::DeleteGroups, delete_groups::VERSIONS),
     (ApiKey::OffsetDelete, offset_delete::VERSIONS),
     (ApiKey::DescribeCluster, describe_cluster::VERSIONS),
+    (ApiKey::IncrementalAlterConfigs, incremental_alter_configs::VERSIONS),
 ];
 
 pub fn supported_versions(api_key: ApiKey) -> Option<VersionRange> {
@@ -99,6 +103,10 @@ pub async fn handle(broker: Arc<Broker>, peer: SocketAddr, request: Request) -> 
             ResponseKind::CreatePartitions(create_partitions::handle(cluster, req).await)
         }
         RequestKind::DescribeConfigs(req) => ResponseKind::DescribeConfigs(describe_configs::handle(cluster, req)),
+        RequestKind::AlterConfigs(req) => ResponseKind::AlterConfigs(alter_configs::handle(cluster, req).await),
+        RequestKind::IncrementalAlterConfigs(req) => {
+            ResponseKind::IncrementalAlterConfigs(incremental_alter_configs::handle(cluster, req).await)
+        }
         RequestKind::DescribeCluster(_) => ResponseKind::DescribeCluster(describe_cluster::handle(cluster)),
         RequestKind::FindCoordinator(req) => {
             ResponseKind::FindCoordinator(find_coordinator::handle(cluster, version, req).await)

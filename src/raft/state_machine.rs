@@ -84,7 +84,10 @@ impl GroupRole {
             }
             (
                 GroupRole::Controller { cluster, .. },
-                Command::CreateTopic { .. } | Command::DeleteTopic { .. } | Command::CreatePartitions { .. },
+                Command::CreateTopic { .. }
+                | Command::DeleteTopic { .. }
+                | Command::CreatePartitions { .. }
+                | Command::AlterTopicConfigs { .. },
             ) => {
                 let voters: BTreeSet<NodeId> = membership.membership().voter_ids().collect();
                 Ok(CommandResponse::Controller(cluster.apply(command, &voters)))
