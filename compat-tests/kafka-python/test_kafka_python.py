@@ -15,6 +15,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from harness import (by_partition, expect, expect_eq, make_messages, run_suite,  # noqa: E402
                      wait_until)
 
+import kafka.errors as Errors  # noqa: E402
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition  # noqa: E402
 from kafka.admin import AlterConfigOp, ConfigResource, ConfigResourceType  # noqa: E402
 from kafka.codec import has_gzip, has_lz4, has_snappy, has_zstd  # noqa: E402
@@ -212,10 +213,32 @@ def check_configs(bootstrap, R):
                   "compression.type after refused changes")
 
 
+def check_internal_topic(bootstrap, R):
+    with R.check("internal topic: __consumer_offsets has is_internal=True in Metadata; delete_topics and "
+                 "create_partitions of it fail with InvalidTopicError (17)"), closing(new_admin(bootstrap)) as admin:
+        # Looking a group up (FindCoordinator) makes the broker create its offsets topic.
+        admin.describe_groups(["kp-internal-probe"])
+        wait_until(lambda: "__consumer_offsets" in admin.list_topics(), TIMEOUT, interval=0.2,
+                   what="__consumer_offsets in list_topics")
+        internal = {t["name"]: t["is_internal"] for t in admin.describe_topics(["__consumer_offsets", "kp-admin"])}
+        expect_eq(internal, {"__consumer_offsets": True, "kp-admin": False}, "is_internal by topic")
+        refused = []
+        for what, call in [("delete_topics", lambda: admin.delete_topics(["__consumer_offsets"])),
+                           ("create_partitions", lambda: admin.create_partitions({"__consumer_offsets": 4}))]:
+            try:
+                call()
+            except Errors.InvalidTopicError:
+                refused.append(what)
+        expect_eq(refused, ["delete_topics", "create_partitions"], "refused changes of __consumer_offsets")
+        [offsets] = admin.describe_topics(["__consumer_offsets"])
+        expect_eq((offsets["error_code"], len(offsets["partitions"])), (0, 1), "__consumer_offsets afterwards")
+
+
 def main(broker, R):
     with R.check("admin: create topic with 3 partitions, describe_topics shows them with leaders"):
         create_topic(broker.bootstrap, "kp-admin", PARTITIONS)
     check_configs(broker.bootstrap, R)
+    check_internal_topic(broker.bootstrap, R)
     check_codecs(broker.bootstrap, R)
     check_offsets(broker.bootstrap, R)
     check_delete(broker.bootstrap, R)

@@ -648,6 +648,7 @@ impl Cluster {
     }
 
     pub async fn delete_topic(&self, name: &str) -> Result<(), BrokerError> {
+        refuse_internal(name, "deleted")?;
         self.propose_to_controller(Command::DeleteTopic { name: name.to_string() })
             .await?;
         tracing::info!(topic = name, "topic deleted");
@@ -700,6 +701,7 @@ impl Cluster {
 
     /// Checks that `name` exists and has fewer than `total` partitions; returns the topic.
     pub fn check_partition_growth(&self, name: &str, total: i32) -> Result<TopicState, BrokerError> {
+        refuse_internal(name, "grown")?;
         let topic = self
             .metadata()
             .topics
@@ -880,6 +882,20 @@ impl Cluster {
             Err(err) => Err(BrokerError::LeaderNotAvailable(err.to_string())),
         }
     }
+}
+
+/// Clients may not delete or grow `__consumer_offsets`: deleting it would drop
+/// every group's committed offsets, and more partitions would move groups to
+/// partitions that do not hold their offsets. Kafka refuses other changes to
+/// its internal topics (appending, deleting records) with INVALID_TOPIC_EXCEPTION,
+/// so these are refused the same way.
+fn refuse_internal(name: &str, change: &str) -> Result<(), BrokerError> {
+    if name == OFFSETS_TOPIC {
+        return Err(BrokerError::InvalidTopic(format!(
+            "{name} is an internal topic and cannot be {change} by clients"
+        )));
+    }
+    Ok(())
 }
 
 fn controller_error(err: ProposeError) -> BrokerError {

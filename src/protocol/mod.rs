@@ -82,19 +82,50 @@ pub fn supported_versions(api_key: ApiKey) -> Option<VersionRange> {
         .map(|(_, range)| *range)
 }
 
-/// Runs the handler of a decoded request. `None` means no response is sent
-/// (Produce with acks=0).
-pub async fn handle(broker: Arc<Broker>, peer: SocketAddr, request: Request) -> Option<ResponseKind> {
+/// What the connection does with a handler's answer.
+#[derive(Debug)]
+pub enum Reply {
+    Send(ResponseKind),
+    /// Nothing is sent: a Produce with acks=0 that succeeded. The response is
+    /// kept for the request metrics only.
+    Silent(ResponseKind),
+    /// Nothing is sent and the connection is closed once the earlier answers
+    /// are written: a Produce with acks=0 that failed, as Kafka does so that a
+    /// client that gets no answer still notices and refreshes its metadata;
+    /// or a request without a handler, which would otherwise wait forever.
+    Close(Option<ResponseKind>),
+}
+
+impl Reply {
+    /// The response the handler produced, sent or not (for the request metrics).
+    pub fn response(&self) -> Option<&ResponseKind> {
+        match self {
+            Reply::Send(response) | Reply::Silent(response) => Some(response),
+            Reply::Close(response) => response.as_ref(),
+        }
+    }
+}
+
+/// Runs the handler of a decoded request.
+pub async fn handle(broker: Arc<Broker>, peer: SocketAddr, request: Request) -> Reply {
     let version = request.header.request_api_version;
     let cluster = &broker.cluster;
     let groups = &broker.groups;
     let response = match request.body {
         RequestKind::ApiVersions(_) => ResponseKind::ApiVersions(api_versions::handle()),
         RequestKind::Metadata(req) => ResponseKind::Metadata(metadata::handle(cluster, version, req).await),
-        RequestKind::Produce(req) => match produce::handle(cluster, version, req).await {
-            Some(response) => ResponseKind::Produce(response),
-            None => return None,
-        },
+        RequestKind::Produce(req) => {
+            let acks = req.acks;
+            let response = produce::handle(cluster, version, req).await;
+            if acks != 0 {
+                ResponseKind::Produce(response)
+            } else if produce::failed(&response) {
+                tracing::info!(%peer, "closing the connection after a failed acks=0 produce");
+                return Reply::Close(Some(ResponseKind::Produce(response)));
+            } else {
+                return Reply::Silent(ResponseKind::Produce(response));
+            }
+        }
         RequestKind::Fetch(req) => ResponseKind::Fetch(fetch::handle(cluster, version, req).await),
         RequestKind::ListOffsets(req) => ResponseKind::ListOffsets(list_offsets::handle(cluster, req)),
         RequestKind::CreateTopics(req) => ResponseKind::CreateTopics(create_topics::handle(cluster, req).await),
@@ -128,10 +159,10 @@ pub async fn handle(broker: Arc<Broker>, peer: SocketAddr, request: Request) -> 
         other => {
             // decode_request only lets through the keys of SUPPORTED_APIS.
             tracing::error!(api = ?request.api_key, "no handler for {other:?}");
-            return None;
+            return Reply::Close(None);
         }
     };
-    Some(response)
+    Reply::Send(response)
 }
 
 pub(crate) fn str_bytes(value: impl Into<String>) -> StrBytes {
