@@ -21,6 +21,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::BrokerConfig;
 use crate::error::BrokerError;
 use crate::group::store::{GroupCommand, SharedGroups};
+use crate::metrics::METRICS;
 use crate::raft::command::{Command, CommandResponse, ConfigChange};
 use crate::raft::group::{effective_leader, start_group, GroupStartError};
 use crate::raft::network::{CallError, Peers};
@@ -863,10 +864,14 @@ impl Cluster {
         batches: Vec<ValidatedBatch>,
         timeout: Duration,
     ) -> Result<(i64, i64), BrokerError> {
+        let proposed = Instant::now();
         let committed = tokio::time::timeout(timeout, handle.raft.client_write(Command::Append { batches }));
         let Ok(written) = committed.await else {
             return Err(BrokerError::Timeout(format!("not committed within {timeout:?}")));
         };
+        if written.is_ok() {
+            METRICS.raft_committed(proposed.elapsed());
+        }
         match written {
             Ok(response) => match response.data {
                 CommandResponse::Appended {
