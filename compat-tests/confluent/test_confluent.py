@@ -258,6 +258,22 @@ def check_configs(bootstrap, R):
         expect_config(configs, "max.message.bytes", "1048588", ConfigSource.DEFAULT_CONFIG)
 
 
+def check_internal_topic(bootstrap, R):
+    with R.check("internal topic: producing to __consumer_offsets fails with TOPIC_EXCEPTION (17)"):
+        # Looking a group up (FindCoordinator) makes the broker create its offsets topic;
+        # the group itself does not exist, which is not what this check is about.
+        try:
+            admin_call(bootstrap, "describe_consumer_groups", ["cfk-internal-probe"], key="cfk-internal-probe")
+        except KafkaException:
+            pass
+        wait_for_topic(bootstrap, "__consumer_offsets", 1)
+        producer, reports = start_producing(bootstrap, "__consumer_offsets",
+                                            [Msg(0, b"k", b"not an offset record", [], BASE_TS)])
+        expect_eq(producer.flush(TIMEOUT), 0, "messages still undelivered after flush")
+        err = reports[0][0]
+        expect(err is not None and err.code() == KafkaError.TOPIC_EXCEPTION, f"delivery report error {err}")
+
+
 def expect_admin_error(code, *call, **kwargs):
     try:
         admin_call(*call, **kwargs)
@@ -398,6 +414,7 @@ def main(broker, R):
     bootstrap = broker.bootstrap
     check_admin_basics(bootstrap, R)
     check_configs(bootstrap, R)
+    check_internal_topic(bootstrap, R)
     check_codecs(bootstrap, R)
     check_acks(bootstrap, R)
     check_auto_create(bootstrap, R)

@@ -59,28 +59,28 @@ pub(super) fn coordinator(bootstrap: &str, group: &str) -> anyhow::Result<AdminC
 
 /// `rafka group delete`.
 pub fn delete(bootstrap: &str, groups: &[String], json: bool) -> anyhow::Result<()> {
-    let mut rows = Vec::new();
-    let mut failures = Vec::new();
-    for group in groups {
-        let result = delete_one(bootstrap, group);
-        match &result {
-            Ok(()) => rows.push(json!({"group": group, "deleted": true})),
-            Err(err) => {
-                rows.push(json!({"group": group, "deleted": false, "error": err.to_string()}));
-                failures.push(format!("{group}: {err}"));
-            }
-        }
-    }
+    let results: Vec<(&String, anyhow::Result<()>)> = groups
+        .iter()
+        .map(|group| (group, delete_one(bootstrap, group)))
+        .collect();
     if json {
+        let rows: Vec<_> = results
+            .iter()
+            .map(|(group, result)| match result {
+                Ok(()) => json!({"group": group, "deleted": true}),
+                Err(err) => json!({"group": group, "deleted": false, "error": err.to_string()}),
+            })
+            .collect();
         print_json(&rows.into())?;
     } else {
-        for group in groups
-            .iter()
-            .filter(|g| !failures.iter().any(|f| f.starts_with(&format!("{g}:"))))
-        {
+        for (group, _) in results.iter().filter(|(_, result)| result.is_ok()) {
             println!("deleted group {group}");
         }
     }
+    let failures: Vec<String> = results
+        .iter()
+        .filter_map(|(group, result)| result.as_ref().err().map(|err| format!("{group}: {err}")))
+        .collect();
     anyhow::ensure!(failures.is_empty(), "not deleted: {}", failures.join("; "));
     Ok(())
 }

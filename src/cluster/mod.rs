@@ -864,6 +864,11 @@ impl Cluster {
         batches: Vec<ValidatedBatch>,
         timeout: Duration,
     ) -> Result<(i64, i64), BrokerError> {
+        // Its group applies consumer-group commands only: an append would be
+        // replicated and then refused, so it is refused before it is proposed.
+        if handle.consumer_groups.is_some() {
+            refuse_internal(OFFSETS_TOPIC, "appended to")?;
+        }
         let proposed = Instant::now();
         let committed = tokio::time::timeout(timeout, handle.raft.client_write(Command::Append { batches }));
         let Ok(written) = committed.await else {
@@ -889,11 +894,12 @@ impl Cluster {
     }
 }
 
-/// Clients may not delete or grow `__consumer_offsets`: deleting it would drop
-/// every group's committed offsets, and more partitions would move groups to
-/// partitions that do not hold their offsets. Kafka refuses other changes to
-/// its internal topics (appending, deleting records) with INVALID_TOPIC_EXCEPTION,
-/// so these are refused the same way.
+/// Clients may not delete, grow or append to `__consumer_offsets`: deleting it
+/// would drop every group's committed offsets, more partitions would move groups
+/// to partitions that do not hold their offsets, and its Raft groups replicate
+/// consumer-group commands, not records. Kafka refuses appends to its internal
+/// topics (and DeleteRecords on them) with INVALID_TOPIC_EXCEPTION, so all of
+/// these are refused the same way.
 fn refuse_internal(name: &str, change: &str) -> Result<(), BrokerError> {
     if name == OFFSETS_TOPIC {
         return Err(BrokerError::InvalidTopic(format!(
