@@ -641,8 +641,18 @@ impl Cluster {
     }
 
     /// Creates `name` with the defaults if it does not exist yet (auto-creation).
+    /// `__consumer_offsets` gets its own partition count and compaction, whichever
+    /// path creates it first: a group lookup, or a client's Metadata or Produce.
     pub async fn ensure_topic(&self, name: &str) -> Result<(), BrokerError> {
-        match self.create_topic(name, -1, -1, BTreeMap::new()).await {
+        let created = if name == OFFSETS_TOPIC {
+            let mut configs = BTreeMap::new();
+            configs.insert("cleanup.policy".to_string(), "compact".to_string());
+            self.create_topic(OFFSETS_TOPIC, self.cfg.offsets_topic_partitions, -1, configs)
+                .await
+        } else {
+            self.create_topic(name, -1, -1, BTreeMap::new()).await
+        };
+        match created {
             Ok(()) | Err(BrokerError::TopicAlreadyExists) => Ok(()),
             Err(err) => Err(err),
         }
@@ -803,15 +813,7 @@ impl Cluster {
     /// creating the topic on first use.
     async fn locate_offsets_partition(&self, group_id: &str) -> Result<(i32, GroupId), BrokerError> {
         if !self.metadata().topics.contains_key(OFFSETS_TOPIC) {
-            let mut configs = BTreeMap::new();
-            configs.insert("cleanup.policy".to_string(), "compact".to_string());
-            match self
-                .create_topic(OFFSETS_TOPIC, self.cfg.offsets_topic_partitions, -1, configs)
-                .await
-            {
-                Ok(()) | Err(BrokerError::TopicAlreadyExists) => {}
-                Err(err) => return Err(err),
-            }
+            self.ensure_topic(OFFSETS_TOPIC).await?;
         }
         // Created by another node a moment ago: this node has not applied it yet.
         self.offsets_partition_of(group_id)
