@@ -92,3 +92,18 @@ pub(super) async fn alter(
         ))),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_repeated_resource_is_found_once() {
+        let names: Vec<(i8, StrBytes)> = [(2, "a"), (2, "b"), (2, "a"), (4, "a"), (2, "a")]
+            .into_iter()
+            .map(|(kind, name)| (kind, StrBytes::from_static_str(name)))
+            .collect();
+        let found = duplicates(names.iter().map(|(kind, name)| (*kind, name)));
+        assert_eq!(found, BTreeSet::from([(2, "a".to_string())]));
+    }
+}

@@ -66,3 +66,27 @@ fn change(config: &AlterableConfig) -> Result<ConfigChange, BrokerError> {
     };
     Ok(ConfigChange { name, op })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kafka_protocol::protocol::StrBytes;
+
+    fn entry(op: i8, value: Option<&'static str>) -> AlterableConfig {
+        AlterableConfig::default()
+            .with_name(StrBytes::from_static_str("cleanup.policy"))
+            .with_config_operation(op)
+            .with_value(value.map(StrBytes::from_static_str))
+    }
+
+    #[test]
+    fn maps_kafka_operation_codes_and_refuses_the_rest() {
+        let op = |op, value| change(&entry(op, value)).map(|change| change.op);
+        assert_eq!(op(0, Some("compact")).unwrap(), ConfigOp::Set("compact".into()));
+        assert_eq!(op(1, None).unwrap(), ConfigOp::Delete);
+        assert_eq!(op(2, Some("compact")).unwrap(), ConfigOp::Append("compact".into()));
+        assert_eq!(op(3, Some("delete")).unwrap(), ConfigOp::Subtract("delete".into()));
+        assert!(matches!(op(0, None), Err(BrokerError::InvalidRequest(_))));
+        assert!(matches!(op(4, Some("x")), Err(BrokerError::InvalidRequest(_))));
+    }
+}
