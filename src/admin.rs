@@ -1,11 +1,15 @@
 //! Admin tools, speaking the Kafka protocol to any Kafka-compatible broker
 //! (versions are negotiated with ApiVersions): `rafka topic` ([`topic`]),
 //! `rafka cluster info` ([`cluster`]), `rafka group list|describe` (here: the
-//! describe report lists members, assignments, committed offsets and lag);
-//! `rafka health` checks one broker (Kafka Metadata, or its admin listener's
-//! `/ready`); `rafka checksums` compares replicas over the peer protocol.
+//! describe report lists members, assignments, committed offsets and lag),
+//! `rafka group delete|reset-offsets` ([`group`]), `rafka produce` and
+//! `rafka consume` ([`records`]); `rafka health` checks one broker (Kafka
+//! Metadata, or its admin listener's `/ready`); `rafka checksums` compares
+//! replicas over the peer protocol.
 
 pub mod cluster;
+pub mod group;
+pub mod records;
 pub mod topic;
 
 use std::collections::BTreeMap;
@@ -17,7 +21,8 @@ use bytes::{Buf, BufMut, Bytes, BytesMut};
 use kafka_protocol::messages::list_offsets_request::{ListOffsetsPartition, ListOffsetsTopic};
 use kafka_protocol::messages::{
     ApiKey, BrokerId, ConsumerProtocolAssignment, DescribeGroupsRequest, GroupId, ListGroupsRequest,
-    ListOffsetsRequest, MetadataRequest, OffsetFetchRequest, RequestHeader, RequestKind, ResponseHeader, ResponseKind,
+    ListOffsetsRequest, MetadataRequest, MetadataResponse, OffsetFetchRequest, RequestHeader, RequestKind,
+    ResponseHeader, ResponseKind,
 };
 use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
 
@@ -103,6 +108,93 @@ impl AdminClient {
         let header = ResponseHeader::decode(&mut response, api_key.response_header_version(version))?;
         anyhow::ensure!(header.correlation_id == self.correlation, "response out of order");
         ResponseKind::decode(api_key, &mut response, version)
+    }
+}
+
+/// Connections to the leaders of a topic's partitions (produce, fetch and
+/// ListOffsets go to the leader), opened on first use, from one Metadata answer.
+pub struct Leaders {
+    /// Broker id -> `host:port`.
+    brokers: BTreeMap<i32, String>,
+    /// (topic, partition) -> leader's broker id.
+    leaders: BTreeMap<(String, i32), i32>,
+    clients: BTreeMap<i32, AdminClient>,
+}
+
+impl Leaders {
+    pub fn new(metadata: &MetadataResponse) -> Self {
+        let mut leaders = Leaders {
+            brokers: BTreeMap::new(),
+            leaders: BTreeMap::new(),
+            clients: BTreeMap::new(),
+        };
+        leaders.update(metadata);
+        leaders
+    }
+
+    /// Takes the brokers and leaders of a newer Metadata answer.
+    pub fn update(&mut self, metadata: &MetadataResponse) {
+        for broker in &metadata.brokers {
+            let address = format!("{}:{}", broker.host.as_str(), broker.port);
+            if self.brokers.insert(broker.node_id.0, address.clone()) != Some(address) {
+                self.clients.remove(&broker.node_id.0);
+            }
+        }
+        for topic in &metadata.topics {
+            let name = topic.name.as_ref().map(|n| n.0.to_string()).unwrap_or_default();
+            for partition in &topic.partitions {
+                self.leaders
+                    .insert((name.clone(), partition.partition_index), partition.leader_id.0);
+            }
+        }
+    }
+
+    /// The leader of `topic`'s `partition` and a connection to it.
+    pub fn client(&mut self, topic: &str, partition: i32) -> anyhow::Result<(i32, &mut AdminClient)> {
+        let leader = self
+            .leaders
+            .get(&(topic.to_string(), partition))
+            .copied()
+            .filter(|id| *id >= 0)
+            .ok_or_else(|| anyhow::anyhow!("partition {topic}-{partition} has no leader"))?;
+        if !self.clients.contains_key(&leader) {
+            let address = self
+                .brokers
+                .get(&leader)
+                .ok_or_else(|| anyhow::anyhow!("broker {leader} is not in the metadata"))?;
+            self.clients.insert(leader, AdminClient::connect(address)?);
+        }
+        let client = self
+            .clients
+            .get_mut(&leader)
+            .ok_or_else(|| anyhow::anyhow!("no connection to broker {leader}"))?;
+        Ok((leader, client))
+    }
+
+    /// The offset ListOffsets answers for `timestamp` (-2 log start, -1 log end).
+    pub fn list_offset(&mut self, topic: &str, partition: i32, timestamp: i64) -> anyhow::Result<i64> {
+        let (_, client) = self.client(topic, partition)?;
+        // v1 is the first with a single offset per partition.
+        let version = client.negotiate(ApiKey::ListOffsets, 1..=6)?;
+        let request = ListOffsetsRequest::default()
+            .with_replica_id(BrokerId(-1))
+            .with_topics(vec![ListOffsetsTopic::default()
+                .with_name(topic::topic_name(topic))
+                .with_partitions(vec![ListOffsetsPartition::default()
+                    .with_partition_index(partition)
+                    .with_timestamp(timestamp)])]);
+        let ResponseKind::ListOffsets(answer) =
+            client.request(ApiKey::ListOffsets, version, RequestKind::ListOffsets(request))?
+        else {
+            anyhow::bail!("unexpected ListOffsets answer");
+        };
+        let found = answer
+            .topics
+            .first()
+            .and_then(|t| t.partitions.first())
+            .ok_or_else(|| anyhow::anyhow!("ListOffsets answered for no partition"))?;
+        error_code(found.error_code).map_err(|err| anyhow::anyhow!("offsets of {topic}-{partition}: {err}"))?;
+        Ok(found.offset)
     }
 }
 

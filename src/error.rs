@@ -82,6 +82,7 @@ impl From<ControllerRefusal> for BrokerError {
             ControllerRefusal::PartitionsCannotShrink { .. } => BrokerError::InvalidPartitions(refusal.to_string()),
             ControllerRefusal::InvalidTopicName(reason) => BrokerError::InvalidTopic(reason),
             ControllerRefusal::InvalidAssignment(reason) => BrokerError::InvalidReplicaAssignment(reason),
+            ControllerRefusal::InvalidConfig(reason) => BrokerError::InvalidConfig(reason),
         }
     }
 }
@@ -187,6 +188,7 @@ mod tests {
             (BrokerError::from(ControllerRefusal::InvalidTopicName("a b".into())), 17),
             (BrokerError::from(ControllerRefusal::InvalidAssignment("[]".into())), 39),
             (BrokerError::Produce(ProduceRefusal::InvalidBatch), 2),
+            (BrokerError::from(ControllerRefusal::InvalidConfig("x".into())), 40),
         ];
         for (error, code) in cases {
             assert_eq!(error.code(), code, "{error}");

@@ -28,7 +28,7 @@ struct Args {
 
 #[derive(clap::Subcommand)]
 enum Tool {
-    /// Topics: list, describe, create, delete.
+    /// Topics: list, describe, create, delete, alter-config.
     Topic {
         #[command(subcommand)]
         verb: TopicVerb,
@@ -38,10 +38,41 @@ enum Tool {
         #[command(subcommand)]
         verb: ClusterVerb,
     },
-    /// Consumer groups: list, describe (members, committed offsets, lag).
+    /// Consumer groups: list, describe (members, committed offsets, lag), delete, reset-offsets.
     Group {
         #[command(subcommand)]
         verb: GroupVerb,
+    },
+    /// Produce one record per line of stdin (acks=all).
+    Produce {
+        topic: String,
+        /// The key of every record.
+        #[arg(long)]
+        key: Option<String>,
+        /// Write to this partition; otherwise by the key's hash as Kafka's
+        /// clients do, or round-robin by line without a key.
+        #[arg(long)]
+        partition: Option<i32>,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Print records' values (with --json, one JSON object per record and line).
+    Consume {
+        topic: String,
+        /// Start at the log start; otherwise only records produced from now on.
+        #[arg(long)]
+        from_beginning: bool,
+        /// Stop after this many records.
+        #[arg(long)]
+        count: Option<u64>,
+        /// Only this partition.
+        #[arg(long)]
+        partition: Option<i32>,
+        /// Stop when no record arrived for this long; an error if --count was not reached.
+        #[arg(long)]
+        timeout_ms: Option<u64>,
+        #[command(flatten)]
+        target: Target,
     },
     /// The same as `group describe`, under its older name.
     #[command(hide = true)]
@@ -114,6 +145,18 @@ enum TopicVerb {
         #[command(flatten)]
         target: Target,
     },
+    /// Change a topic's configs (IncrementalAlterConfigs); other configs keep their values.
+    AlterConfig {
+        topic: String,
+        /// Set a config, key=value; repeatable.
+        #[arg(long = "set")]
+        set: Vec<String>,
+        /// Return a config to its default; repeatable.
+        #[arg(long = "delete")]
+        delete: Vec<String>,
+        #[command(flatten)]
+        target: Target,
+    },
 }
 
 #[derive(clap::Subcommand)]
@@ -136,6 +179,31 @@ enum GroupVerb {
     Describe {
         /// Only this group; every group when omitted.
         group: Option<String>,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Delete groups that have no members, with their committed offsets.
+    Delete {
+        #[arg(required = true)]
+        groups: Vec<String>,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Commit new offsets for a group without members, for every partition of a topic.
+    #[command(group(clap::ArgGroup::new("to").required(true).args(["to_earliest", "to_latest", "to_offset"])))]
+    ResetOffsets {
+        group: String,
+        #[arg(long)]
+        topic: String,
+        /// Each partition's log start.
+        #[arg(long)]
+        to_earliest: bool,
+        /// Each partition's log end.
+        #[arg(long)]
+        to_latest: bool,
+        /// This offset (moved into each partition's range).
+        #[arg(long)]
+        to_offset: Option<i64>,
         #[command(flatten)]
         target: Target,
     },
@@ -164,6 +232,12 @@ fn run_tool(tool: Tool) -> anyhow::Result<()> {
                 admin::topic::create(&target.bootstrap, &new, target.json)
             }
             TopicVerb::Delete { topics, target } => admin::topic::delete(&target.bootstrap, &topics, target.json),
+            TopicVerb::AlterConfig {
+                topic,
+                set,
+                delete,
+                target,
+            } => admin::topic::alter_config(&target.bootstrap, &topic, &set, &delete, target.json),
         },
         Tool::Cluster {
             verb: ClusterVerb::Info { target },
@@ -173,7 +247,49 @@ fn run_tool(tool: Tool) -> anyhow::Result<()> {
             GroupVerb::Describe { group, target } => {
                 admin::describe_groups(&target.bootstrap, group.as_deref(), target.json)
             }
+            GroupVerb::Delete { groups, target } => admin::group::delete(&target.bootstrap, &groups, target.json),
+            GroupVerb::ResetOffsets {
+                group,
+                topic,
+                to_latest,
+                to_offset,
+                target,
+                ..
+            } => {
+                use admin::group::ResetTo;
+                // The "to" argument group makes exactly one of the three present.
+                let to = match (to_offset, to_latest) {
+                    (Some(offset), _) => ResetTo::Offset(offset),
+                    (None, true) => ResetTo::Latest,
+                    (None, false) => ResetTo::Earliest,
+                };
+                admin::group::reset_offsets(&target.bootstrap, &group, &topic, to, target.json)
+            }
         },
+        Tool::Produce {
+            topic,
+            key,
+            partition,
+            target,
+        } => admin::records::produce(&target.bootstrap, &topic, key.as_deref(), partition, target.json),
+        Tool::Consume {
+            topic,
+            from_beginning,
+            count,
+            partition,
+            timeout_ms,
+            target,
+        } => admin::records::consume(
+            &target.bootstrap,
+            &admin::records::ConsumeOptions {
+                topic: &topic,
+                partition,
+                from_beginning,
+                count,
+                timeout: timeout_ms.map(std::time::Duration::from_millis),
+                json: target.json,
+            },
+        ),
         Tool::Groups { target } => admin::describe_groups(&target.bootstrap, None, target.json),
         Tool::Health {
             admin: Some(address), ..

@@ -46,6 +46,12 @@ const APPEND_SECONDS: [f64; 14] = [
     0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
 ];
 
+/// Raft commit buckets, seconds: from a single node's fsync (~100 µs) to a
+/// commit that waited out a slow follower or an election (seconds).
+const COMMIT_SECONDS: [f64; 16] = [
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+
 /// A Kafka API, as its name (`Produce`, `Fetch`, ...).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct Api(pub ApiKey);
@@ -180,6 +186,7 @@ pub struct Metrics {
     raft_leader_changes: Family<RaftGroupLabels, Counter>,
     raft_elections: Family<RaftGroupLabels, Counter>,
     raft_append_seconds: Histogram,
+    raft_commit_seconds: Histogram,
     raft_append_entries: Histogram,
     raft_append_bytes: Histogram,
     raft_snapshot_builds: Counter,
@@ -219,6 +226,7 @@ impl Metrics {
             raft_leader_changes: Family::default(),
             raft_elections: Family::default(),
             raft_append_seconds: Histogram::new(APPEND_SECONDS),
+            raft_commit_seconds: Histogram::new(COMMIT_SECONDS),
             raft_append_entries: Histogram::new(exponential_buckets(1.0, 2.0, 10)),
             raft_append_bytes: Histogram::new(exponential_buckets(256.0, 4.0, 10)),
             raft_snapshot_builds: Counter::default(),
@@ -321,6 +329,11 @@ impl Metrics {
             "raft_log_append_duration_seconds",
             "Raft log appends: one RocksDB write with fsync, duration",
             self.raft_append_seconds.clone(),
+        );
+        r.register(
+            "raft_commit_duration_seconds",
+            "Produce path: time from proposing record batches to their partition's Raft group until they are committed and applied on the leader",
+            self.raft_commit_seconds.clone(),
         );
         r.register(
             "raft_log_append_entries",
@@ -444,6 +457,11 @@ impl Metrics {
         self.raft_append_seconds.observe(elapsed.as_secs_f64());
         self.raft_append_entries.observe(entries as f64);
         self.raft_append_bytes.observe(bytes as f64);
+    }
+
+    /// One produce proposal committed (and applied, which assigns its offsets) after `elapsed`.
+    pub fn raft_committed(&self, elapsed: Duration) {
+        self.raft_commit_seconds.observe(elapsed.as_secs_f64());
     }
 
     pub fn raft_snapshot_built(&self) {

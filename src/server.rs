@@ -18,13 +18,22 @@ use tracing::Instrument;
 use crate::metrics::{RequestMeter, METRICS};
 use crate::protocol::codec::{decode_request, encode_response, take_frame, DecodeError};
 use crate::protocol::error_codes::for_each_error_code;
-use crate::protocol::{api_versions, handle, Broker, SUPPORTED_APIS};
+use crate::protocol::{api_versions, handle, Broker, Reply, SUPPORTED_APIS};
 
 /// Requests read ahead of their responses on one connection; reading pauses
 /// beyond this so one client cannot queue unbounded work.
 const MAX_IN_FLIGHT: usize = 64;
 
-type PendingResponse = Pin<Box<dyn std::future::Future<Output = Option<Bytes>> + Send>>;
+type PendingResponse = Pin<Box<dyn std::future::Future<Output = Outcome> + Send>>;
+
+/// What a queued request ends in, in request order.
+enum Outcome {
+    Frame(Bytes),
+    Nothing,
+    /// Close the connection (see [`Reply::Close`]): the answers queued before
+    /// it are written, the requests after it are dropped, as when Kafka closes.
+    Close,
+}
 
 /// Accepts connections until `shutdown` is cancelled.
 pub async fn serve(listener: TcpListener, broker: Arc<Broker>, shutdown: CancellationToken) {
@@ -113,6 +122,8 @@ struct Connection {
 enum Closing {
     PeerClosed,
     BrokenInput(String),
+    /// A handler asked for it ([`Reply::Close`]).
+    Requested,
 }
 
 impl Connection {
@@ -141,6 +152,7 @@ impl Connection {
                 // Earlier requests still get their answers before the close.
                 let _ = self.drain().await;
             }
+            Ok(Closing::Requested) => tracing::debug!(peer = %self.peer, "connection closed as a handler asked"),
             Err(err) => tracing::debug!(peer = %self.peer, error = %err, "connection failed"),
         }
     }
@@ -152,9 +164,11 @@ impl Connection {
             }
             let can_read = self.pending.len() < MAX_IN_FLIGHT;
             tokio::select! {
-                Some(response) = self.pending.next(), if !self.pending.is_empty() => {
-                    if let Some(frame) = response {
-                        self.socket.write_all(&frame).await?;
+                Some(outcome) = self.pending.next(), if !self.pending.is_empty() => {
+                    match outcome {
+                        Outcome::Frame(frame) => self.socket.write_all(&frame).await?,
+                        Outcome::Nothing => {}
+                        Outcome::Close => return Ok(Closing::Requested),
                     }
                 }
                 read = self.socket.read_buf(&mut self.buffer), if can_read => {
@@ -167,10 +181,13 @@ impl Connection {
         }
     }
 
+    /// Writes the queued answers, up to a requested close.
     async fn drain(&mut self) -> std::io::Result<()> {
-        while let Some(response) = self.pending.next().await {
-            if let Some(frame) = response {
-                self.socket.write_all(&frame).await?;
+        while let Some(outcome) = self.pending.next().await {
+            match outcome {
+                Outcome::Frame(frame) => self.socket.write_all(&frame).await?,
+                Outcome::Nothing => {}
+                Outcome::Close => break,
             }
         }
         Ok(())
@@ -196,9 +213,13 @@ impl Connection {
                     self.pending.push_back(Box::pin(
                         async move {
                             let started = Instant::now();
-                            let body = handle(broker, peer, request).await;
-                            meters.record(api_key, started, body.as_ref());
-                            encode(api_key, version, correlation_id, &body?)
+                            let reply = handle(broker, peer, request).await;
+                            meters.record(api_key, started, reply.response());
+                            match reply {
+                                Reply::Send(body) => encode(api_key, version, correlation_id, &body),
+                                Reply::Silent(_) => Outcome::Nothing,
+                                Reply::Close(_) => Outcome::Close,
+                            }
                         }
                         .instrument(span),
                     ));
@@ -219,12 +240,12 @@ impl Connection {
     }
 }
 
-fn encode(api_key: ApiKey, version: i16, correlation_id: i32, body: &ResponseKind) -> Option<Bytes> {
+fn encode(api_key: ApiKey, version: i16, correlation_id: i32, body: &ResponseKind) -> Outcome {
     match encode_response(api_key, version, correlation_id, body) {
-        Ok(frame) => Some(frame),
+        Ok(frame) => Outcome::Frame(frame),
         Err(err) => {
             tracing::error!(api = ?api_key, version, error = %err, "cannot encode response");
-            None
+            Outcome::Nothing
         }
     }
 }

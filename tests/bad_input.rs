@@ -224,3 +224,40 @@ fn bad_batches_get_kafka_error_codes_and_store_nothing() {
         .unwrap();
     assert_eq!(unknown.error_code, 3, "UNKNOWN_TOPIC_OR_PARTITION");
 }
+
+#[test]
+fn a_failed_acks0_produce_closes_its_connection_after_earlier_answers() {
+    let mut broker = Broker::start();
+    let mut client = Client::connect(broker.port).unwrap();
+    assert_eq!(client.create_topic("acks0", 1).error_code, 0);
+
+    // A successful acks=0 produce is not answered and the connection stays:
+    // the next request's answer is the first frame to arrive (its correlation
+    // id is checked), and the record was stored.
+    assert!(client
+        .produce("acks0", 0, record_batch(&["kept".into()], Compression::None), 0)
+        .is_none());
+    let answer = client.request(ApiKey::Metadata, 12, RequestKind::Metadata(MetadataRequest::default()));
+    assert!(matches!(answer, ResponseKind::Metadata(_)));
+    assert_eq!(client.read_all("acks0", 0), vec![(0, "kept".to_string())]);
+
+    // A request pipelined before a failing acks=0 produce (to a partition the
+    // topic does not have) still gets its answer; then the broker closes the
+    // connection, as Kafka does, so the client notices and refreshes metadata.
+    let metadata = client.encode_request(ApiKey::Metadata, 12, &RequestKind::Metadata(MetadataRequest::default()));
+    client.send_raw(&metadata).unwrap();
+    assert!(client
+        .produce("acks0", 7, record_batch(&["lost".into()], Compression::None), 0)
+        .is_none());
+    let mut first = client.read_frame().expect("the earlier request is answered");
+    let header = ResponseHeader::decode(&mut first, ApiKey::Metadata.response_header_version(12)).unwrap();
+    assert_eq!(
+        header.correlation_id,
+        i32::from_be_bytes([metadata[8], metadata[9], metadata[10], metadata[11]])
+    );
+    assert!(
+        client.is_closed_by_broker(),
+        "a failed acks=0 produce closes the connection"
+    );
+    assert_still_serving(&mut broker);
+}

@@ -6,12 +6,13 @@ mod common;
 use bytes::Bytes;
 use common::{topic_name, Broker, Client};
 use kafka_protocol::messages::join_group_request::JoinGroupRequestProtocol;
+use kafka_protocol::messages::metadata_request::MetadataRequestTopic;
 use kafka_protocol::messages::offset_commit_request::{OffsetCommitRequestPartition, OffsetCommitRequestTopic};
 use kafka_protocol::messages::offset_fetch_request::OffsetFetchRequestTopic;
 use kafka_protocol::messages::sync_group_request::SyncGroupRequestAssignment;
 use kafka_protocol::messages::{
     ApiKey, DeleteGroupsRequest, GroupId, HeartbeatRequest, JoinGroupRequest, JoinGroupResponse, LeaveGroupRequest,
-    OffsetCommitRequest, OffsetFetchRequest, RequestKind, ResponseKind, SyncGroupRequest,
+    MetadataRequest, OffsetCommitRequest, OffsetFetchRequest, RequestKind, ResponseKind, SyncGroupRequest,
 };
 use kafka_protocol::protocol::StrBytes;
 
@@ -251,5 +252,27 @@ fn a_member_joins_syncs_commits_and_its_offsets_survive_restart() {
         error_code(client.request(ApiKey::DeleteGroups, 2, delete())),
         69,
         "GROUP_ID_NOT_FOUND"
+    );
+}
+
+#[test]
+fn the_offsets_topic_keeps_its_layout_when_a_client_auto_creates_it() {
+    let broker = Broker::start_with(&[("RAFKA_OFFSETS_TOPIC_PARTITIONS", "3")]);
+    let mut client = Client::connect(broker.port).unwrap();
+    let request = MetadataRequest::default()
+        .with_topics(Some(vec![
+            MetadataRequestTopic::default().with_name(Some(topic_name("__consumer_offsets")))
+        ]))
+        .with_allow_auto_topic_creation(true);
+    let ResponseKind::Metadata(metadata) = client.request(ApiKey::Metadata, 12, RequestKind::Metadata(request)) else {
+        panic!("unexpected Metadata answer");
+    };
+    let topic = &metadata.topics[0];
+    assert_eq!(topic.error_code, 0);
+    assert!(topic.is_internal, "reported as internal");
+    assert_eq!(
+        topic.partitions.len(),
+        3,
+        "offsets_topic_partitions, not the default of 1"
     );
 }

@@ -17,8 +17,9 @@ from harness import (BASE_TS, Msg, by_partition, expect, expect_eq, make_message
 
 from confluent_kafka import (OFFSET_BEGINNING, OFFSET_END, TIMESTAMP_CREATE_TIME,  # noqa: E402
                              Consumer, KafkaError, KafkaException, Producer, TopicPartition)
-from confluent_kafka.admin import (AdminClient, ConfigResource, NewPartitions,  # noqa: E402
-                                   NewTopic, ResourceType)
+from confluent_kafka.admin import (AdminClient, AlterConfigOpType, ConfigEntry,  # noqa: E402
+                                   ConfigResource, ConfigSource, NewPartitions, NewTopic,
+                                   ResourceType)
 
 TIMEOUT = 30  # seconds, for any single client operation
 PARTITIONS = 3
@@ -178,6 +179,101 @@ def check_admin_basics(bootstrap, R):
         expect_eq([f"{n.host}:{n.port}" for n in desc.nodes], [bootstrap], "cluster nodes")
 
 
+def topic_configs(bootstrap, topic):
+    """describe_configs of `topic`: {name: ConfigEntry}."""
+    res = ConfigResource(ResourceType.TOPIC, topic)
+    return admin_call(bootstrap, "describe_configs", [res], key=res)
+
+
+def incremental(topic, *entries):
+    """A topic resource for incremental_alter_configs: entries are (name, value, AlterConfigOpType)."""
+    return ConfigResource(ResourceType.TOPIC, topic, incremental_configs=[
+        ConfigEntry(name, value, incremental_operation=op) for name, value, op in entries])
+
+
+def expect_config(configs, name, value, source):
+    entry = configs.get(name)
+    expect(entry is not None, f"{name} missing from describe_configs: {sorted(configs)}")
+    got_source = getattr(entry.source, "value", entry.source)  # the enum or its int, by client version
+    expect_eq((entry.value, got_source), (value, source.value), f"{name} (value, source)")
+
+
+def check_configs(bootstrap, R):
+    topic = "cfk-configs"
+    with R.check("configs: incremental_alter_configs SET and APPEND; describe_configs reports them as "
+                 "DYNAMIC_TOPIC_CONFIG"):
+        create_topic(bootstrap, topic, 1)
+        res = incremental(topic, ("compression.type", "lz4", AlterConfigOpType.SET),
+                          ("cleanup.policy", "compact", AlterConfigOpType.APPEND),
+                          ("max.message.bytes", "65536", AlterConfigOpType.SET))
+        admin_call(bootstrap, "incremental_alter_configs", [res], key=res)
+        configs = topic_configs(bootstrap, topic)
+        expect_config(configs, "compression.type", "lz4", ConfigSource.DYNAMIC_TOPIC_CONFIG)
+        expect_config(configs, "cleanup.policy", "delete,compact", ConfigSource.DYNAMIC_TOPIC_CONFIG)
+        expect_config(configs, "max.message.bytes", "65536", ConfigSource.DYNAMIC_TOPIC_CONFIG)
+        expect_config(configs, "min.insync.replicas", "1", ConfigSource.DEFAULT_CONFIG)
+        expect(not configs["compression.type"].is_read_only, "topic configs are alterable")
+
+    with R.check("configs: incremental DELETE and SUBTRACT; the deleted key is back to its default"):
+        res = incremental(topic, ("compression.type", None, AlterConfigOpType.DELETE),
+                          ("cleanup.policy", "delete", AlterConfigOpType.SUBTRACT))
+        admin_call(bootstrap, "incremental_alter_configs", [res], key=res)
+        configs = topic_configs(bootstrap, topic)
+        expect_config(configs, "compression.type", "producer", ConfigSource.DEFAULT_CONFIG)
+        expect_config(configs, "cleanup.policy", "compact", ConfigSource.DYNAMIC_TOPIC_CONFIG)
+        expect_config(configs, "max.message.bytes", "65536", ConfigSource.DYNAMIC_TOPIC_CONFIG)
+
+    with R.check("configs: validate_only=True checks the change and applies nothing"):
+        res = incremental(topic, ("min.insync.replicas", "2", AlterConfigOpType.SET))
+        admin_call(bootstrap, "incremental_alter_configs", [res], key=res, validate_only=True)
+        expect_config(topic_configs(bootstrap, topic), "min.insync.replicas", "1", ConfigSource.DEFAULT_CONFIG)
+
+    with R.check("configs: an unknown name or a bad value fails with INVALID_CONFIG (40) and changes nothing"):
+        for entry in [("dummy.doesntexist", "1", AlterConfigOpType.SET),
+                      ("compression.type", "brotli", AlterConfigOpType.SET),
+                      ("min.insync.replicas", "zero", AlterConfigOpType.SET),
+                      ("message.timestamp.type", "LogAppendTime", AlterConfigOpType.APPEND)]:
+            # With a valid change in the same resource: it is refused too (a resource changes whole or not at all).
+            res = incremental(topic, ("max.message.bytes", "1000", AlterConfigOpType.SET), entry)
+            expect_admin_error(KafkaError.INVALID_CONFIG, bootstrap, "incremental_alter_configs", [res], key=res)
+        configs = topic_configs(bootstrap, topic)
+        expect_config(configs, "compression.type", "producer", ConfigSource.DEFAULT_CONFIG)
+        expect_config(configs, "max.message.bytes", "65536", ConfigSource.DYNAMIC_TOPIC_CONFIG)
+
+    with R.check("configs: an unknown topic fails with UNKNOWN_TOPIC_OR_PART (3)"):
+        res = incremental("cfk-no-such-topic", ("compression.type", "gzip", AlterConfigOpType.SET))
+        expect_admin_error(KafkaError.UNKNOWN_TOPIC_OR_PART, bootstrap, "incremental_alter_configs", [res], key=res)
+
+    with R.check("configs: changing a (static) broker config fails with INVALID_REQUEST (42)"):
+        res = ConfigResource(ResourceType.BROKER, "1", incremental_configs=[
+            ConfigEntry("message.max.bytes", "2000", incremental_operation=AlterConfigOpType.SET)])
+        expect_admin_error(KafkaError.INVALID_REQUEST, bootstrap, "incremental_alter_configs", [res], key=res)
+
+    with R.check("configs: alter_configs replaces the overrides; keys left out return to their defaults"):
+        res = ConfigResource(ResourceType.TOPIC, topic, set_config={"message.timestamp.type": "LogAppendTime"})
+        admin_call(bootstrap, "alter_configs", [res], key=res)
+        configs = topic_configs(bootstrap, topic)
+        expect_config(configs, "message.timestamp.type", "LogAppendTime", ConfigSource.DYNAMIC_TOPIC_CONFIG)
+        expect_config(configs, "cleanup.policy", "delete", ConfigSource.DEFAULT_CONFIG)
+        expect_config(configs, "max.message.bytes", "1048588", ConfigSource.DEFAULT_CONFIG)
+
+
+def check_internal_topic(bootstrap, R):
+    with R.check("internal topic: producing to __consumer_offsets fails with TOPIC_EXCEPTION (17)"):
+        # Looking a group up (FindCoordinator) makes the broker create its offsets topic;
+        # the group itself does not exist, which is not what this check is about.
+        try:
+            admin_call(bootstrap, "describe_consumer_groups", ["cfk-internal-probe"], key="cfk-internal-probe")
+        except KafkaException:
+            pass
+        wait_for_topic(bootstrap, "__consumer_offsets", 1)
+        producer, reports = start_producing(bootstrap, "__consumer_offsets",
+                                            [Msg(0, b"k", b"not an offset record", [], BASE_TS)])
+        expect_eq(producer.flush(TIMEOUT), 0, "messages still undelivered after flush")
+        err = reports[0][0]
+        expect(err is not None and err.code() == KafkaError.TOPIC_EXCEPTION, f"delivery report error {err}")
+
+
 def expect_admin_error(code, *call, **kwargs):
     try:
         admin_call(*call, **kwargs)
@@ -317,6 +413,8 @@ def check_idempotence(broker, R):
 def main(broker, R):
     bootstrap = broker.bootstrap
     check_admin_basics(bootstrap, R)
+    check_configs(bootstrap, R)
+    check_internal_topic(bootstrap, R)
     check_codecs(bootstrap, R)
     check_acks(bootstrap, R)
     check_auto_create(bootstrap, R)

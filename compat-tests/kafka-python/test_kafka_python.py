@@ -15,7 +15,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from harness import (by_partition, expect, expect_eq, make_messages, run_suite,  # noqa: E402
                      wait_until)
 
+import kafka.errors as Errors  # noqa: E402
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition  # noqa: E402
+from kafka.admin import AlterConfigOp, ConfigResource, ConfigResourceType  # noqa: E402
 from kafka.codec import has_gzip, has_lz4, has_snappy, has_zstd  # noqa: E402
 
 TIMEOUT = 30  # seconds, for any single client operation
@@ -166,9 +168,77 @@ def check_delete(bootstrap, R):
                    what="kp-delete-me to disappear from list_topics")
 
 
+def modified_configs(admin, topic):
+    """describe_configs of `topic`, only the keys not at their default: {name: (value, source)}."""
+    described = admin.describe_configs([ConfigResource(ConfigResourceType.TOPIC, topic)])
+    return {name: (c["value"], c["config_source"]) for name, c in described["topic"][topic].items()}
+
+
+def alter(admin, topic, configs, **kwargs):
+    """alter_configs of one topic; the broker's answer for it ('OK' or the error)."""
+    result = admin.alter_configs([ConfigResource(ConfigResourceType.TOPIC, topic, configs=configs)], **kwargs)
+    return result["topic"][topic]
+
+
+def check_configs(bootstrap, R):
+    topic = "kp-configs"
+    with R.check("configs: alter_configs (AlterConfigs) sets overrides; describe_configs reports them "
+                 "as DYNAMIC_TOPIC_CONFIG"), closing(new_admin(bootstrap)) as admin:
+        create_topic(bootstrap, topic, 1)
+        answer = alter(admin, topic, {"compression.type": "gzip", "min.insync.replicas": "2"}, incremental=False)
+        expect_eq(answer, "OK", "AlterConfigs answer")
+        expect_eq(modified_configs(admin, topic),
+                  {"compression.type": ("gzip", "DYNAMIC_TOPIC_CONFIG"),
+                   "min.insync.replicas": ("2", "DYNAMIC_TOPIC_CONFIG")}, "overrides")
+
+    with R.check("configs: alter_configs (IncrementalAlterConfigs) SET and DELETE keep the other overrides"), \
+            closing(new_admin(bootstrap)) as admin:
+        answer = alter(admin, topic, {"cleanup.policy": "compact",
+                                      "min.insync.replicas": (AlterConfigOp.DELETE, None)}, incremental=True)
+        expect_eq(answer, "OK", "IncrementalAlterConfigs answer")
+        expect_eq(modified_configs(admin, topic),
+                  {"compression.type": ("gzip", "DYNAMIC_TOPIC_CONFIG"),
+                   "cleanup.policy": ("compact", "DYNAMIC_TOPIC_CONFIG")}, "overrides")
+
+    with R.check("configs: validate_only applies nothing; a bad value answers InvalidConfigurationError"), \
+            closing(new_admin(bootstrap)) as admin:
+        expect_eq(alter(admin, topic, {"compression.type": "lz4"}, validate_only=True), "OK", "validate_only answer")
+        for incremental in (False, True):
+            answer = alter(admin, topic, {"compression.type": "brotli"}, incremental=incremental)
+            expect("InvalidConfigurationError" in answer, f"incremental={incremental}: {answer}")
+        # raise_on_unknown=False sends an unknown name to the broker, which refuses it.
+        answer = alter(admin, topic, {"dummy.doesntexist": "1"}, raise_on_unknown=False)
+        expect("InvalidConfigurationError" in answer, f"unknown config: {answer}")
+        expect_eq(modified_configs(admin, topic)["compression.type"], ("gzip", "DYNAMIC_TOPIC_CONFIG"),
+                  "compression.type after refused changes")
+
+
+def check_internal_topic(bootstrap, R):
+    with R.check("internal topic: __consumer_offsets has is_internal=True in Metadata; delete_topics and "
+                 "create_partitions of it fail with InvalidTopicError (17)"), closing(new_admin(bootstrap)) as admin:
+        # Looking a group up (FindCoordinator) makes the broker create its offsets topic.
+        admin.describe_groups(["kp-internal-probe"])
+        wait_until(lambda: "__consumer_offsets" in admin.list_topics(), TIMEOUT, interval=0.2,
+                   what="__consumer_offsets in list_topics")
+        internal = {t["name"]: t["is_internal"] for t in admin.describe_topics(["__consumer_offsets", "kp-admin"])}
+        expect_eq(internal, {"__consumer_offsets": True, "kp-admin": False}, "is_internal by topic")
+        refused = []
+        for what, call in [("delete_topics", lambda: admin.delete_topics(["__consumer_offsets"])),
+                           ("create_partitions", lambda: admin.create_partitions({"__consumer_offsets": 4}))]:
+            try:
+                call()
+            except Errors.InvalidTopicError:
+                refused.append(what)
+        expect_eq(refused, ["delete_topics", "create_partitions"], "refused changes of __consumer_offsets")
+        [offsets] = admin.describe_topics(["__consumer_offsets"])
+        expect_eq((offsets["error_code"], len(offsets["partitions"])), (0, 1), "__consumer_offsets afterwards")
+
+
 def main(broker, R):
     with R.check("admin: create topic with 3 partitions, describe_topics shows them with leaders"):
         create_topic(broker.bootstrap, "kp-admin", PARTITIONS)
+    check_configs(broker.bootstrap, R)
+    check_internal_topic(broker.bootstrap, R)
     check_codecs(broker.bootstrap, R)
     check_offsets(broker.bootstrap, R)
     check_delete(broker.bootstrap, R)

@@ -205,6 +205,9 @@ def single_broker_checks(results):
             appended = moved(before, after, "rafka_raft_log_append_bytes_sum")
             expect(appended >= MESSAGES * VALUE_SIZE, f"{appended} Raft log bytes for the produced payload")
             expect(moved(before, after, "rafka_raft_log_append_entries_sum") >= 1, "entries per append")
+            commits = moved(before, after, "rafka_raft_commit_duration_seconds_count")
+            expect(commits >= 1, f"{commits} produce commits timed")
+            expect(moved(before, after, "rafka_raft_commit_duration_seconds_sum") > 0, "commit time observed")
             for partition in range(PARTITIONS):
                 group = after.one("rafka_partition_leader", topic=TOPIC, partition=partition).labels["raft_group"]
                 expect(after.one("rafka_raft_term", raft_group=group).value >= 1, f"term of group {group}")

@@ -1,16 +1,17 @@
-//! `rafka topic list|describe|create|delete`, over Metadata, DescribeConfigs,
-//! CreateTopics and DeleteTopics.
+//! `rafka topic list|describe|create|delete|alter-config`, over Metadata,
+//! DescribeConfigs, CreateTopics, DeleteTopics and IncrementalAlterConfigs.
 
 use std::collections::BTreeMap;
 
 use kafka_protocol::messages::create_topics_request::{CreatableTopic, CreatableTopicConfig};
 use kafka_protocol::messages::delete_topics_request::DeleteTopicState;
 use kafka_protocol::messages::describe_configs_request::DescribeConfigsResource;
+use kafka_protocol::messages::incremental_alter_configs_request::{AlterConfigsResource, AlterableConfig};
 use kafka_protocol::messages::metadata_request::MetadataRequestTopic;
 use kafka_protocol::messages::metadata_response::MetadataResponseTopic;
 use kafka_protocol::messages::{
-    ApiKey, CreateTopicsRequest, DeleteTopicsRequest, DescribeConfigsRequest, MetadataRequest, MetadataResponse,
-    RequestKind, ResponseKind, TopicName,
+    ApiKey, CreateTopicsRequest, DeleteTopicsRequest, DescribeConfigsRequest, IncrementalAlterConfigsRequest,
+    MetadataRequest, MetadataResponse, RequestKind, ResponseKind, TopicName,
 };
 use kafka_protocol::protocol::StrBytes;
 use serde_json::json;
@@ -21,8 +22,11 @@ use super::{error_code, print_json, AdminClient};
 const ADMIN_TIMEOUT_MS: i32 = 30_000;
 /// DescribeConfigs resource type of a topic.
 const TOPIC_RESOURCE: i8 = 2;
+/// IncrementalAlterConfigs operations (Kafka's AlterConfigOp).
+const OP_SET: i8 = 0;
+const OP_DELETE: i8 = 1;
 
-fn topic_name(name: &str) -> TopicName {
+pub(super) fn topic_name(name: &str) -> TopicName {
     TopicName(StrBytes::from_string(name.to_string()))
 }
 
@@ -166,6 +170,75 @@ fn configs(client: &mut AdminClient, topic: &str) -> anyhow::Result<BTreeMap<Str
     Ok(configs)
 }
 
+/// `key=value` pairs as (key, value).
+fn pairs(pairs: &[String]) -> anyhow::Result<Vec<(String, String)>> {
+    pairs
+        .iter()
+        .map(|pair| {
+            let (key, value) = pair
+                .split_once('=')
+                .ok_or_else(|| anyhow::anyhow!("config {pair:?} is not key=value"))?;
+            Ok((key.to_string(), value.to_string()))
+        })
+        .collect()
+}
+
+/// `rafka topic alter-config`: sets and deletes single configs of a topic
+/// (IncrementalAlterConfigs), leaving the others as they are.
+pub fn alter_config(bootstrap: &str, topic: &str, set: &[String], delete: &[String], json: bool) -> anyhow::Result<()> {
+    let set = pairs(set)?;
+    anyhow::ensure!(
+        !set.is_empty() || !delete.is_empty(),
+        "nothing to change: give --set or --delete"
+    );
+    let mut changes: Vec<AlterableConfig> = set
+        .iter()
+        .map(|(key, value)| {
+            AlterableConfig::default()
+                .with_name(StrBytes::from_string(key.clone()))
+                .with_config_operation(OP_SET)
+                .with_value(Some(StrBytes::from_string(value.clone())))
+        })
+        .collect();
+    changes.extend(delete.iter().map(|key| {
+        AlterableConfig::default()
+            .with_name(StrBytes::from_string(key.clone()))
+            .with_config_operation(OP_DELETE)
+            .with_value(None)
+    }));
+    let mut client = AdminClient::connect(bootstrap)?;
+    let version = client.negotiate(ApiKey::IncrementalAlterConfigs, 0..=1)?;
+    let request = IncrementalAlterConfigsRequest::default().with_resources(vec![AlterConfigsResource::default()
+        .with_resource_type(TOPIC_RESOURCE)
+        .with_resource_name(StrBytes::from_string(topic.to_string()))
+        .with_configs(changes)]);
+    let ResponseKind::IncrementalAlterConfigs(answer) = client.request(
+        ApiKey::IncrementalAlterConfigs,
+        version,
+        RequestKind::IncrementalAlterConfigs(request),
+    )?
+    else {
+        anyhow::bail!("unexpected IncrementalAlterConfigs answer");
+    };
+    for result in &answer.responses {
+        error_code(result.error_code).map_err(|err| match &result.error_message {
+            Some(message) => anyhow::anyhow!("configs of {topic} not changed: {err}: {message}"),
+            None => anyhow::anyhow!("configs of {topic} not changed: {err}"),
+        })?;
+    }
+    if json {
+        let set: BTreeMap<&str, &str> = set.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        return print_json(&json!({"topic": topic, "set": set, "deleted": delete}));
+    }
+    for (key, value) in &set {
+        println!("set {key}={value} on topic {topic}");
+    }
+    for key in delete {
+        println!("deleted {key} on topic {topic} (back to its default)");
+    }
+    Ok(())
+}
+
 /// What `rafka topic create` asks for.
 pub struct NewTopic<'a> {
     pub name: &'a str,
@@ -179,17 +252,14 @@ pub struct NewTopic<'a> {
 
 /// `rafka topic create`.
 pub fn create(bootstrap: &str, topic: &NewTopic<'_>, json: bool) -> anyhow::Result<()> {
-    let mut configs = Vec::new();
-    for pair in topic.configs {
-        let (key, value) = pair
-            .split_once('=')
-            .ok_or_else(|| anyhow::anyhow!("config {pair:?} is not key=value"))?;
-        configs.push(
+    let configs = pairs(topic.configs)?
+        .into_iter()
+        .map(|(key, value)| {
             CreatableTopicConfig::default()
-                .with_name(StrBytes::from_string(key.to_string()))
-                .with_value(Some(StrBytes::from_string(value.to_string()))),
-        );
-    }
+                .with_name(StrBytes::from_string(key))
+                .with_value(Some(StrBytes::from_string(value)))
+        })
+        .collect();
     let mut client = AdminClient::connect(bootstrap)?;
     // v4 is the first to accept -1 for the broker's default partitions and replication factor.
     let version = client.negotiate(ApiKey::CreateTopics, 4..=7)?;

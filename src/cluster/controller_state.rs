@@ -36,7 +36,10 @@ impl ReplicatedState for ControllerState {
     ) -> Result<CommandResponse, StorageError> {
         Ok(match command {
             Command::AllocateProducerId => CommandResponse::ProducerId(self.cluster.allocate_producer_id()),
-            Command::CreateTopic { .. } | Command::DeleteTopic { .. } | Command::CreatePartitions { .. } => {
+            Command::CreateTopic { .. }
+            | Command::DeleteTopic { .. }
+            | Command::CreatePartitions { .. }
+            | Command::AlterTopicConfigs { .. } => {
                 CommandResponse::Controller(self.cluster.apply(command, &entry.voters()))
             }
             _ => CommandResponse::WrongGroup,

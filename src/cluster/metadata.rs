@@ -5,6 +5,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 
+use super::topic_configs;
 use super::topics::{validate_topic_name, MAX_PARTITIONS};
 use crate::error::BrokerError;
 use crate::raft::command::{Command, ControllerRefusal};
@@ -90,6 +91,12 @@ impl ClusterState {
                     topic.partitions.extend(added);
                 }
                 Ok(groups)
+            }
+            Command::AlterTopicConfigs { name, replace, changes } => {
+                let topic = self.topics.get_mut(name).ok_or(ControllerRefusal::UnknownTopic)?;
+                topic.configs = topic_configs::apply_changes(&topic.configs, *replace, changes)
+                    .map_err(ControllerRefusal::InvalidConfig)?;
+                Ok(Vec::new())
             }
             Command::Append { .. }
             | Command::AdvanceLogStart { .. }
@@ -192,6 +199,47 @@ mod tests {
             Err(ControllerRefusal::PartitionsCannotShrink { current: 3 })
         );
         assert_eq!(state.partitions().count(), 3);
+    }
+
+    #[test]
+    fn config_changes_apply_to_the_topic_or_are_refused_whole() {
+        use crate::raft::command::{ConfigChange, ConfigOp};
+        let mut state = ClusterState::default();
+        state.apply(&create("t", 1), &voters()).unwrap();
+        let alter = |replace, changes: &[(&str, ConfigOp)]| Command::AlterTopicConfigs {
+            name: "t".into(),
+            replace,
+            changes: changes
+                .iter()
+                .map(|(name, op)| ConfigChange {
+                    name: name.to_string(),
+                    op: op.clone(),
+                })
+                .collect(),
+        };
+        let set = |value: &str| ConfigOp::Set(value.into());
+        let changes = [("compression.type", set("lz4")), ("min.insync.replicas", set("2"))];
+        assert_eq!(state.apply(&alter(false, &changes), &voters()), Ok(vec![]));
+        let before = state.clone();
+        let bad = [("compression.type", set("zstd")), ("no.such.config", set("1"))];
+        assert!(matches!(
+            state.apply(&alter(false, &bad), &voters()),
+            Err(ControllerRefusal::InvalidConfig(_))
+        ));
+        assert_eq!(state, before, "a refused change leaves every key as it was");
+        assert_eq!(
+            state.apply(&alter(true, &[("compression.type", set("gzip"))]), &voters()),
+            Ok(vec![])
+        );
+        let configs = &state.topics["t"].configs;
+        assert_eq!(configs.len(), 1, "AlterConfigs replaces the overrides: {configs:?}");
+        assert_eq!(configs["compression.type"], "gzip");
+        let missing = Command::AlterTopicConfigs {
+            name: "missing".into(),
+            replace: false,
+            changes: vec![],
+        };
+        assert_eq!(state.apply(&missing, &voters()), Err(ControllerRefusal::UnknownTopic));
     }
 
     #[test]

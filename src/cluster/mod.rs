@@ -8,6 +8,7 @@ pub mod metadata;
 pub mod partition_state;
 pub mod peer_service;
 pub mod retention;
+pub mod topic_configs;
 pub mod topics;
 
 use std::collections::{BTreeMap, HashMap};
@@ -25,7 +26,8 @@ use crate::config::BrokerConfig;
 use crate::error::BrokerError;
 use crate::group::offsets_state::OffsetsState;
 use crate::group::store::{GroupCommand, SharedGroups};
-use crate::raft::command::{Command, CommandResponse};
+use crate::metrics::METRICS;
+use crate::raft::command::{Command, CommandResponse, ConfigChange};
 use crate::raft::group::{effective_leader, start_group, GroupStartError};
 use crate::raft::log_store::{has_raft_state, log_dir, EntryBatches, GroupLogStore};
 use crate::raft::network::{CallError, Peers};
@@ -670,20 +672,59 @@ impl Cluster {
     }
 
     /// Creates `name` with the defaults if it does not exist yet (auto-creation).
+    /// `__consumer_offsets` gets its own partition count and compaction, whichever
+    /// path creates it first: a group lookup, or a client's Metadata or Produce.
     pub async fn ensure_topic(&self, name: &str) -> Result<(), BrokerError> {
-        match self.create_topic(name, -1, -1, BTreeMap::new()).await {
+        let created = if name == OFFSETS_TOPIC {
+            let mut configs = BTreeMap::new();
+            configs.insert("cleanup.policy".to_string(), "compact".to_string());
+            self.create_topic(OFFSETS_TOPIC, self.cfg.offsets_topic_partitions, -1, configs)
+                .await
+        } else {
+            self.create_topic(name, -1, -1, BTreeMap::new()).await
+        };
+        match created {
             Ok(()) | Err(BrokerError::TopicAlreadyExists) => Ok(()),
             Err(err) => Err(err),
         }
     }
 
     pub async fn delete_topic(&self, name: &str) -> Result<(), BrokerError> {
+        refuse_internal(name, "deleted")?;
         self.propose_to_controller(Command::DeleteTopic { name: name.to_string() })
             .await?;
         tracing::info!(topic = name, "topic deleted");
         self.reconcile()
             .await
             .map_err(|err| BrokerError::LeaderNotAvailable(err.to_string()))
+    }
+
+    /// Changes a topic's config overrides (AlterConfigs with `replace`,
+    /// IncrementalAlterConfigs without). The change is checked against this
+    /// node's metadata first, so that a bad change gets its error without a
+    /// proposal and `validate_only` proposes nothing; the controller checks it
+    /// again when it applies it, against the state it then holds.
+    pub async fn alter_topic_configs(
+        &self,
+        name: &str,
+        replace: bool,
+        changes: Vec<ConfigChange>,
+        validate_only: bool,
+    ) -> Result<(), BrokerError> {
+        let metadata = self.metadata();
+        let topic = metadata.topics.get(name).ok_or(BrokerError::UnknownTopicOrPartition)?;
+        topic_configs::apply_changes(&topic.configs, replace, &changes).map_err(BrokerError::InvalidConfig)?;
+        if validate_only {
+            return Ok(());
+        }
+        self.propose_to_controller(Command::AlterTopicConfigs {
+            name: name.to_string(),
+            replace,
+            changes,
+        })
+        .await?;
+        tracing::info!(topic = name, "topic configs changed");
+        Ok(())
     }
 
     /// A new idempotent producer id, unique in the cluster.
@@ -702,6 +743,7 @@ impl Cluster {
 
     /// Checks that `name` exists and has fewer than `total` partitions; returns the topic.
     pub fn check_partition_growth(&self, name: &str, total: i32) -> Result<TopicState, BrokerError> {
+        refuse_internal(name, "grown")?;
         let topic = self
             .metadata()
             .topics
@@ -802,15 +844,7 @@ impl Cluster {
     /// creating the topic on first use.
     async fn locate_offsets_partition(&self, group_id: &str) -> Result<(i32, GroupId), BrokerError> {
         if !self.metadata().topics.contains_key(OFFSETS_TOPIC) {
-            let mut configs = BTreeMap::new();
-            configs.insert("cleanup.policy".to_string(), "compact".to_string());
-            match self
-                .create_topic(OFFSETS_TOPIC, self.cfg.offsets_topic_partitions, -1, configs)
-                .await
-            {
-                Ok(()) | Err(BrokerError::TopicAlreadyExists) => {}
-                Err(err) => return Err(err),
-            }
+            self.ensure_topic(OFFSETS_TOPIC).await?;
         }
         // Created by another node a moment ago: this node has not applied it yet.
         self.offsets_partition_of(group_id)
@@ -921,10 +955,19 @@ impl Cluster {
         batches: Vec<ValidatedBatch>,
         timeout: Duration,
     ) -> Result<(i64, i64), BrokerError> {
+        // Its group applies consumer-group commands only: an append would be
+        // replicated and then refused, so it is refused before it is proposed.
+        if handle.consumer_groups.is_some() {
+            refuse_internal(OFFSETS_TOPIC, "appended to")?;
+        }
+        let proposed = Instant::now();
         let committed = tokio::time::timeout(timeout, handle.raft.client_write(Command::Append { batches }));
         let Ok(written) = committed.await else {
             return Err(BrokerError::Timeout(format!("not committed within {timeout:?}")));
         };
+        if written.is_ok() {
+            METRICS.raft_committed(proposed.elapsed());
+        }
         match written {
             Ok(response) => match response.data {
                 CommandResponse::Appended {
@@ -962,6 +1005,21 @@ fn state_log_roll() -> RollPolicy {
         max_bytes: 64 << 20,
         max_age: Duration::from_secs(24 * 3600),
     }
+}
+
+/// Clients may not delete, grow or append to `__consumer_offsets`: deleting it
+/// would drop every group's committed offsets, more partitions would move groups
+/// to partitions that do not hold their offsets, and its Raft groups replicate
+/// consumer-group commands, not records. Kafka refuses appends to its internal
+/// topics (and DeleteRecords on them) with INVALID_TOPIC_EXCEPTION, so all of
+/// these are refused the same way.
+fn refuse_internal(name: &str, change: &str) -> Result<(), BrokerError> {
+    if name == OFFSETS_TOPIC {
+        return Err(BrokerError::InvalidTopic(format!(
+            "{name} is an internal topic and cannot be {change} by clients"
+        )));
+    }
+    Ok(())
 }
 
 fn controller_error(err: ProposeError) -> BrokerError {

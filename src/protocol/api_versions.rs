@@ -50,6 +50,9 @@ mod tests {
         assert_eq!(range(ApiKey::Metadata), Some((0, 12)));
         assert_eq!(range(ApiKey::ListOffsets), Some((0, 6)));
         assert_eq!(range(ApiKey::ApiVersions), Some((0, 3)));
+        // Kafka 3.9's whole ranges.
+        assert_eq!(range(ApiKey::AlterConfigs), Some((0, 2)));
+        assert_eq!(range(ApiKey::IncrementalAlterConfigs), Some((0, 1)));
         assert_eq!(unsupported_version().error_code, 35);
     }
 }

@@ -1,4 +1,4 @@
-//! DescribeConfigs: topic overrides over broker defaults, and broker settings.
+//! DescribeConfigs: topic overrides over their defaults, and broker settings.
 
 use kafka_protocol::messages::describe_configs_request::DescribeConfigsResource;
 use kafka_protocol::messages::describe_configs_response::{DescribeConfigsResourceResult, DescribeConfigsResult};
@@ -6,20 +6,25 @@ use kafka_protocol::messages::{DescribeConfigsRequest, DescribeConfigsResponse};
 use kafka_protocol::protocol::VersionRange;
 
 use super::{error_message, str_bytes};
-use crate::cluster::{retention, Cluster};
+use crate::cluster::{topic_configs, Cluster};
 use crate::config::BrokerConfig;
 use crate::error::{code_of, BrokerError};
 
 pub const VERSIONS: VersionRange = VersionRange { min: 0, max: 4 };
 
-const RESOURCE_TOPIC: i8 = 2;
-const RESOURCE_BROKER: i8 = 4;
+pub(crate) const RESOURCE_TOPIC: i8 = 2;
+pub(crate) const RESOURCE_BROKER: i8 = 4;
 const SOURCE_TOPIC_OVERRIDE: i8 = 1;
 const SOURCE_STATIC_BROKER: i8 = 4;
 const SOURCE_DEFAULT: i8 = 5;
 
-/// `(name, value, source)` of one config entry.
-type Entry = (String, String, i8);
+/// One config entry: name, value, source, and whether clients may change it.
+struct Entry {
+    name: String,
+    value: String,
+    source: i8,
+    read_only: bool,
+}
 
 pub fn handle(cluster: &Cluster, request: DescribeConfigsRequest) -> DescribeConfigsResponse {
     let results = request
@@ -32,13 +37,13 @@ pub fn handle(cluster: &Cluster, request: DescribeConfigsRequest) -> DescribeCon
                 .map(|entries| {
                     entries
                         .iter()
-                        .filter(|(name, _, _)| wanted(&resource, name))
-                        .map(|(name, value, source)| {
+                        .filter(|entry| wanted(&resource, &entry.name))
+                        .map(|entry| {
                             DescribeConfigsResourceResult::default()
-                                .with_name(str_bytes(name.clone()))
-                                .with_value(Some(str_bytes(value.clone())))
-                                .with_config_source(*source)
-                                .with_read_only(*source != SOURCE_TOPIC_OVERRIDE)
+                                .with_name(str_bytes(entry.name.clone()))
+                                .with_value(Some(str_bytes(entry.value.clone())))
+                                .with_config_source(entry.source)
+                                .with_read_only(entry.read_only)
                         })
                         .collect()
                 })
@@ -67,12 +72,26 @@ fn describe(cluster: &Cluster, resource: &DescribeConfigsResource) -> Result<Vec
         RESOURCE_TOPIC => {
             let metadata = cluster.metadata();
             let topic = metadata.topics.get(name).ok_or(BrokerError::UnknownTopicOrPartition)?;
-            let mut entries = topic_defaults(cluster.config());
-            for (key, value) in &topic.configs {
-                entries.retain(|(name, _, _)| name != key);
-                entries.push((key.clone(), value.clone(), SOURCE_TOPIC_OVERRIDE));
-            }
-            entries.sort();
+            let defaults = topic_configs::defaults(cluster.config())
+                .into_iter()
+                .filter(|(name, _)| !topic.configs.contains_key(*name))
+                .map(|(name, value)| (name.to_string(), value, SOURCE_DEFAULT));
+            let overrides = topic
+                .configs
+                .iter()
+                .map(|(name, value)| (name.clone(), value.clone(), SOURCE_TOPIC_OVERRIDE));
+            let mut entries: Vec<Entry> = defaults
+                .chain(overrides)
+                .map(|(name, value, source)| Entry {
+                    // Overrides CreateTopics accepted for configs this broker
+                    // does not know can only be deleted, not changed.
+                    read_only: !topic_configs::is_alterable(&name),
+                    name,
+                    value,
+                    source,
+                })
+                .collect();
+            entries.sort_by(|a, b| a.name.cmp(&b.name));
             Ok(entries)
         }
         RESOURCE_BROKER if name.is_empty() || name == cluster.node_id().to_string() => {
@@ -83,20 +102,6 @@ fn describe(cluster: &Cluster, resource: &DescribeConfigsResource) -> Result<Vec
             "resource type {other} is not supported"
         ))),
     }
-}
-
-fn topic_defaults(cfg: &BrokerConfig) -> Vec<Entry> {
-    [
-        ("cleanup.policy", "delete".to_string()),
-        ("compression.type", "producer".to_string()),
-        ("max.message.bytes", cfg.message_max_bytes.to_string()),
-        ("message.timestamp.type", "CreateTime".to_string()),
-        ("min.insync.replicas", "1".to_string()),
-    ]
-    .into_iter()
-    .chain(retention::topic_defaults(cfg))
-    .map(|(name, value)| (name.to_string(), value, SOURCE_DEFAULT))
-    .collect()
 }
 
 fn broker_configs(cfg: &BrokerConfig) -> Vec<Entry> {
@@ -117,6 +122,12 @@ fn broker_configs(cfg: &BrokerConfig) -> Vec<Entry> {
         ("socket.request.max.bytes", cfg.socket_request_max_bytes.to_string()),
     ]
     .into_iter()
-    .map(|(name, value)| (name.to_string(), value, SOURCE_STATIC_BROKER))
+    .map(|(name, value)| Entry {
+        name: name.to_string(),
+        value,
+        source: SOURCE_STATIC_BROKER,
+        // Broker configs come from the node's file and cannot be changed by clients.
+        read_only: true,
+    })
     .collect()
 }

@@ -74,6 +74,8 @@ pub fn for_each_error_code(response: &ResponseKind, mut found: impl FnMut(i16)) 
         ResponseKind::CreateTopics(r) => r.topics.iter().for_each(|t| code(t.error_code)),
         ResponseKind::DeleteTopics(r) => r.responses.iter().for_each(|t| code(t.error_code)),
         ResponseKind::DescribeConfigs(r) => r.results.iter().for_each(|t| code(t.error_code)),
+        ResponseKind::AlterConfigs(r) => r.responses.iter().for_each(|t| code(t.error_code)),
+        ResponseKind::IncrementalAlterConfigs(r) => r.responses.iter().for_each(|t| code(t.error_code)),
         ResponseKind::CreatePartitions(r) => r.results.iter().for_each(|t| code(t.error_code)),
         ResponseKind::InitProducerId(r) => code(r.error_code),
         ResponseKind::DeleteGroups(r) => r.results.iter().for_each(|g| code(g.error_code)),

@@ -9,7 +9,7 @@ use kafka_protocol::protocol::VersionRange;
 use super::str_bytes;
 use crate::cluster::metadata::TopicState;
 use crate::cluster::topics::validate_topic_name;
-use crate::cluster::Cluster;
+use crate::cluster::{Cluster, OFFSETS_TOPIC};
 use crate::error::BrokerError;
 use crate::raft::NodeId;
 
@@ -49,7 +49,9 @@ pub async fn handle(cluster: &Cluster, version: i16, request: MetadataRequest) -
 }
 
 async fn describe_topic(cluster: &Cluster, name: &str, may_create: bool) -> MetadataResponseTopic {
-    let response = MetadataResponseTopic::default().with_name(Some(TopicName(str_bytes(name))));
+    let response = MetadataResponseTopic::default()
+        .with_name(Some(TopicName(str_bytes(name))))
+        .with_is_internal(name == OFFSETS_TOPIC);
     if let Err(err) = validate_topic_name(name) {
         return response.with_error_code(err.code());
     }

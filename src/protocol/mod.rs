@@ -1,6 +1,7 @@
 //! Kafka APIs: the sans-io codec, one handler file per API, and the single table
 //! of supported versions that both request decoding and ApiVersions use.
 
+pub mod alter_configs;
 pub mod api_versions;
 pub mod bridge;
 pub mod codec;
@@ -16,6 +17,7 @@ pub mod error_codes;
 pub mod fetch;
 pub mod find_coordinator;
 pub mod heartbeat;
+pub mod incremental_alter_configs;
 pub mod init_producer_id;
 pub mod join_group;
 pub mod leave_group;
@@ -65,12 +67,14 @@ pub const SUPPORTED_APIS: &[(ApiKey, VersionRange)] = &[
     (ApiKey::CreateTopics, create_topics::VERSIONS),
     (ApiKey::DeleteTopics, delete_topics::VERSIONS),
     (ApiKey::DescribeConfigs, describe_configs::VERSIONS),
+    (ApiKey::AlterConfigs, alter_configs::VERSIONS),
     (ApiKey::CreatePartitions, create_partitions::VERSIONS),
     (ApiKey::InitProducerId, init_producer_id::VERSIONS),
     (ApiKey::DeleteGroups, delete_groups::VERSIONS),
     (ApiKey::OffsetDelete, offset_delete::VERSIONS),
     (ApiKey::DescribeCluster, describe_cluster::VERSIONS),
     (ApiKey::DeleteRecords, delete_records::VERSIONS),
+    (ApiKey::IncrementalAlterConfigs, incremental_alter_configs::VERSIONS),
 ];
 
 pub fn supported_versions(api_key: ApiKey) -> Option<VersionRange> {
@@ -80,19 +84,50 @@ pub fn supported_versions(api_key: ApiKey) -> Option<VersionRange> {
         .map(|(_, range)| *range)
 }
 
-/// Runs the handler of a decoded request. `None` means no response is sent
-/// (Produce with acks=0).
-pub async fn handle(broker: Arc<Broker>, peer: SocketAddr, request: Request) -> Option<ResponseKind> {
+/// What the connection does with a handler's answer.
+#[derive(Debug)]
+pub enum Reply {
+    Send(ResponseKind),
+    /// Nothing is sent: a Produce with acks=0 that succeeded. The response is
+    /// kept for the request metrics only.
+    Silent(ResponseKind),
+    /// Nothing is sent and the connection is closed once the earlier answers
+    /// are written: a Produce with acks=0 that failed, as Kafka does so that a
+    /// client that gets no answer still notices and refreshes its metadata;
+    /// or a request without a handler, which would otherwise wait forever.
+    Close(Option<ResponseKind>),
+}
+
+impl Reply {
+    /// The response the handler produced, sent or not (for the request metrics).
+    pub fn response(&self) -> Option<&ResponseKind> {
+        match self {
+            Reply::Send(response) | Reply::Silent(response) => Some(response),
+            Reply::Close(response) => response.as_ref(),
+        }
+    }
+}
+
+/// Runs the handler of a decoded request.
+pub async fn handle(broker: Arc<Broker>, peer: SocketAddr, request: Request) -> Reply {
     let version = request.header.request_api_version;
     let cluster = &broker.cluster;
     let groups = &broker.groups;
     let response = match request.body {
         RequestKind::ApiVersions(_) => ResponseKind::ApiVersions(api_versions::handle()),
         RequestKind::Metadata(req) => ResponseKind::Metadata(metadata::handle(cluster, version, req).await),
-        RequestKind::Produce(req) => match produce::handle(cluster, version, req).await {
-            Some(response) => ResponseKind::Produce(response),
-            None => return None,
-        },
+        RequestKind::Produce(req) => {
+            let acks = req.acks;
+            let response = produce::handle(cluster, version, req).await;
+            if acks != 0 {
+                ResponseKind::Produce(response)
+            } else if produce::failed(&response) {
+                tracing::info!(%peer, "closing the connection after a failed acks=0 produce");
+                return Reply::Close(Some(ResponseKind::Produce(response)));
+            } else {
+                return Reply::Silent(ResponseKind::Produce(response));
+            }
+        }
         RequestKind::Fetch(req) => ResponseKind::Fetch(fetch::handle(cluster, version, req).await),
         RequestKind::ListOffsets(req) => ResponseKind::ListOffsets(list_offsets::handle(cluster, req)),
         RequestKind::CreateTopics(req) => ResponseKind::CreateTopics(create_topics::handle(cluster, req).await),
@@ -102,6 +137,10 @@ pub async fn handle(broker: Arc<Broker>, peer: SocketAddr, request: Request) -> 
         }
         RequestKind::DeleteRecords(req) => ResponseKind::DeleteRecords(delete_records::handle(cluster, req).await),
         RequestKind::DescribeConfigs(req) => ResponseKind::DescribeConfigs(describe_configs::handle(cluster, req)),
+        RequestKind::AlterConfigs(req) => ResponseKind::AlterConfigs(alter_configs::handle(cluster, req).await),
+        RequestKind::IncrementalAlterConfigs(req) => {
+            ResponseKind::IncrementalAlterConfigs(incremental_alter_configs::handle(cluster, req).await)
+        }
         RequestKind::DescribeCluster(_) => ResponseKind::DescribeCluster(describe_cluster::handle(cluster)),
         RequestKind::FindCoordinator(req) => {
             ResponseKind::FindCoordinator(find_coordinator::handle(cluster, version, req).await)
@@ -123,10 +162,10 @@ pub async fn handle(broker: Arc<Broker>, peer: SocketAddr, request: Request) -> 
         other => {
             // decode_request only lets through the keys of SUPPORTED_APIS.
             tracing::error!(api = ?request.api_key, "no handler for {other:?}");
-            return None;
+            return Reply::Close(None);
         }
     };
-    Some(response)
+    Reply::Send(response)
 }
 
 pub(crate) fn str_bytes(value: impl Into<String>) -> StrBytes {

@@ -25,18 +25,17 @@ const LAST_LEGACY_VERSION: i16 = 2;
 /// Kafka's default `request.timeout.ms`.
 const DEFAULT_COMMIT_TIMEOUT_MS: u64 = 30_000;
 
-/// Returns `None` for acks=0, which Kafka never answers.
-pub async fn handle(cluster: &Cluster, version: i16, request: ProduceRequest) -> Option<ProduceResponse> {
-    let acks = request.acks;
+/// The answer for every partition; for acks=0 the caller sends none (see [`super::Reply`]).
+pub async fn handle(cluster: &Cluster, version: i16, request: ProduceRequest) -> ProduceResponse {
     let refusal = if request.transactional_id.is_some() {
         Some(BrokerError::TransactionsUnsupported)
-    } else if !matches!(acks, -1..=1) {
-        Some(BrokerError::InvalidRequiredAcks(acks))
+    } else if !matches!(request.acks, -1..=1) {
+        Some(BrokerError::InvalidRequiredAcks(request.acks))
     } else {
         None
     };
     if let Some(refusal) = refusal {
-        return Some(reject_all(request.topic_data, refusal.code()));
+        return reject_all(request.topic_data, refusal.code());
     }
     // A negative timeout is the client leaving it to the broker.
     let timeout = Duration::from_millis(u64::try_from(request.timeout_ms).unwrap_or(DEFAULT_COMMIT_TIMEOUT_MS));
@@ -49,7 +48,16 @@ pub async fn handle(cluster: &Cluster, version: i16, request: ProduceRequest) ->
             .map(|topic| produce_topic(cluster, version, topic, timeout)),
     )
     .await;
-    (acks != 0).then(|| ProduceResponse::default().with_responses(topics))
+    ProduceResponse::default().with_responses(topics)
+}
+
+/// Whether any partition of the produce failed.
+pub fn failed(response: &ProduceResponse) -> bool {
+    response
+        .responses
+        .iter()
+        .flat_map(|t| &t.partition_responses)
+        .any(|p| p.error_code != 0)
 }
 
 async fn produce_topic(

@@ -36,6 +36,34 @@ pub enum Command {
     Group(GroupCommand),
     /// Controller: hand out the next idempotent producer id.
     AllocateProducerId,
+    /// Controller: change a topic's config overrides. The changes, not the
+    /// resulting set, are replicated so that concurrent changes to different
+    /// keys compose; `replace` (AlterConfigs) first drops every override,
+    /// otherwise (IncrementalAlterConfigs) the current ones are kept.
+    AlterTopicConfigs {
+        name: String,
+        replace: bool,
+        changes: Vec<ConfigChange>,
+    },
+}
+
+/// One config change of [`Command::AlterTopicConfigs`].
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ConfigChange {
+    pub name: String,
+    pub op: ConfigOp,
+}
+
+/// IncrementalAlterConfigs' operations (AlterConfigs only sets).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub enum ConfigOp {
+    Set(String),
+    /// Back to the default.
+    Delete,
+    /// Add to a list config (`cleanup.policy`) unless already there.
+    Append(String),
+    /// Remove from a list config.
+    Subtract(String),
 }
 
 impl Command {
@@ -48,7 +76,8 @@ impl Command {
             Command::CreateTopic { .. }
             | Command::DeleteTopic { .. }
             | Command::CreatePartitions { .. }
-            | Command::AllocateProducerId => true,
+            | Command::AllocateProducerId
+            | Command::AlterTopicConfigs { .. } => true,
             Command::Append { .. }
             | Command::AdvanceLogStart { .. }
             | Command::ExpireProducers { .. }
@@ -91,6 +120,8 @@ pub enum ControllerRefusal {
     InvalidTopicName(String),
     #[error("invalid replica assignment: {0}")]
     InvalidAssignment(String),
+    #[error("invalid config: {0}")]
+    InvalidConfig(String),
 }
 
 /// Why a partition refused an idempotent producer's batch, decided at apply time.
