@@ -127,6 +127,8 @@ class Cluster(StartedInWith):
         self.proxies = []
         self._link_ports = {}
         self._sides = None  # {side name: set of node ids} while the network is split
+        self._cut_links = set()  # directed Raft links (i, j) blackholed by cut()
+        self._paused = set()  # nodes stopped with SIGSTOP
         if proxies:
             for node in self.nodes.values():
                 node.advertised_port = next(ports)
@@ -165,6 +167,7 @@ class Cluster(StartedInWith):
 
     def stop(self, node_id, sig=signal.SIGTERM, timeout=STOP_TIMEOUT):
         """Send `sig`, wait up to `timeout`, then SIGKILL. Returns the exit code (None if not running)."""
+        self.resume(node_id)  # a stopped process would only act on the signal once continued
         node = self.nodes[node_id]
         proc, node.proc = node.proc, None
         return stop_brokers([proc], sig, timeout)[0]
@@ -173,9 +176,28 @@ class Cluster(StartedInWith):
         """SIGKILL: no chance to flush or say goodbye. Unlike harness.Broker.kill9, no restart."""
         return self.stop(node_id, signal.SIGKILL)
 
+    def pause(self, node_id):
+        """SIGSTOP: the node freezes with its connections open, as in a long GC pause or a VM stall."""
+        self.nodes[node_id].proc.send_signal(signal.SIGSTOP)
+        self._paused.add(node_id)
+
+    def resume(self, node_id):
+        if node_id in self._paused:
+            self._paused.discard(node_id)
+            proc = self.nodes[node_id].proc
+            if proc is not None and proc.poll() is None:
+                proc.send_signal(signal.SIGCONT)
+
     def restart(self, node_id, timeout=READY_TIMEOUT):
         self.stop(node_id)
         self.start(node_id, timeout)
+
+    def wipe_stopped(self, node_id):
+        """kill -9 the node, delete its data dir and start it with the same id and config, waiting
+        for nothing: a wiped node that must catch up from an unreachable leader never gets ready."""
+        self.stop(node_id, signal.SIGKILL)
+        shutil.rmtree(self.nodes[node_id].data_dir, ignore_errors=True)
+        self._spawn(self.nodes[node_id])
 
     def wipe(self, node_id, timeout=READY_TIMEOUT, sig=signal.SIGTERM):
         """Stop the node with `sig`, delete its data dir, start it with the same id and config."""
@@ -185,6 +207,8 @@ class Cluster(StartedInWith):
 
     def close(self):
         """Stop every node (SIGTERM to all at once, SIGKILL after STOP_TIMEOUT) and every proxy."""
+        for node_id in list(self._paused):
+            self.resume(node_id)
         procs = [n.proc for n in self.nodes.values()]
         for node in self.nodes.values():
             node.proc = None
@@ -207,8 +231,8 @@ class Cluster(StartedInWith):
         return set(self._sides["isolated"]) if self._sides else set()
 
     def reachable_ids(self):
-        """Running nodes that this process can treat as part of the healthy majority."""
-        return [i for i in self.running_ids() if i not in self.isolated_ids()]
+        """Running nodes, neither isolated nor paused, that this process can treat as part of the healthy majority."""
+        return [i for i in self.running_ids() if i not in self.isolated_ids() and i not in self._paused]
 
     def bootstrap(self, node_ids=None):
         """bootstrap.servers for the given nodes (default: all)."""
@@ -344,9 +368,18 @@ class Cluster(StartedInWith):
         self._sides = {"isolated": {node_id}, "majority": set(self.ids) - {node_id}}
         self._apply_policy()
 
+    def cut(self, from_id, to_id):
+        """Blackhole the Raft link on which node `from_id` dials node `to_id` (its requests to it:
+        AppendEntries, votes, announcements); the other direction keeps working."""
+        self._require_proxies()
+        self._cut_links.add((from_id, to_id))
+        self._apply_policy()
+
     def heal(self):
+        """Undo isolate() and every cut()."""
         self._require_proxies()
         self._sides = None
+        self._cut_links.clear()
         self._apply_policy()
 
     # -- diagnostics -----------------------------------------------------------------
@@ -430,6 +463,8 @@ class Cluster(StartedInWith):
                                          read_side=self._read_client_side, blackhole=False))
 
     def _link_allowed(self, from_id, to_id):
+        if (from_id, to_id) in self._cut_links:
+            return False
         return self._sides is None or self._side_of(from_id) == self._side_of(to_id)
 
     def _client_allowed(self, side, node_id):

@@ -8,6 +8,8 @@ Scenarios, each on a fresh cluster of three nodes (see README.md for what each o
   wipe           stop a follower, write many entries, wipe its data dir, start it
   wipe-purged    kill -9 a caught-up follower after snapshots purged the logs, wipe it, restart it,
                  restart it again, under acks=all load
+  wipe-rejoin    pause one follower, wipe the other and restart it, kill -9 the leader before the
+                 wiped node caught up: the wiped node refuses votes, nothing acknowledged is lost
 
     python3 compat-tests/cluster/test_failover.py [--repeat N] [--only leader-kill,wipe]
 
@@ -15,6 +17,7 @@ Prints `TIMING <scenario> <name>=<seconds>` lines and ends with `N passed, N fai
 """
 
 import argparse
+import re
 import signal
 import sys
 import time
@@ -487,6 +490,106 @@ def raises(exc_type, fn):
     return False
 
 
+# -- f. wiped follower rejoins while the leader dies ------------------------------------------
+REFUSED_VOTE = re.compile(r"refused a vote: .* group=(\d+)")
+GATE_OPEN = re.compile(r"vote gate open: .* group=(\d+)")
+
+
+def wiped_rejoin_leader_kill(cluster, step):
+    """The issue's amnesia scenario. Entries commit on the leader C and follower A while follower B
+    is paused (B lags). A is wiped and restarted, and C dies before A has caught up (C's requests
+    to A are cut so that A cannot catch up, whatever the timing). B resumes and campaigns: an empty
+    A that granted its vote would make B leader without the records committed on C and A's old self.
+    A must refuse until it has caught up; the cluster is unavailable until C is back, then nothing
+    acknowledged is lost."""
+    topic, state = "wipe-rejoin", {}
+    work = Workload(cluster.bootstrap(), topic, 1, producers=PRODUCERS, rate=RATE, client_id="wipe-rejoin")
+    try:
+        step("topic with 1 partition, RF 3, hosted on every node", lambda: cluster.create_topic(topic, 1))
+        step("one follower paused: acks=all writes commit on the leader and the other follower",
+             lambda: lag_one_follower(cluster, work, topic, state))
+        step("the other follower is killed, wiped and restarted; it finds the cluster exists (rejoining)",
+             lambda: wipe_and_rejoin(cluster, state))
+        step("the leader is killed before the wiped node caught up; the lagging follower resumes and "
+             "campaigns: the wiped node refuses its votes and the lagging follower never leads",
+             lambda: kill_leader_during_rejoin(cluster, topic, state))
+        step("the killed leader restarts: acks resume, the wiped node catches up and opens every vote gate",
+             lambda: restart_leader_after_rejoin(cluster, work, topic, state))
+        step("the load stops with no failed delivery and all replicas agree (checksums)",
+             lambda: stop_and_agree(cluster, work, topic, "wipe-rejoin"))
+        step("every acknowledged record is read back once, in order, at its acknowledged offset",
+             lambda: verify_read_back(cluster.bootstrap(), work))
+        step("the wiped node refused votes in a group only before that group's vote gate opened",
+             lambda: expect_refusals_before_gates_open(cluster, state["wiped"]))
+        step("no Raft group of any node stopped on an error or failed to start",
+             lambda: expect_no_group_failures(cluster), even_after_failure=True)
+    finally:
+        work.close()
+
+
+def lag_one_follower(cluster, work, topic, state):
+    work.start()
+    work.wait_acks(WARMUP_ACKS, timeout=FAULT_DEADLINE)
+    leader = cluster.leader_of(topic, 0)
+    followers = [i for i in cluster.ids if i != leader]
+    state.update(leader=leader, wiped=followers[0], lagging=followers[1])
+    print(f"  pause node {state['lagging']} (SIGSTOP); leader of {topic}/0: node {leader}", flush=True)
+    paused_at = time.monotonic()
+    cluster.pause(state["lagging"])
+    work.wait_acks(ACKS_AFTER_FAULT, since=paused_at, timeout=FAULT_DEADLINE)
+
+
+def wipe_and_rejoin(cluster, state):
+    wiped, leader = state["wiped"], state["leader"]
+    print(f"  kill -9 node {wiped}, wipe its data dir, cut node {leader}'s requests to it, start it", flush=True)
+    cluster.cut(leader, wiped)
+    cluster.wipe_stopped(wiped)
+    wait_until(lambda: "rejoining" in cluster.nodes[wiped].log_since_last_start(), FAULT_DEADLINE, interval=0.1,
+               what=f"node {wiped} to find that the cluster exists", fatal=NodeDied)
+
+
+def kill_leader_during_rejoin(cluster, topic, state):
+    wiped, leader, lagging = state["wiped"], state["leader"], state["lagging"]
+    print(f"  kill -9 node {leader} (the leader), resume node {lagging}", flush=True)
+    cluster.kill9(leader)
+    cluster.resume(lagging)
+
+    def refused():
+        if not REFUSED_VOTE.search(cluster.nodes[wiped].log_since_last_start()):
+            raise NotYet(f"node {wiped} has refused no vote yet")
+        return True
+
+    wait_until(refused, FAULT_DEADLINE, interval=0.1, what=f"node {wiped} to refuse a vote", fatal=NodeDied)
+    seen = cluster.leader_of(topic, 0, ask=lagging)
+    expect(seen != lagging, f"the lagging node {lagging} leads {topic}/0 with the wiped node's vote")
+
+
+def restart_leader_after_rejoin(cluster, work, topic, state):
+    wiped = state["wiped"]
+    restarted_at = time.monotonic()
+    cluster.heal()
+    cluster.start(state["leader"])
+    work.wait_acks(ACKS_AFTER_FAULT, since=restarted_at, timeout=FAULT_DEADLINE)
+    wait_until(lambda: "rejoin complete" in cluster.nodes[wiped].log_since_last_start(), FAULT_DEADLINE,
+               interval=0.2, what=f"node {wiped} to finish rejoining", fatal=NodeDied)
+    timing("wipe-rejoin", recovery_s=time.monotonic() - restarted_at)
+
+
+def expect_refusals_before_gates_open(cluster, node_id):
+    """Every `refused a vote` line of a group comes before that group's `vote gate open` line."""
+    refused, opened = {}, {}
+    for number, line in enumerate(cluster.nodes[node_id].log_since_last_start().splitlines()):
+        if match := REFUSED_VOTE.search(line):
+            refused.setdefault(int(match.group(1)), []).append(number)
+        elif match := GATE_OPEN.search(line):
+            opened.setdefault(int(match.group(1)), number)
+    print(f"  node {node_id}: refusals per group {({g: len(v) for g, v in refused.items()})}, "
+          f"gates opened {sorted(opened)}", flush=True)
+    expect(refused, f"node {node_id} refused no vote")
+    late = {group: lines for group, lines in refused.items() if group in opened and max(lines) > opened[group]}
+    expect(not late, f"node {node_id} refused votes after the group's gate had opened: {late}")
+
+
 # -- the suite ---------------------------------------------------------------------------
 SCENARIOS = {
     "leader-kill": (leader_kill, {}),
@@ -494,6 +597,7 @@ SCENARIOS = {
     "isolation": (isolation, {"proxies": True}),
     "wipe": (wiped_follower, {"snapshot_entries": WIPE_SNAPSHOT_ENTRIES}),
     "wipe-purged": (wiped_caught_up_follower, {"snapshot_entries": WIPE_SNAPSHOT_ENTRIES}),
+    "wipe-rejoin": (wiped_rejoin_leader_kill, {"proxies": True}),
 }
 
 
