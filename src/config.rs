@@ -22,6 +22,11 @@ pub struct BrokerConfig {
     pub admin_listener: SocketAddr,
     #[serde(default = "default_cluster_id")]
     pub cluster_id: String,
+    /// Shared by every node of the cluster: peers prove they know it in the
+    /// handshake that opens each Raft connection (`raft/handshake.rs`). Without
+    /// it only the cluster id is checked. Usually set as `RAFKA_CLUSTER_SECRET`.
+    #[serde(default)]
+    pub cluster_secret: Option<String>,
     pub raft_address: String,
     /// Node id -> Raft address of the voters that bootstrap the cluster.
     pub initial_members: BTreeMap<String, String>,

@@ -112,12 +112,14 @@ class Cluster(StartedInWith):
     """`size` rafka nodes (ids 1..size) forming one Raft cluster; a context manager."""
 
     def __init__(self, size=3, proxies=False, snapshot_entries=10000, rtt_millis=50, election_rtt=10,
-                 heartbeat_rtt=1, name="cluster"):
+                 heartbeat_rtt=1, name="cluster", secret=None, node_settings=None):
         self.binary = find_binary()
         self.root = Path(tempfile.mkdtemp(prefix=f"rafka-{name}-"))
         self.cluster_id = f"rafka-test-{name}-{uuid.uuid4().hex[:8]}"
         self.settings = {"snapshot_entries": snapshot_entries, "rtt_millis": rtt_millis,
                          "election_rtt": election_rtt, "heartbeat_rtt": heartbeat_rtt}
+        self.secret = secret  # cluster_secret of every node (and of the tools)
+        self.node_settings = node_settings or {}  # {node id: config keys that differ from the others'}
         self.proxied = proxies
         ids = list(range(1, size + 1))
         links = [(i, j) for i in ids for j in ids if i != j]
@@ -333,7 +335,8 @@ class Cluster(StartedInWith):
 
     def checksums(self, node_id):
         """The node's per-replica checksums: [{"topic", "partition", "group", "applied_index", ...}]."""
-        done = self._tool("checksums", "--peer", self._expect_alive(node_id).raft_address)
+        done = self._tool("checksums", "--peer", self._expect_alive(node_id).raft_address,
+                          "--cluster-id", self.cluster_id)
         if done.returncode != 0:
             raise RuntimeError(f"rafka checksums of node {node_id} exited {done.returncode}: "
                                f"{done.stderr.strip()[-500:]}")
@@ -400,6 +403,7 @@ class Cluster(StartedInWith):
             "initial_members": members,
             "data_dir": str(node.data_dir),
             **self.settings,
+            **({"cluster_secret": self.secret} if self.secret is not None else {}),
             "auto_create_topics": True,
             "default_partitions": 3,
             "default_replication_factor": 3,
@@ -408,6 +412,7 @@ class Cluster(StartedInWith):
             "max_connections": 1024,
             "offsets_topic_partitions": 1,
             "group_initial_rebalance_delay_ms": 0,
+            **self.node_settings.get(node.id, {}),
         }
 
     def _address_dialled(self, from_id, to_id):
@@ -430,7 +435,11 @@ class Cluster(StartedInWith):
         node.proc = spawn_broker(self.binary, node.config_path, node.log_path, node.starts, node.dir, self._env())
 
     def _tool(self, *args):
-        return subprocess.run([self.binary, *args], cwd=REPO_ROOT, env=self._env(), capture_output=True,
+        env = self._env()
+        if self.secret is not None:
+            # For `rafka checksums` only: in a node's environment it would override its config file.
+            env["RAFKA_CLUSTER_SECRET"] = self.secret
+        return subprocess.run([self.binary, *args], cwd=REPO_ROOT, env=env, capture_output=True,
                               text=True, timeout=TOOL_TIMEOUT, stdin=subprocess.DEVNULL,
                               preexec_fn=_die_with_parent)
 

@@ -10,6 +10,7 @@ Scenarios, each on a fresh cluster of three nodes (see README.md for what each o
                  restart it again, under acks=all load
   wipe-rejoin    pause one follower, wipe the other and restart it, kill -9 the leader before the
                  wiped node caught up: the wiped node refuses votes, nothing acknowledged is lost
+  peer-auth      a third node with the wrong cluster secret, and garbage on the Raft port: refused
 
     python3 compat-tests/cluster/test_failover.py [--repeat N] [--only leader-kill,wipe]
 
@@ -19,6 +20,7 @@ Prints `TIMING <scenario> <name>=<seconds>` lines and ends with `N passed, N fai
 import argparse
 import re
 import signal
+import socket
 import sys
 import time
 from collections import Counter
@@ -590,6 +592,102 @@ def expect_refusals_before_gates_open(cluster, node_id):
     expect(not late, f"node {node_id} refused votes after the group's gate had opened: {late}")
 
 
+# -- g. peer authentication -----------------------------------------------------------------------
+SECRET = "s3cret-of-the-test"
+IMPOSTOR = 3  # started with another secret
+HONEST = [1, 2]
+RAW_SOCKET_TIMEOUT = 10  # seconds to wait for the node to close a refused connection
+
+
+def form_without_impostor(cluster):
+    """Start all three nodes; nodes 1 and 2 form the cluster without the impostor."""
+    cluster.prepare()
+    for node_id in cluster.ids:
+        cluster.spawn(node_id)
+
+    def formed():
+        for i in HONEST:
+            md = cluster.metadata(i)
+            if sorted(md.brokers) != HONEST or md.controller_id not in HONEST:
+                raise NotYet(f"node {i} lists brokers {sorted(md.brokers)}, controller {md.controller_id}")
+        return True
+
+    wait_until(formed, READY_TIMEOUT, interval=0.2, what="nodes 1 and 2 to form a cluster", fatal=NodeDied)
+    for node_id in HONEST:
+        expect_eq(cluster.health(node_id), 0, f"`rafka health` exit code against node {node_id}")
+
+
+def peer_auth(cluster, step):
+    topic = "peer-auth"
+    work = Workload(cluster.bootstrap(HONEST), topic, 1, producers=1, rate=RATE, client_id="peer-auth")
+    try:
+        step("nodes 1 and 2 serve acks=all writes (auto-created topic, a replica on the impostor too)",
+             lambda: serve_without_impostor(cluster, work))
+        step("every acknowledged record is read back once, in order, at its acknowledged offset",
+             lambda: verify_read_back(cluster.bootstrap(HONEST), work))
+        step("the impostor never joins: it leads nothing, knows no controller, and both honest nodes "
+             "logged refusing it", lambda: impostor_refused(cluster, topic))
+        step("garbage, an oversized frame and a request without handshake on the Raft port are refused "
+             "(connection closed, WARN naming the address); the node keeps serving",
+             lambda: raw_peer_port_refused(cluster))
+    finally:
+        work.close()
+
+
+def serve_without_impostor(cluster, work):
+    work.start()
+    work.wait_acks(ACKS_AFTER_FAULT, timeout=FAULT_DEADLINE)
+    work.stop()
+    work.expect_no_failures()
+
+
+def impostor_refused(cluster, topic):
+    md = cluster.metadata(IMPOSTOR)
+    expect(md.controller_id != IMPOSTOR, f"the impostor reports itself controller: {md.controller_id}")
+    expect_eq(sorted(md.brokers), [IMPOSTOR], "brokers the impostor knows")
+    leaders = cluster.leaders(topic, ask=HONEST[0])
+    expect(IMPOSTOR not in leaders.values(), f"the impostor leads a partition: {leaders}")
+    for node_id in HONEST:
+        refusals = [line for line in cluster.nodes[node_id].log_text().splitlines()
+                    if "refused a peer connection" in line and "MAC" in line]
+        expect(refusals, f"node {node_id} never logged refusing the impostor's wrong MAC")
+    expect("handshake refused" in cluster.nodes[IMPOSTOR].log_text(),
+           "the impostor's log does not say its handshakes were refused")
+
+
+def raw_peer_port_refused(cluster):
+    node = cluster.nodes[HONEST[0]]
+    probes = {
+        "garbage": b"\x00\x00\x00\x10not a handshake!",
+        "oversized frame": b"\xff\xff\xff\xff",
+        # A Probe request envelope (request id 1, variant 4, group 0) sent instead of the Hello.
+        "request without handshake": b"\x00\x00\x00\x14" + (1).to_bytes(8, "little") + (4).to_bytes(4, "little")
+        + (0).to_bytes(8, "little"),
+    }
+    for name, payload in probes.items():
+        with socket.create_connection(("127.0.0.1", node.raft_port), timeout=RAW_SOCKET_TIMEOUT) as sock:
+            local = "%s:%d" % sock.getsockname()
+            sock.recv(4096)  # the challenge
+            sock.sendall(payload)
+            expect_eq(read_until_closed(sock), b"", f"what node {node.id} answered to {name}")
+        wait_until(lambda: any("refused a peer connection" in line and local in line
+                               for line in node.log_text().splitlines()),
+                   RAW_SOCKET_TIMEOUT, what=f"node {node.id} to log refusing {name} from {local}")
+    for node_id in HONEST:
+        expect_eq(cluster.health(node_id), 0, f"`rafka health` exit code against node {node_id}")
+
+
+def read_until_closed(sock):
+    """Everything the node sends until it closes the connection."""
+    received = b""
+    try:
+        while chunk := sock.recv(4096):
+            received += chunk
+    except ConnectionResetError:
+        pass  # closed with unread bytes of ours still queued: a reset is a close too
+    return received
+
+
 # -- the suite ---------------------------------------------------------------------------
 SCENARIOS = {
     "leader-kill": (leader_kill, {}),
@@ -598,17 +696,22 @@ SCENARIOS = {
     "wipe": (wiped_follower, {"snapshot_entries": WIPE_SNAPSHOT_ENTRIES}),
     "wipe-purged": (wiped_caught_up_follower, {"snapshot_entries": WIPE_SNAPSHOT_ENTRIES}),
     "wipe-rejoin": (wiped_rejoin_leader_kill, {"proxies": True}),
+    "peer-auth": (peer_auth, {"secret": SECRET, "node_settings": {IMPOSTOR: {"cluster_secret": "a-guess"}},
+                              "form": form_without_impostor}),
 }
 
 
 def run_scenario(results, name):
     body, options = SCENARIOS[name]
+    options = dict(options)
+    form = options.pop("form", form_cluster)
     step = Steps(results, name)
     cluster = Cluster(name=name, **options)
     results.cluster = cluster
     try:
-        step("3 nodes form a cluster: each lists 3 brokers and a controller, `rafka health` exits 0",
-             lambda: form_cluster(cluster), timeout=READY_TIMEOUT + 30)
+        what = ("3 nodes form a cluster: each lists 3 brokers and a controller, `rafka health` exits 0"
+                if form is form_cluster else form.__doc__)
+        step(what, lambda: form(cluster), timeout=READY_TIMEOUT + 30)
         if not step.broken:
             body(cluster, step)
         step("no broker logged a panic", lambda: expect_no_panics(cluster), even_after_failure=True)

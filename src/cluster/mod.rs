@@ -24,6 +24,7 @@ use crate::error::BrokerError;
 use crate::group::store::{GroupCommand, SharedGroups};
 use crate::raft::command::{Command, CommandResponse};
 use crate::raft::group::{effective_leader, start_group, GroupStartError};
+use crate::raft::handshake::PeerCredentials;
 use crate::raft::network::{CallError, Peers};
 use crate::raft::snapshot::SnapshotDir;
 use crate::raft::state_machine::GroupRole;
@@ -123,7 +124,8 @@ impl Cluster {
         for (id, addr) in cfg.initial_member_ids()?.into_iter().zip(cfg.initial_members.values()) {
             members.insert(id, addr.clone());
         }
-        let peers = Peers::new(members.clone());
+        let credentials = PeerCredentials::new(&cfg.cluster_id, cfg.cluster_secret.as_deref());
+        let peers = Peers::new(cfg.node_id, credentials, members.clone());
         let (published, metadata) = watch::channel(Arc::new(ClusterState::default()));
         let role = GroupRole::Controller {
             cluster: ClusterState::default(),
