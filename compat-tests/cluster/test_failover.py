@@ -11,6 +11,8 @@ Scenarios, each on a fresh cluster of three nodes (see README.md for what each o
   wipe-rejoin    pause one follower, wipe the other and restart it, kill -9 the leader before the
                  wiped node caught up: the wiped node refuses votes, nothing acknowledged is lost
   peer-auth      a third node with the wrong cluster secret, and garbage on the Raft port: refused
+  quorum-loss    pause both followers: the leader refuses a produce with NOT_ENOUGH_REPLICAS before
+                 proposing it; resume them: writes are acknowledged again
 
     python3 compat-tests/cluster/test_failover.py [--repeat N] [--only leader-kill,wipe]
 
@@ -35,6 +37,7 @@ from cluster import READY_TIMEOUT, Cluster, NodeDied, NotYet, ReplicasDiverged, 
 from workload import Workload, offset_mismatches, stray_records, verify_read_back  # noqa: E402
 
 import checker  # noqa: E402  (durability/checker.py)
+from confluent_kafka import KafkaError, Producer  # noqa: E402
 
 SUITE = "cluster"
 RATE = 150  # values/s per producer thread: steady, and light enough for a loaded 2-core machine
@@ -688,6 +691,76 @@ def read_until_closed(sock):
     return received
 
 
+# -- h. leader without a quorum ----------------------------------------------------------------------
+DELIVERY_TIMEOUT = 30  # seconds for one produce's delivery report
+
+
+def quorum_loss(cluster, step):
+    topic, state = "quorum-loss", {}
+    try:
+        step("topic with 1 partition, RF 3, hosted on every node", lambda: cluster.create_topic(topic, 1))
+        step("both followers paused (SIGSTOP): once its lease is over, the leader refuses a produce with "
+             "NOT_ENOUGH_REPLICAS (retries=0 shows the code)", lambda: produce_without_quorum(cluster, topic, state))
+        step("followers resumed: a produce is acknowledged again",
+             lambda: expect(deliver(Producer(producer_conf(cluster.bootstrap())), topic, b"after-resume") is None,
+                            "the produce after the resume failed"))
+        step("the refused record is not in the log, the acknowledged ones are",
+             lambda: expect_log_values(cluster, topic, present=[b"before-pause", b"after-resume"],
+                                       absent=[b"refused"]))
+    finally:
+        for node_id in state.get("paused", []):
+            cluster.resume(node_id)
+
+
+def producer_conf(bootstrap, **extra):
+    return {"bootstrap.servers": bootstrap, "acks": "all", "enable.idempotence": False, "linger.ms": 0,
+            "message.timeout.ms": DELIVERY_TIMEOUT * 1000, "log_level": 0, **extra}
+
+
+def deliver(producer, topic, value):
+    """Produce one record to partition 0 and wait for its delivery report: None or the KafkaError."""
+    outcome = []
+    producer.produce(topic, value, partition=0, on_delivery=lambda err, _msg: outcome.append(err))
+    producer.flush(DELIVERY_TIMEOUT + 5)
+    if not outcome:
+        raise AssertionError(f"no delivery report for {value!r} within {DELIVERY_TIMEOUT + 5}s")
+    return outcome[0]
+
+
+def produce_without_quorum(cluster, topic, state):
+    leader = cluster.leader_of(topic, 0)
+    # retries=0: the first answer is the delivery report, not hidden behind the client's retries.
+    producer = Producer(producer_conf(cluster.nodes[leader].bootstrap, retries=0))
+    expect(deliver(producer, topic, b"before-pause") is None, "the produce before the pause failed")
+    followers = [i for i in cluster.ids if i != leader]
+    print(f"  pause nodes {followers}, the followers of leader {leader}", flush=True)
+    for node_id in followers:
+        cluster.pause(node_id)
+    state["paused"] = followers
+
+    def lease_over():
+        seen = cluster.leader_of(topic, 0, ask=leader)
+        if seen == leader:
+            raise NotYet(f"node {leader} still reports itself leader")
+        return True
+
+    wait_until(lease_over, FAULT_DEADLINE, interval=0.1, what=f"node {leader}'s lease to run out", fatal=NodeDied)
+    err = deliver(producer, topic, b"refused")
+    expect(err is not None and err.code() == KafkaError.NOT_ENOUGH_REPLICAS,
+           f"the produce without a quorum got {err!r}, not NOT_ENOUGH_REPLICAS")
+    for node_id in followers:
+        cluster.resume(node_id)
+    state["paused"] = []
+
+
+def expect_log_values(cluster, topic, present, absent):
+    values = [value for _offset, value in checker.read_back(cluster.bootstrap(), topic, 1).get(0, [])]
+    for value in present:
+        expect(value in values, f"{value!r} is not in {topic}/0: {values}")
+    for value in absent:
+        expect(value not in values, f"{value!r} is in {topic}/0 although it was refused: {values}")
+
+
 # -- the suite ---------------------------------------------------------------------------
 SCENARIOS = {
     "leader-kill": (leader_kill, {}),
@@ -696,6 +769,7 @@ SCENARIOS = {
     "wipe": (wiped_follower, {"snapshot_entries": WIPE_SNAPSHOT_ENTRIES}),
     "wipe-purged": (wiped_caught_up_follower, {"snapshot_entries": WIPE_SNAPSHOT_ENTRIES}),
     "wipe-rejoin": (wiped_rejoin_leader_kill, {"proxies": True}),
+    "quorum-loss": (quorum_loss, {}),
     "peer-auth": (peer_auth, {"secret": SECRET, "node_settings": {IMPOSTOR: {"cluster_secret": "a-guess"}},
                               "form": form_without_impostor}),
 }

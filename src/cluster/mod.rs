@@ -23,7 +23,7 @@ use crate::config::BrokerConfig;
 use crate::error::BrokerError;
 use crate::group::store::{GroupCommand, SharedGroups};
 use crate::raft::command::{Command, CommandResponse};
-use crate::raft::group::{effective_leader, start_group, GroupStartError};
+use crate::raft::group::{effective_leader, leads_without_quorum, start_group, GroupStartError};
 use crate::raft::handshake::PeerCredentials;
 use crate::raft::network::{CallError, Peers};
 use crate::raft::snapshot::SnapshotDir;
@@ -575,6 +575,24 @@ impl Cluster {
             return Err(BrokerError::NotLeader);
         }
         Ok(handle)
+    }
+
+    /// The local handle of a partition to append to: as [`Self::led_partition`],
+    /// except that a node Raft still has leading, but which has not heard from a
+    /// majority within the lease, refuses with NOT_ENOUGH_REPLICAS (retriable)
+    /// rather than "not the leader". Either way nothing is proposed: an entry
+    /// that cannot commit before the client gives up would stay in the log and
+    /// commit once the peers are back, after the client had resent it under a
+    /// new producer epoch (a duplicate).
+    pub fn writable_partition(&self, topic: &str, index: i32) -> Result<Arc<PartitionHandle>, BrokerError> {
+        let handle = self.partition(topic, index)?;
+        if handle.leader() == Some(self.cfg.node_id) {
+            return Ok(handle);
+        }
+        if leads_without_quorum(&handle.raft.metrics().borrow(), handle.lease) {
+            return Err(BrokerError::NotEnoughReplicas);
+        }
+        Err(BrokerError::NotLeader)
     }
 
     /// Stops every Raft group.
