@@ -51,6 +51,13 @@ pub struct BrokerConfig {
     pub group_min_session_timeout_ms: i32,
     #[serde(default = "default_max_session")]
     pub group_max_session_timeout_ms: i32,
+    /// How long Metadata keeps listing a broker it no longer hears from, and
+    /// keeps reporting the last leader a peer claimed for a partition (Kafka's
+    /// broker.session.timeout.ms). Clients that still have requests in flight
+    /// to a briefly silent broker keep their connection, and a node cut off
+    /// from the rest still tells clients where the others are.
+    #[serde(default = "default_broker_session_timeout")]
+    pub broker_session_timeout_ms: u64,
 }
 
 fn default_admin_listener() -> SocketAddr {
@@ -71,6 +78,10 @@ fn default_min_session() -> i32 {
 
 fn default_max_session() -> i32 {
     1_800_000
+}
+
+fn default_broker_session_timeout() -> u64 {
+    9_000
 }
 
 fn default_cluster_id() -> String {
@@ -137,6 +148,10 @@ impl BrokerConfig {
 
     pub fn heartbeat_interval(&self) -> Duration {
         Duration::from_millis(self.rtt_millis * self.heartbeat_rtt)
+    }
+
+    pub fn broker_session_timeout(&self) -> Duration {
+        Duration::from_millis(self.broker_session_timeout_ms)
     }
 
     pub fn election_timeout(&self) -> Duration {

@@ -252,6 +252,7 @@ def isolate_leader_during_produce(cluster, topic, partitions, state):
     majority.start()
     majority.wait_acks(WARMUP_ACKS, timeout=FAULT_DEADLINE)
     victim_partitions = led_by(cluster, topic, victim)
+    leaders_before = cluster.leaders(topic)
     print(f"  isolate node {victim}, leader of {topic} partitions {victim_partitions}", flush=True)
     isolated_at = time.monotonic()
     cluster.isolate(victim)
@@ -267,6 +268,7 @@ def isolate_leader_during_produce(cluster, topic, partitions, state):
     print(f"  node {new_leader} reports itself leader of {topic}/0", flush=True)
     stepped_down_after = wait_stepped_down(cluster, victim, topic, 0, isolated_at)
     majority.wait_acks(ACKS_AFTER_FAULT, since=isolated_at, timeout=FAULT_DEADLINE)
+    expect_isolated_node_points_elsewhere(cluster, victim, topic, leaders_before, isolated_at)
     keep_producing(LOAD_AFTER_RECOVERY_S)
     gap = majority.max_ack_gap(victim_partitions, since=isolated_at - 1)
     minority.stop(flush_timeout=30)
@@ -281,6 +283,20 @@ def isolate_leader_during_produce(cluster, topic, partitions, state):
                                f"e.g. {list(minority.acked.items())[:3]}")
     expect_eq(len(minority.failed), minority.sent, "failed deliveries of the isolated producer")
     majority.expect_no_failures()
+
+
+def expect_isolated_node_points_elsewhere(cluster, node_id, topic, leaders_before, since):
+    """Within the broker session timeout (9 s), the isolated node still lists every broker and, for the
+    partitions another node led, that node or a newer leader, never "no leader": its clients find
+    the rest of the cluster through it."""
+    md = cluster.metadata(node_id, topic)
+    elapsed = time.monotonic() - since
+    timing("isolation", isolated_metadata_checked_at_s=elapsed)
+    expect(elapsed < 9, f"checked {elapsed:.1f}s into the isolation, past the broker session timeout")
+    expect_eq(sorted(md.brokers), cluster.ids, "brokers listed by the isolated node")
+    reported = {p: md.topics[topic].partitions[p].leader for p, leader in leaders_before.items() if leader != node_id}
+    expect(all(leader not in (-1, node_id) for leader in reported.values()),
+           f"leaders the isolated node reports for partitions others led: {reported}")
 
 
 def wait_stepped_down(cluster, node_id, topic, partition, since):

@@ -140,12 +140,13 @@ impl Cluster {
             controller.server_metrics(),
             metadata.clone(),
         ));
+        let board = LeaderBoard::new(cfg.broker_session_timeout());
         let cluster = Arc::new(Cluster {
             cfg,
             store,
             members,
             peers,
-            board: LeaderBoard::default(),
+            board,
             controller,
             metadata,
             partitions: RwLock::new(HashMap::new()),
@@ -181,9 +182,10 @@ impl Cluster {
         self.cfg.node_id
     }
 
-    /// The live brokers clients can reach, this one and the peers heard from: `(node id, host, port)`.
+    /// The brokers clients can reach, this one and the peers heard from within
+    /// the broker session timeout: `(node id, host, port)`.
     pub fn brokers(&self) -> Vec<(NodeId, String, i32)> {
-        let mut listeners = self.board.live_peers();
+        let mut listeners = self.board.registered_peers();
         listeners.push((self.cfg.node_id, self.cfg.advertised_listener()));
         listeners.sort();
         listeners
@@ -236,6 +238,16 @@ impl Cluster {
             }
         }
         self.board.leader_of(group)
+    }
+
+    /// The leader Metadata reports for `group`: the current one if known,
+    /// otherwise the last one a peer claimed within the broker session timeout.
+    /// A node cut off from its peers so sends clients to the rest of the
+    /// cluster, where they learn the current leader, instead of answering
+    /// "no leader" until they give up on it.
+    pub fn reported_leader(&self, group: GroupId) -> Option<LeaderView> {
+        self.leader_view(group)
+            .or_else(|| self.board.last_known_leader_of(group))
     }
 
     /// The voters a leader sees caught up: alive, and close to the end of its log.
