@@ -26,6 +26,7 @@ use kafka_protocol::messages::{
 };
 use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
 
+use crate::raft::handshake::PeerCredentials;
 use crate::raft::network::PeerClient;
 use crate::raft::wire::{PeerRequest, PeerResponse};
 
@@ -466,9 +467,10 @@ async fn get(address: &str, path: &str) -> anyhow::Result<(hyper::StatusCode, By
 
 /// `rafka checksums`: asks one node, on its Raft address, for a checksum of every
 /// partition replica it holds, and prints them as JSON.
-pub fn print_checksums(peer: &str) -> anyhow::Result<()> {
+pub fn print_checksums(peer: &str, credentials: PeerCredentials) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-    let client = PeerClient::new(0, peer.to_string());
+    // Node id 0: the tool is no node; the handshake checks what it knows, not who it is.
+    let client = PeerClient::new(0, credentials, 0, peer.to_string());
     let answer = runtime.block_on(client.call(&PeerRequest::Checksums, TIMEOUT))?;
     let PeerResponse::Checksums(checksums) = answer else {
         anyhow::bail!("unexpected answer {answer:?}");

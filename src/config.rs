@@ -22,6 +22,11 @@ pub struct BrokerConfig {
     pub admin_listener: SocketAddr,
     #[serde(default = "default_cluster_id")]
     pub cluster_id: String,
+    /// Shared by every node of the cluster: peers prove they know it in the
+    /// handshake that opens each Raft connection (`raft/handshake.rs`). Without
+    /// it only the cluster id is checked. Usually set as `RAFKA_CLUSTER_SECRET`.
+    #[serde(default)]
+    pub cluster_secret: Option<String>,
     pub raft_address: String,
     /// Node id -> Raft address of the voters that bootstrap the cluster.
     pub initial_members: BTreeMap<String, String>,
@@ -65,6 +70,13 @@ pub struct BrokerConfig {
     /// long is forgotten by the partitions it wrote to.
     #[serde(default = "default_producer_expiration")]
     pub producer_id_expiration_ms: i64,
+    /// How long Metadata keeps listing a broker it no longer hears from, and
+    /// keeps reporting the last leader a peer claimed for a partition (Kafka's
+    /// broker.session.timeout.ms). Clients that still have requests in flight
+    /// to a briefly silent broker keep their connection, and a node cut off
+    /// from the rest still tells clients where the others are.
+    #[serde(default = "default_broker_session_timeout")]
+    pub broker_session_timeout_ms: u64,
 }
 
 fn default_producer_expiration() -> i64 {
@@ -109,6 +121,10 @@ fn default_min_session() -> i32 {
 
 fn default_max_session() -> i32 {
     1_800_000
+}
+
+fn default_broker_session_timeout() -> u64 {
+    9_000
 }
 
 fn default_cluster_id() -> String {
@@ -175,6 +191,10 @@ impl BrokerConfig {
 
     pub fn heartbeat_interval(&self) -> Duration {
         Duration::from_millis(self.rtt_millis * self.heartbeat_rtt)
+    }
+
+    pub fn broker_session_timeout(&self) -> Duration {
+        Duration::from_millis(self.broker_session_timeout_ms)
     }
 
     pub fn election_timeout(&self) -> Duration {

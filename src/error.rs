@@ -26,6 +26,8 @@ pub enum BrokerError {
     InvalidRequest(String),
     #[error("this node is not the partition leader")]
     NotLeader,
+    #[error("the partition leader has not heard from a majority of its replicas within its lease")]
+    NotEnoughReplicas,
     #[error("no coordinator is available: {0}")]
     CoordinatorNotAvailable(String),
     #[error("this node is not the group's coordinator")]
@@ -99,6 +101,7 @@ impl BrokerError {
             BrokerError::InvalidConfig(_) => ResponseError::InvalidConfig,
             BrokerError::InvalidRequest(_) => ResponseError::InvalidRequest,
             BrokerError::NotLeader => ResponseError::NotLeaderOrFollower,
+            BrokerError::NotEnoughReplicas => ResponseError::NotEnoughReplicas,
             BrokerError::NotController => ResponseError::NotController,
             BrokerError::NotCoordinator => ResponseError::NotCoordinator,
             BrokerError::CoordinatorNotAvailable(_) => ResponseError::CoordinatorNotAvailable,
@@ -159,6 +162,7 @@ mod tests {
             (BrokerError::Timeout("commit".into()), 7),
             (BrokerError::Batch(BatchError::TooLarge { size: 2, max: 1 }), 10),
             (BrokerError::InvalidTopic("a b".into()), 17),
+            (BrokerError::NotEnoughReplicas, 19),
             (BrokerError::NotController, 41),
             (BrokerError::InvalidRequest("x".into()), 42),
             (BrokerError::Batch(BatchError::UnsupportedMagic(1)), 43),

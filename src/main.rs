@@ -8,6 +8,7 @@ use rafka::cluster::Cluster;
 use rafka::config::BrokerConfig;
 use rafka::group::coordinator::GroupCoordinator;
 use rafka::protocol::Broker;
+use rafka::raft::handshake::PeerCredentials;
 use tokio_util::sync::CancellationToken;
 
 const MEMORY_TRIM_INTERVAL: std::time::Duration = std::time::Duration::from_secs(10);
@@ -95,6 +96,12 @@ enum Tool {
         /// The node's Raft address, host:port.
         #[arg(long)]
         peer: String,
+        /// The cluster's id, which the node checks in the peer handshake.
+        #[arg(long, env = "RAFKA_CLUSTER_ID", default_value = "rafka")]
+        cluster_id: String,
+        /// The cluster's secret, if it has one (best passed in the environment).
+        #[arg(long, env = "RAFKA_CLUSTER_SECRET", hide_env_values = true)]
+        cluster_secret: Option<String>,
     },
 }
 
@@ -295,7 +302,11 @@ fn run_tool(tool: Tool) -> anyhow::Result<()> {
             admin: Some(address), ..
         } => admin::check_ready(&address),
         Tool::Health { bootstrap, .. } => admin::check_health(&bootstrap),
-        Tool::Checksums { peer } => admin::print_checksums(&peer),
+        Tool::Checksums {
+            peer,
+            cluster_id,
+            cluster_secret,
+        } => admin::print_checksums(&peer, PeerCredentials::new(&cluster_id, cluster_secret.as_deref())),
     }
 }
 

@@ -15,6 +15,7 @@ use kafka_protocol::messages::{ApiKey, MetadataRequest, MetadataResponse, Reques
 use kafka_protocol::records::Compression;
 use rafka::group::store::GroupCommand;
 use rafka::raft::command::{Command, CommandResponse, ControllerRefusal};
+use rafka::raft::handshake::{self, Challenge, PeerCredentials};
 use rafka::raft::network::PeerClient;
 use rafka::raft::wire::{PeerRequest, PeerResponse, ProposeError};
 use rafka::raft::{GroupId, CONTROLLER_GROUP};
@@ -141,7 +142,14 @@ fn three_nodes_replicate_partitions_through_raft() {
 /// What a peer sends on the Raft port, answered by node `node`.
 fn ask_peer(cluster: &ClusterNodes, node: u64, request: &PeerRequest) -> PeerResponse {
     let runtime = tokio::runtime::Runtime::new().unwrap();
-    let client = PeerClient::new(node, format!("127.0.0.1:{}", cluster.node(node).raft_port));
+    // The test clusters keep the default cluster id and have no secret.
+    let credentials = PeerCredentials::new("rafka", None);
+    let client = PeerClient::new(
+        0,
+        credentials,
+        node,
+        format!("127.0.0.1:{}", cluster.node(node).raft_port),
+    );
     runtime
         .block_on(client.call(request, common::DEADLINE))
         .unwrap_or_else(|err| panic!("node {node} did not answer {request:?}: {err}\n{}", cluster.logs()))
@@ -292,14 +300,20 @@ fn commands_forged_on_the_peer_port_are_refused_and_nobody_crashes() {
         }
     }
 
-    // A frame that does not decode closes that connection, nothing more.
+    // A frame that does not decode, sent instead of the handshake's answer,
+    // closes that connection, nothing more: all the node ever sent was its
+    // challenge (a 4-byte length and the message).
     for node in 1..=3 {
         let mut raw = std::net::TcpStream::connect(("127.0.0.1", cluster.node(node).raft_port)).unwrap();
         raw.set_read_timeout(Some(common::DEADLINE)).unwrap();
         raw.write_all(&[0, 0, 0, 5, 0xff, 0xff, 0xff, 0xff, 0xff]).unwrap();
-        let mut rest = Vec::new();
-        let _ = raw.read_to_end(&mut rest);
-        assert!(rest.is_empty(), "node {node} answered garbage with {rest:?}");
+        let mut sent = Vec::new();
+        let _ = raw.read_to_end(&mut sent);
+        let challenge = sent.get(4..).map(handshake::decode::<Challenge>);
+        assert!(
+            matches!(challenge, Some(Ok(_))),
+            "node {node} answered garbage with {sent:?}"
+        );
     }
 
     // Nothing was applied: the same replicas, topics and partitions as before.

@@ -112,12 +112,14 @@ class Cluster(StartedInWith):
     """`size` rafka nodes (ids 1..size) forming one Raft cluster; a context manager."""
 
     def __init__(self, size=3, proxies=False, snapshot_entries=10000, rtt_millis=50, election_rtt=10,
-                 heartbeat_rtt=1, name="cluster", settings=None):
+                 heartbeat_rtt=1, name="cluster", settings=None, secret=None, node_settings=None):
         self.binary = find_binary()
         self.root = Path(tempfile.mkdtemp(prefix=f"rafka-{name}-"))
         self.cluster_id = f"rafka-test-{name}-{uuid.uuid4().hex[:8]}"
         self.settings = {"snapshot_entries": snapshot_entries, "rtt_millis": rtt_millis,
                          "election_rtt": election_rtt, "heartbeat_rtt": heartbeat_rtt, **(settings or {})}
+        self.secret = secret  # cluster_secret of every node (and of the tools)
+        self.node_settings = node_settings or {}  # {node id: config keys that differ from the others'}
         self.proxied = proxies
         ids = list(range(1, size + 1))
         links = [(i, j) for i in ids for j in ids if i != j]
@@ -127,6 +129,8 @@ class Cluster(StartedInWith):
         self.proxies = []
         self._link_ports = {}
         self._sides = None  # {side name: set of node ids} while the network is split
+        self._cut_links = set()  # directed Raft links (i, j) blackholed by cut()
+        self._paused = set()  # nodes stopped with SIGSTOP
         if proxies:
             for node in self.nodes.values():
                 node.advertised_port = next(ports)
@@ -165,6 +169,7 @@ class Cluster(StartedInWith):
 
     def stop(self, node_id, sig=signal.SIGTERM, timeout=STOP_TIMEOUT):
         """Send `sig`, wait up to `timeout`, then SIGKILL. Returns the exit code (None if not running)."""
+        self.resume(node_id)  # a stopped process would only act on the signal once continued
         node = self.nodes[node_id]
         proc, node.proc = node.proc, None
         return stop_brokers([proc], sig, timeout)[0]
@@ -173,9 +178,28 @@ class Cluster(StartedInWith):
         """SIGKILL: no chance to flush or say goodbye. Unlike harness.Broker.kill9, no restart."""
         return self.stop(node_id, signal.SIGKILL)
 
+    def pause(self, node_id):
+        """SIGSTOP: the node freezes with its connections open, as in a long GC pause or a VM stall."""
+        self.nodes[node_id].proc.send_signal(signal.SIGSTOP)
+        self._paused.add(node_id)
+
+    def resume(self, node_id):
+        if node_id in self._paused:
+            self._paused.discard(node_id)
+            proc = self.nodes[node_id].proc
+            if proc is not None and proc.poll() is None:
+                proc.send_signal(signal.SIGCONT)
+
     def restart(self, node_id, timeout=READY_TIMEOUT):
         self.stop(node_id)
         self.start(node_id, timeout)
+
+    def wipe_stopped(self, node_id):
+        """kill -9 the node, delete its data dir and start it with the same id and config, waiting
+        for nothing: a wiped node that must catch up from an unreachable leader never gets ready."""
+        self.stop(node_id, signal.SIGKILL)
+        shutil.rmtree(self.nodes[node_id].data_dir, ignore_errors=True)
+        self._spawn(self.nodes[node_id])
 
     def wipe(self, node_id, timeout=READY_TIMEOUT, sig=signal.SIGTERM):
         """Stop the node with `sig`, delete its data dir, start it with the same id and config."""
@@ -185,6 +209,8 @@ class Cluster(StartedInWith):
 
     def close(self):
         """Stop every node (SIGTERM to all at once, SIGKILL after STOP_TIMEOUT) and every proxy."""
+        for node_id in list(self._paused):
+            self.resume(node_id)
         procs = [n.proc for n in self.nodes.values()]
         for node in self.nodes.values():
             node.proc = None
@@ -207,8 +233,8 @@ class Cluster(StartedInWith):
         return set(self._sides["isolated"]) if self._sides else set()
 
     def reachable_ids(self):
-        """Running nodes that this process can treat as part of the healthy majority."""
-        return [i for i in self.running_ids() if i not in self.isolated_ids()]
+        """Running nodes, neither isolated nor paused, that this process can treat as part of the healthy majority."""
+        return [i for i in self.running_ids() if i not in self.isolated_ids() and i not in self._paused]
 
     def bootstrap(self, node_ids=None):
         """bootstrap.servers for the given nodes (default: all)."""
@@ -309,7 +335,8 @@ class Cluster(StartedInWith):
 
     def checksums(self, node_id):
         """The node's per-replica checksums: [{"topic", "partition", "group", "applied_index", ...}]."""
-        done = self._tool("checksums", "--peer", self._expect_alive(node_id).raft_address)
+        done = self._tool("checksums", "--peer", self._expect_alive(node_id).raft_address,
+                          "--cluster-id", self.cluster_id)
         if done.returncode != 0:
             raise RuntimeError(f"rafka checksums of node {node_id} exited {done.returncode}: "
                                f"{done.stderr.strip()[-500:]}")
@@ -344,9 +371,18 @@ class Cluster(StartedInWith):
         self._sides = {"isolated": {node_id}, "majority": set(self.ids) - {node_id}}
         self._apply_policy()
 
+    def cut(self, from_id, to_id):
+        """Blackhole the Raft link on which node `from_id` dials node `to_id` (its requests to it:
+        AppendEntries, votes, announcements); the other direction keeps working."""
+        self._require_proxies()
+        self._cut_links.add((from_id, to_id))
+        self._apply_policy()
+
     def heal(self):
+        """Undo isolate() and every cut()."""
         self._require_proxies()
         self._sides = None
+        self._cut_links.clear()
         self._apply_policy()
 
     # -- diagnostics -----------------------------------------------------------------
@@ -367,6 +403,7 @@ class Cluster(StartedInWith):
             "initial_members": members,
             "data_dir": str(node.data_dir),
             **self.settings,
+            **({"cluster_secret": self.secret} if self.secret is not None else {}),
             "auto_create_topics": True,
             "default_partitions": 3,
             "default_replication_factor": 3,
@@ -375,6 +412,7 @@ class Cluster(StartedInWith):
             "max_connections": 1024,
             "offsets_topic_partitions": 1,
             "group_initial_rebalance_delay_ms": 0,
+            **self.node_settings.get(node.id, {}),
         }
 
     def _address_dialled(self, from_id, to_id):
@@ -397,7 +435,11 @@ class Cluster(StartedInWith):
         node.proc = spawn_broker(self.binary, node.config_path, node.log_path, node.starts, node.dir, self._env())
 
     def _tool(self, *args):
-        return subprocess.run([self.binary, *args], cwd=REPO_ROOT, env=self._env(), capture_output=True,
+        env = self._env()
+        if self.secret is not None:
+            # For `rafka checksums` only: in a node's environment it would override its config file.
+            env["RAFKA_CLUSTER_SECRET"] = self.secret
+        return subprocess.run([self.binary, *args], cwd=REPO_ROOT, env=env, capture_output=True,
                               text=True, timeout=TOOL_TIMEOUT, stdin=subprocess.DEVNULL,
                               preexec_fn=_die_with_parent)
 
@@ -430,6 +472,8 @@ class Cluster(StartedInWith):
                                          read_side=self._read_client_side, blackhole=False))
 
     def _link_allowed(self, from_id, to_id):
+        if (from_id, to_id) in self._cut_links:
+            return False
         return self._sides is None or self._side_of(from_id) == self._side_of(to_id)
 
     def _client_allowed(self, side, node_id):

@@ -8,6 +8,11 @@ Scenarios, each on a fresh cluster of three nodes (see README.md for what each o
   wipe           stop a follower, write many entries, wipe its data dir, start it
   wipe-purged    kill -9 a caught-up follower of a long log, wipe it, restart it,
                  restart it again, under acks=all load
+  wipe-rejoin    pause one follower, wipe the other and restart it, kill -9 the leader before the
+                 wiped node caught up: the wiped node refuses votes, nothing acknowledged is lost
+  peer-auth      a third node with the wrong cluster secret, and garbage on the Raft port: refused
+  quorum-loss    pause both followers: the leader refuses a produce with NOT_ENOUGH_REPLICAS before
+                 proposing it; resume them: writes are acknowledged again
 
     python3 compat-tests/cluster/test_failover.py [--repeat N] [--only leader-kill,wipe]
 
@@ -15,7 +20,9 @@ Prints `TIMING <scenario> <name>=<seconds>` lines and ends with `N passed, N fai
 """
 
 import argparse
+import re
 import signal
+import socket
 import sys
 import time
 from collections import Counter
@@ -30,6 +37,7 @@ from cluster import READY_TIMEOUT, Cluster, NodeDied, NotYet, ReplicasDiverged, 
 from workload import Workload, offset_mismatches, stray_records, verify_read_back  # noqa: E402
 
 import checker  # noqa: E402  (durability/checker.py)
+from confluent_kafka import KafkaError, Producer  # noqa: E402
 
 SUITE = "cluster"
 RATE = 150  # values/s per producer thread: steady, and light enough for a loaded 2-core machine
@@ -244,6 +252,7 @@ def isolate_leader_during_produce(cluster, topic, partitions, state):
     majority.start()
     majority.wait_acks(WARMUP_ACKS, timeout=FAULT_DEADLINE)
     victim_partitions = led_by(cluster, topic, victim)
+    leaders_before = cluster.leaders(topic)
     print(f"  isolate node {victim}, leader of {topic} partitions {victim_partitions}", flush=True)
     isolated_at = time.monotonic()
     cluster.isolate(victim)
@@ -259,6 +268,7 @@ def isolate_leader_during_produce(cluster, topic, partitions, state):
     print(f"  node {new_leader} reports itself leader of {topic}/0", flush=True)
     stepped_down_after = wait_stepped_down(cluster, victim, topic, 0, isolated_at)
     majority.wait_acks(ACKS_AFTER_FAULT, since=isolated_at, timeout=FAULT_DEADLINE)
+    expect_isolated_node_points_elsewhere(cluster, victim, topic, leaders_before, isolated_at)
     keep_producing(LOAD_AFTER_RECOVERY_S)
     gap = majority.max_ack_gap(victim_partitions, since=isolated_at - 1)
     minority.stop(flush_timeout=30)
@@ -273,6 +283,20 @@ def isolate_leader_during_produce(cluster, topic, partitions, state):
                                f"e.g. {list(minority.acked.items())[:3]}")
     expect_eq(len(minority.failed), minority.sent, "failed deliveries of the isolated producer")
     majority.expect_no_failures()
+
+
+def expect_isolated_node_points_elsewhere(cluster, node_id, topic, leaders_before, since):
+    """Within the broker session timeout (9 s), the isolated node still lists every broker and, for the
+    partitions another node led, that node or a newer leader, never "no leader": its clients find
+    the rest of the cluster through it."""
+    md = cluster.metadata(node_id, topic)
+    elapsed = time.monotonic() - since
+    timing("isolation", isolated_metadata_checked_at_s=elapsed)
+    expect(elapsed < 9, f"checked {elapsed:.1f}s into the isolation, past the broker session timeout")
+    expect_eq(sorted(md.brokers), cluster.ids, "brokers listed by the isolated node")
+    reported = {p: md.topics[topic].partitions[p].leader for p, leader in leaders_before.items() if leader != node_id}
+    expect(all(leader not in (-1, node_id) for leader in reported.values()),
+           f"leaders the isolated node reports for partitions others led: {reported}")
 
 
 def wait_stepped_down(cluster, node_id, topic, partition, since):
@@ -485,6 +509,272 @@ def raises(exc_type, fn):
     return False
 
 
+# -- f. wiped follower rejoins while the leader dies ------------------------------------------
+REFUSED_VOTE = re.compile(r"refused a vote: .* group=(\d+)")
+GATE_OPEN = re.compile(r"vote gate open: .* group=(\d+)")
+
+
+def wiped_rejoin_leader_kill(cluster, step):
+    """The issue's amnesia scenario. Entries commit on the leader C and follower A while follower B
+    is paused (B lags). A is wiped and restarted, and C dies before A has caught up (C's requests
+    to A are cut so that A cannot catch up, whatever the timing). B resumes and campaigns: an empty
+    A that granted its vote would make B leader without the records committed on C and A's old self.
+    A must refuse until it has caught up; the cluster is unavailable until C is back, then nothing
+    acknowledged is lost."""
+    topic, state = "wipe-rejoin", {}
+    work = Workload(cluster.bootstrap(), topic, 1, producers=PRODUCERS, rate=RATE, client_id="wipe-rejoin")
+    try:
+        step("topic with 1 partition, RF 3, hosted on every node", lambda: cluster.create_topic(topic, 1))
+        step("one follower paused: acks=all writes commit on the leader and the other follower",
+             lambda: lag_one_follower(cluster, work, topic, state))
+        step("the other follower is killed, wiped and restarted; it finds the cluster exists (rejoining)",
+             lambda: wipe_and_rejoin(cluster, state))
+        step("the leader is killed before the wiped node caught up; the lagging follower resumes and "
+             "campaigns: the wiped node refuses its votes and the lagging follower never leads",
+             lambda: kill_leader_during_rejoin(cluster, topic, state))
+        step("the killed leader restarts: acks resume, the wiped node catches up and opens every vote gate",
+             lambda: restart_leader_after_rejoin(cluster, work, topic, state))
+        step("the load stops with no failed delivery and all replicas agree (checksums)",
+             lambda: stop_and_agree(cluster, work, topic, "wipe-rejoin"))
+        step("every acknowledged record is read back once, in order, at its acknowledged offset",
+             lambda: verify_read_back(cluster.bootstrap(), work))
+        step("the wiped node refused votes in a group only before that group's vote gate opened",
+             lambda: expect_refusals_before_gates_open(cluster, state["wiped"]))
+        step("no Raft group of any node stopped on an error or failed to start",
+             lambda: expect_no_group_failures(cluster), even_after_failure=True)
+    finally:
+        work.close()
+
+
+def lag_one_follower(cluster, work, topic, state):
+    work.start()
+    work.wait_acks(WARMUP_ACKS, timeout=FAULT_DEADLINE)
+    leader = cluster.leader_of(topic, 0)
+    followers = [i for i in cluster.ids if i != leader]
+    state.update(leader=leader, wiped=followers[0], lagging=followers[1])
+    print(f"  pause node {state['lagging']} (SIGSTOP); leader of {topic}/0: node {leader}", flush=True)
+    paused_at = time.monotonic()
+    cluster.pause(state["lagging"])
+    work.wait_acks(ACKS_AFTER_FAULT, since=paused_at, timeout=FAULT_DEADLINE)
+
+
+def wipe_and_rejoin(cluster, state):
+    wiped, leader = state["wiped"], state["leader"]
+    print(f"  kill -9 node {wiped}, wipe its data dir, cut node {leader}'s requests to it, start it", flush=True)
+    cluster.cut(leader, wiped)
+    cluster.wipe_stopped(wiped)
+    wait_until(lambda: "rejoining" in cluster.nodes[wiped].log_since_last_start(), FAULT_DEADLINE, interval=0.1,
+               what=f"node {wiped} to find that the cluster exists", fatal=NodeDied)
+
+
+def kill_leader_during_rejoin(cluster, topic, state):
+    wiped, leader, lagging = state["wiped"], state["leader"], state["lagging"]
+    print(f"  kill -9 node {leader} (the leader), resume node {lagging}", flush=True)
+    cluster.kill9(leader)
+    cluster.resume(lagging)
+
+    def refused():
+        if not REFUSED_VOTE.search(cluster.nodes[wiped].log_since_last_start()):
+            raise NotYet(f"node {wiped} has refused no vote yet")
+        return True
+
+    wait_until(refused, FAULT_DEADLINE, interval=0.1, what=f"node {wiped} to refuse a vote", fatal=NodeDied)
+    seen = cluster.leader_of(topic, 0, ask=lagging)
+    expect(seen != lagging, f"the lagging node {lagging} leads {topic}/0 with the wiped node's vote")
+
+
+def restart_leader_after_rejoin(cluster, work, topic, state):
+    wiped = state["wiped"]
+    restarted_at = time.monotonic()
+    cluster.heal()
+    cluster.start(state["leader"])
+    work.wait_acks(ACKS_AFTER_FAULT, since=restarted_at, timeout=FAULT_DEADLINE)
+    wait_until(lambda: "rejoin complete" in cluster.nodes[wiped].log_since_last_start(), FAULT_DEADLINE,
+               interval=0.2, what=f"node {wiped} to finish rejoining", fatal=NodeDied)
+    timing("wipe-rejoin", recovery_s=time.monotonic() - restarted_at)
+
+
+def expect_refusals_before_gates_open(cluster, node_id):
+    """Every `refused a vote` line of a group comes before that group's `vote gate open` line."""
+    refused, opened = {}, {}
+    for number, line in enumerate(cluster.nodes[node_id].log_since_last_start().splitlines()):
+        if match := REFUSED_VOTE.search(line):
+            refused.setdefault(int(match.group(1)), []).append(number)
+        elif match := GATE_OPEN.search(line):
+            opened.setdefault(int(match.group(1)), number)
+    print(f"  node {node_id}: refusals per group {({g: len(v) for g, v in refused.items()})}, "
+          f"gates opened {sorted(opened)}", flush=True)
+    expect(refused, f"node {node_id} refused no vote")
+    late = {group: lines for group, lines in refused.items() if group in opened and max(lines) > opened[group]}
+    expect(not late, f"node {node_id} refused votes after the group's gate had opened: {late}")
+
+
+# -- g. peer authentication -----------------------------------------------------------------------
+SECRET = "s3cret-of-the-test"
+IMPOSTOR = 3  # started with another secret
+HONEST = [1, 2]
+RAW_SOCKET_TIMEOUT = 10  # seconds to wait for the node to close a refused connection
+
+
+def form_without_impostor(cluster):
+    """Start all three nodes; nodes 1 and 2 form the cluster without the impostor."""
+    cluster.prepare()
+    for node_id in cluster.ids:
+        cluster.spawn(node_id)
+
+    def formed():
+        for i in HONEST:
+            md = cluster.metadata(i)
+            if sorted(md.brokers) != HONEST or md.controller_id not in HONEST:
+                raise NotYet(f"node {i} lists brokers {sorted(md.brokers)}, controller {md.controller_id}")
+        return True
+
+    wait_until(formed, READY_TIMEOUT, interval=0.2, what="nodes 1 and 2 to form a cluster", fatal=NodeDied)
+    for node_id in HONEST:
+        expect_eq(cluster.health(node_id), 0, f"`rafka health` exit code against node {node_id}")
+
+
+def peer_auth(cluster, step):
+    topic = "peer-auth"
+    work = Workload(cluster.bootstrap(HONEST), topic, 1, producers=1, rate=RATE, client_id="peer-auth")
+    try:
+        step("nodes 1 and 2 serve acks=all writes (auto-created topic, a replica on the impostor too)",
+             lambda: serve_without_impostor(cluster, work))
+        step("every acknowledged record is read back once, in order, at its acknowledged offset",
+             lambda: verify_read_back(cluster.bootstrap(HONEST), work))
+        step("the impostor never joins: it leads nothing, knows no controller, and both honest nodes "
+             "logged refusing it", lambda: impostor_refused(cluster, topic))
+        step("garbage, an oversized frame and a request without handshake on the Raft port are refused "
+             "(connection closed, WARN naming the address); the node keeps serving",
+             lambda: raw_peer_port_refused(cluster))
+    finally:
+        work.close()
+
+
+def serve_without_impostor(cluster, work):
+    work.start()
+    work.wait_acks(ACKS_AFTER_FAULT, timeout=FAULT_DEADLINE)
+    work.stop()
+    work.expect_no_failures()
+
+
+def impostor_refused(cluster, topic):
+    md = cluster.metadata(IMPOSTOR)
+    expect(md.controller_id != IMPOSTOR, f"the impostor reports itself controller: {md.controller_id}")
+    expect_eq(sorted(md.brokers), [IMPOSTOR], "brokers the impostor knows")
+    leaders = cluster.leaders(topic, ask=HONEST[0])
+    expect(IMPOSTOR not in leaders.values(), f"the impostor leads a partition: {leaders}")
+    for node_id in HONEST:
+        refusals = [line for line in cluster.nodes[node_id].log_text().splitlines()
+                    if "refused a peer connection" in line and "MAC" in line]
+        expect(refusals, f"node {node_id} never logged refusing the impostor's wrong MAC")
+    expect("handshake refused" in cluster.nodes[IMPOSTOR].log_text(),
+           "the impostor's log does not say its handshakes were refused")
+
+
+def raw_peer_port_refused(cluster):
+    node = cluster.nodes[HONEST[0]]
+    probes = {
+        "garbage": b"\x00\x00\x00\x10not a handshake!",
+        "oversized frame": b"\xff\xff\xff\xff",
+        # A Probe request envelope (request id 1, variant 4, group 0) sent instead of the Hello.
+        "request without handshake": b"\x00\x00\x00\x14" + (1).to_bytes(8, "little") + (4).to_bytes(4, "little")
+        + (0).to_bytes(8, "little"),
+    }
+    for name, payload in probes.items():
+        with socket.create_connection(("127.0.0.1", node.raft_port), timeout=RAW_SOCKET_TIMEOUT) as sock:
+            local = "%s:%d" % sock.getsockname()
+            sock.recv(4096)  # the challenge
+            sock.sendall(payload)
+            expect_eq(read_until_closed(sock), b"", f"what node {node.id} answered to {name}")
+        wait_until(lambda: any("refused a peer connection" in line and local in line
+                               for line in node.log_text().splitlines()),
+                   RAW_SOCKET_TIMEOUT, what=f"node {node.id} to log refusing {name} from {local}")
+    for node_id in HONEST:
+        expect_eq(cluster.health(node_id), 0, f"`rafka health` exit code against node {node_id}")
+
+
+def read_until_closed(sock):
+    """Everything the node sends until it closes the connection."""
+    received = b""
+    try:
+        while chunk := sock.recv(4096):
+            received += chunk
+    except ConnectionResetError:
+        pass  # closed with unread bytes of ours still queued: a reset is a close too
+    return received
+
+
+# -- h. leader without a quorum ----------------------------------------------------------------------
+DELIVERY_TIMEOUT = 30  # seconds for one produce's delivery report
+
+
+def quorum_loss(cluster, step):
+    topic, state = "quorum-loss", {}
+    try:
+        step("topic with 1 partition, RF 3, hosted on every node", lambda: cluster.create_topic(topic, 1))
+        step("both followers paused (SIGSTOP): once its lease is over, the leader refuses a produce with "
+             "NOT_ENOUGH_REPLICAS (retries=0 shows the code)", lambda: produce_without_quorum(cluster, topic, state))
+        step("followers resumed: a produce is acknowledged again",
+             lambda: expect(deliver(Producer(producer_conf(cluster.bootstrap())), topic, b"after-resume") is None,
+                            "the produce after the resume failed"))
+        step("the refused record is not in the log, the acknowledged ones are",
+             lambda: expect_log_values(cluster, topic, present=[b"before-pause", b"after-resume"],
+                                       absent=[b"refused"]))
+    finally:
+        for node_id in state.get("paused", []):
+            cluster.resume(node_id)
+
+
+def producer_conf(bootstrap, **extra):
+    return {"bootstrap.servers": bootstrap, "acks": "all", "enable.idempotence": False, "linger.ms": 0,
+            "message.timeout.ms": DELIVERY_TIMEOUT * 1000, "log_level": 0, **extra}
+
+
+def deliver(producer, topic, value):
+    """Produce one record to partition 0 and wait for its delivery report: None or the KafkaError."""
+    outcome = []
+    producer.produce(topic, value, partition=0, on_delivery=lambda err, _msg: outcome.append(err))
+    producer.flush(DELIVERY_TIMEOUT + 5)
+    if not outcome:
+        raise AssertionError(f"no delivery report for {value!r} within {DELIVERY_TIMEOUT + 5}s")
+    return outcome[0]
+
+
+def produce_without_quorum(cluster, topic, state):
+    leader = cluster.leader_of(topic, 0)
+    # retries=0: the first answer is the delivery report, not hidden behind the client's retries.
+    producer = Producer(producer_conf(cluster.nodes[leader].bootstrap, retries=0))
+    expect(deliver(producer, topic, b"before-pause") is None, "the produce before the pause failed")
+    followers = [i for i in cluster.ids if i != leader]
+    print(f"  pause nodes {followers}, the followers of leader {leader}", flush=True)
+    for node_id in followers:
+        cluster.pause(node_id)
+    state["paused"] = followers
+
+    def lease_over():
+        seen = cluster.leader_of(topic, 0, ask=leader)
+        if seen == leader:
+            raise NotYet(f"node {leader} still reports itself leader")
+        return True
+
+    wait_until(lease_over, FAULT_DEADLINE, interval=0.1, what=f"node {leader}'s lease to run out", fatal=NodeDied)
+    err = deliver(producer, topic, b"refused")
+    expect(err is not None and err.code() == KafkaError.NOT_ENOUGH_REPLICAS,
+           f"the produce without a quorum got {err!r}, not NOT_ENOUGH_REPLICAS")
+    for node_id in followers:
+        cluster.resume(node_id)
+    state["paused"] = []
+
+
+def expect_log_values(cluster, topic, present, absent):
+    values = [value for _offset, value in checker.read_back(cluster.bootstrap(), topic, 1).get(0, [])]
+    for value in present:
+        expect(value in values, f"{value!r} is not in {topic}/0: {values}")
+    for value in absent:
+        expect(value not in values, f"{value!r} is in {topic}/0 although it was refused: {values}")
+
+
 # -- the suite ---------------------------------------------------------------------------
 SCENARIOS = {
     "leader-kill": (leader_kill, {}),
@@ -492,17 +782,24 @@ SCENARIOS = {
     "isolation": (isolation, {"proxies": True}),
     "wipe": (wiped_follower, {"snapshot_entries": WIPE_SNAPSHOT_ENTRIES}),
     "wipe-purged": (wiped_caught_up_follower, {"snapshot_entries": WIPE_SNAPSHOT_ENTRIES}),
+    "wipe-rejoin": (wiped_rejoin_leader_kill, {"proxies": True}),
+    "quorum-loss": (quorum_loss, {}),
+    "peer-auth": (peer_auth, {"secret": SECRET, "node_settings": {IMPOSTOR: {"cluster_secret": "a-guess"}},
+                              "form": form_without_impostor}),
 }
 
 
 def run_scenario(results, name):
     body, options = SCENARIOS[name]
+    options = dict(options)
+    form = options.pop("form", form_cluster)
     step = Steps(results, name)
     cluster = Cluster(name=name, **options)
     results.cluster = cluster
     try:
-        step("3 nodes form a cluster: each lists 3 brokers and a controller, `rafka health` exits 0",
-             lambda: form_cluster(cluster), timeout=READY_TIMEOUT + 30)
+        what = ("3 nodes form a cluster: each lists 3 brokers and a controller, `rafka health` exits 0"
+                if form is form_cluster else form.__doc__)
+        step(what, lambda: form(cluster), timeout=READY_TIMEOUT + 30)
         if not step.broken:
             body(cluster, step)
         step("no broker logged a panic", lambda: expect_no_panics(cluster), even_after_failure=True)

@@ -210,7 +210,7 @@ replicas_check() {
     local name=$1 deadline=$((SECONDS + FAILOVER_TIMEOUT)) n verdict
     while :; do
         for n in 1 2 3; do
-            dc exec -T broker1 /usr/local/bin/rafka checksums --peer "broker$n:9093" >"$TMP/checksums$n" 2>"$TMP/checksums.err" ||
+            dc exec -T broker1 /usr/local/bin/rafka checksums --cluster-id rafka-compose --peer "broker$n:9093" >"$TMP/checksums$n" 2>"$TMP/checksums.err" ||
                 echo "broker$n: $(tail -n 1 "$TMP/checksums.err")" >"$TMP/checksums$n"
         done
         verdict=$(python3 - "$TOPIC" "$TMP"/checksums{1,2,3} <<'PY'

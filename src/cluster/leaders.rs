@@ -1,8 +1,13 @@
 //! What this node hears from its peers: which brokers are alive and where
 //! clients reach them, and who leads the groups this node does not host.
-//! Every node announces itself a few times a second; an announcement not
-//! renewed within [`ANNOUNCEMENT_TTL`] is forgotten, so a dead or cut-off node
-//! drops out of Metadata.
+//! Every node announces itself a few times a second. A peer not heard from
+//! within [`ANNOUNCEMENT_TTL`] no longer counts as live (in sync, or a place for
+//! a new partition's first replica), and its leadership claims no longer count
+//! as current. Metadata keeps listing it, and its claims as the last known
+//! leaders, for the broker session timeout (Kafka's broker.session.timeout.ms):
+//! a client whose requests are in flight to a briefly silent broker is not made
+//! to drop that connection, and a node cut off from its peers still tells
+//! clients where the others are.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::RwLock;
@@ -14,9 +19,9 @@ use crate::raft::{GroupId, NodeId};
 pub const ANNOUNCE_INTERVAL: Duration = Duration::from_millis(250);
 pub const ANNOUNCEMENT_TTL: Duration = Duration::from_secs(2);
 
-#[derive(Default)]
 pub struct LeaderBoard {
     heard: RwLock<BTreeMap<NodeId, Heard>>,
+    session_timeout: Duration,
 }
 
 struct Heard {
@@ -34,6 +39,13 @@ pub struct LeaderView {
 }
 
 impl LeaderBoard {
+    pub fn new(session_timeout: Duration) -> Self {
+        LeaderBoard {
+            heard: RwLock::default(),
+            session_timeout,
+        }
+    }
+
     pub fn record(&self, announcement: Announcement) {
         let heard = Heard {
             at: Instant::now(),
@@ -45,11 +57,11 @@ impl LeaderBoard {
         }
     }
 
-    /// Peers heard from recently: `(node, advertised listener)`.
-    pub fn live_peers(&self) -> Vec<(NodeId, String)> {
+    /// Peers heard from within the session timeout: `(node, advertised listener)`.
+    pub fn registered_peers(&self) -> Vec<(NodeId, String)> {
         let Ok(map) = self.heard.read() else { return Vec::new() };
         map.iter()
-            .filter(|(_, heard)| heard.at.elapsed() < ANNOUNCEMENT_TTL)
+            .filter(|(_, heard)| heard.at.elapsed() < self.session_timeout)
             .map(|(node, heard)| (*node, heard.advertised_listener.clone()))
             .collect()
     }
@@ -64,9 +76,19 @@ impl LeaderBoard {
 
     /// The freshest claim to lead `group`: the highest term among live peers.
     pub fn leader_of(&self, group: GroupId) -> Option<LeaderView> {
+        self.claim_within(group, ANNOUNCEMENT_TTL)
+    }
+
+    /// The last claim to lead `group` heard within the session timeout, for
+    /// Metadata when no current one is known: the highest term wins.
+    pub fn last_known_leader_of(&self, group: GroupId) -> Option<LeaderView> {
+        self.claim_within(group, self.session_timeout)
+    }
+
+    fn claim_within(&self, group: GroupId, age: Duration) -> Option<LeaderView> {
         let map = self.heard.read().ok()?;
         map.iter()
-            .filter(|(_, heard)| heard.at.elapsed() < ANNOUNCEMENT_TTL)
+            .filter(|(_, heard)| heard.at.elapsed() < age)
             .filter_map(|(node, heard)| heard.leading.get(&group).map(|claim| (*node, claim)))
             .max_by_key(|(_, claim)| claim.term)
             .map(|(node, claim)| LeaderView {
@@ -98,13 +120,14 @@ mod tests {
 
     #[test]
     fn the_highest_term_wins_a_stale_claim() {
-        let board = LeaderBoard::default();
+        let board = LeaderBoard::new(Duration::from_secs(9));
         board.record(announcement(2, &[(5, 3), (6, 1)]));
         board.record(announcement(3, &[(5, 4)]));
         assert_eq!(board.leader_of(5).map(|v| v.leader), Some(3));
         assert_eq!(board.leader_of(6).map(|v| (v.leader, v.term)), Some((2, 1)));
         assert_eq!(board.leader_of(7), None);
-        assert_eq!(board.live_peers().len(), 2);
+        assert_eq!(board.registered_peers().len(), 2);
+        assert_eq!(board.last_known_leader_of(5), board.leader_of(5));
         assert!(board.is_live(2) && !board.is_live(4));
     }
 }

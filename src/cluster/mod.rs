@@ -2,11 +2,13 @@
 //! hosts, and routing of reads and writes to them.
 
 pub mod controller_state;
+pub mod identity;
 pub mod leaders;
 pub mod leadership;
 pub mod metadata;
 pub mod partition_state;
 pub mod peer_service;
+pub mod rejoin;
 pub mod retention;
 pub mod topic_configs;
 pub mod topics;
@@ -28,7 +30,8 @@ use crate::group::offsets_state::OffsetsState;
 use crate::group::store::{GroupCommand, SharedGroups};
 use crate::metrics::METRICS;
 use crate::raft::command::{Command, CommandResponse, ConfigChange};
-use crate::raft::group::{effective_leader, start_group, GroupStartError};
+use crate::raft::group::{effective_leader, leads_without_quorum, start_group, GroupStartError};
+use crate::raft::handshake::PeerCredentials;
 use crate::raft::log_store::{has_raft_state, log_dir, EntryBatches, GroupLogStore};
 use crate::raft::network::{CallError, Peers};
 use crate::raft::snapshot::SnapshotDir;
@@ -41,9 +44,11 @@ use crate::storage::partition::{PartitionLog, PartitionOffsets};
 use crate::storage::segments::{RollPolicy, SegmentLog};
 use crate::storage::{StorageError, Store};
 use controller_state::ControllerState;
+use identity::{Identity, IdentityError};
 use leaders::{LeaderBoard, LeaderView, ANNOUNCE_INTERVAL};
 use metadata::{ClusterState, TopicState};
 use partition_state::PartitionState;
+use rejoin::{LeaderCommit, NodeState, VoteGate};
 
 /// The internal topic whose partitions replicate consumer groups' offsets.
 pub const OFFSETS_TOPIC: &str = "__consumer_offsets";
@@ -58,6 +63,10 @@ const PROPOSE_TIMEOUT: Duration = Duration::from_secs(10);
 const ISR_MAX_LAG_ENTRIES: u64 = 1000;
 /// How often partition groups that failed to start, or stopped on an error, are started again.
 const GROUP_RETRY_INTERVAL: Duration = Duration::from_secs(5);
+/// How long a node with a new data dir waits for each peer to say whether the cluster exists.
+const FORMED_PROBE_TIMEOUT: Duration = Duration::from_secs(1);
+const FORMED_RETRY_MIN: Duration = Duration::from_millis(100);
+const FORMED_RETRY_MAX: Duration = Duration::from_secs(2);
 
 /// A partition group running on this node.
 pub struct PartitionHandle {
@@ -110,6 +119,9 @@ pub struct Cluster {
     appends: Arc<watch::Sender<u64>>,
     /// Serialises reconciliation so a group is never started or dropped twice.
     reconciling: Mutex<()>,
+    identity: Identity,
+    /// Withholds this node's votes while its data dir is new and behind the cluster.
+    gate: VoteGate,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -120,6 +132,8 @@ pub enum StartError {
     Group(#[from] GroupStartError),
     #[error(transparent)]
     Config(#[from] crate::config::ConfigError),
+    #[error(transparent)]
+    Identity(#[from] IdentityError),
     #[error("cannot listen for peers on {0}: {1}")]
     Bind(String, std::io::Error),
 }
@@ -130,40 +144,51 @@ impl Cluster {
         let peer_listener = TcpListener::bind(&cfg.raft_address)
             .await
             .map_err(|err| StartError::Bind(cfg.raft_address.clone(), err))?;
+        // Before the database is opened: whether the dir is new is decided by what it holds.
+        let identity = Identity::open(&cfg.data_dir, cfg.node_id)?;
+        let gate = VoteGate::new(identity.rejoining);
         let store = Store::open(&cfg.data_dir)?;
         let mut members = BTreeMap::new();
         for (id, addr) in cfg.initial_member_ids()?.into_iter().zip(cfg.initial_members.values()) {
             members.insert(id, addr.clone());
         }
-        let peers = Peers::new(members.clone());
+        let credentials = PeerCredentials::new(&cfg.cluster_id, cfg.cluster_secret.as_deref());
+        let peers = Peers::new(cfg.node_id, credentials, members.clone());
         let (published, metadata) = watch::channel(Arc::new(ClusterState::default()));
         let state = Box::new(ControllerState::new(published));
         // Ascending ids: the lowest member bootstraps the controller group.
         let voters: Vec<(NodeId, String)> = members.iter().map(|(id, addr)| (*id, addr.clone())).collect();
         let controller_log = GroupLogStore::open(CONTROLLER_GROUP, store.clone(), &cfg.data_dir, state_log_roll())?;
         let controller = start_group(&cfg, &store, &peers, controller_log, state, &voters).await?;
+        gate.group_started(CONTROLLER_GROUP, &controller, voters.len());
         tokio::spawn(leadership::follow(
             CONTROLLER_GROUP,
             controller.server_metrics(),
             metadata.clone(),
         ));
+        let board = LeaderBoard::new(cfg.broker_session_timeout());
         let cluster = Arc::new(Cluster {
             cfg,
             store,
             members,
             peers,
-            board: LeaderBoard::default(),
+            board,
             controller,
             metadata,
             partitions: RwLock::new(HashMap::new()),
             appends: Arc::new(watch::channel(0).0),
             reconciling: Mutex::new(()),
+            identity,
+            gate,
         });
         tokio::spawn(peer_service::serve_peers(
             peer_listener,
             Arc::clone(&cluster),
             shutdown.clone(),
         ));
+        if cluster.gate.node_state() == NodeState::Deciding {
+            tokio::spawn(Arc::clone(&cluster).decide_rejoin(shutdown.clone()));
+        }
         cluster.reconcile().await?;
         tokio::spawn(Arc::clone(&cluster).follow_metadata(shutdown.clone()));
         tokio::spawn(retention::run(Arc::clone(&cluster), shutdown.clone()));
@@ -184,9 +209,10 @@ impl Cluster {
         self.cfg.node_id
     }
 
-    /// The live brokers clients can reach, this one and the peers heard from: `(node id, host, port)`.
+    /// The brokers clients can reach, this one and the peers heard from within
+    /// the broker session timeout: `(node id, host, port)`.
     pub fn brokers(&self) -> Vec<(NodeId, String, i32)> {
-        let mut listeners = self.board.live_peers();
+        let mut listeners = self.board.registered_peers();
         listeners.push((self.cfg.node_id, self.cfg.advertised_listener()));
         listeners.sort();
         listeners
@@ -239,6 +265,16 @@ impl Cluster {
             }
         }
         self.board.leader_of(group)
+    }
+
+    /// The leader Metadata reports for `group`: the current one if known,
+    /// otherwise the last one a peer claimed within the broker session timeout.
+    /// A node cut off from its peers so sends clients to the rest of the
+    /// cluster, where they learn the current leader, instead of answering
+    /// "no leader" until they give up on it.
+    pub fn reported_leader(&self, group: GroupId) -> Option<LeaderView> {
+        self.leader_view(group)
+            .or_else(|| self.board.last_known_leader_of(group))
     }
 
     /// The voters a leader sees caught up: alive, and close to the end of its log.
@@ -310,15 +346,37 @@ impl Cluster {
     pub async fn answer_peer(&self, request: PeerRequest) -> PeerResponse {
         match request {
             PeerRequest::AppendEntries { group, rpc } => match self.raft_of(group) {
-                Some(raft) => PeerResponse::AppendEntries(raft.append_entries(rpc).await),
+                Some(raft) => {
+                    let leader = LeaderCommit {
+                        term: rpc.vote.leader_id().get_term(),
+                        commit: rpc.leader_commit,
+                    };
+                    let answer = raft.append_entries(rpc).await;
+                    if let Ok(response) = &answer {
+                        self.gate.leader_seen(group, leader, response);
+                    }
+                    self.gate_progress(group, &raft);
+                    PeerResponse::AppendEntries(answer)
+                }
                 None => PeerResponse::GroupNotHere,
             },
             PeerRequest::Vote { group, rpc } => match self.raft_of(group) {
-                Some(raft) => PeerResponse::Vote(raft.vote(rpc).await),
+                Some(raft) => {
+                    self.gate_progress(group, &raft);
+                    let refusal = self.gate.refusal(group, &rpc.vote, &raft.metrics().borrow());
+                    match refusal {
+                        Some(refusal) => PeerResponse::Vote(Ok(refusal)),
+                        None => PeerResponse::Vote(raft.vote(rpc).await),
+                    }
+                }
                 None => PeerResponse::GroupNotHere,
             },
             PeerRequest::InstallSnapshot { group, rpc } => match self.raft_of(group) {
-                Some(raft) => PeerResponse::InstallSnapshot(raft.install_snapshot(rpc).await),
+                Some(raft) => {
+                    let answer = raft.install_snapshot(rpc).await;
+                    self.gate_progress(group, &raft);
+                    PeerResponse::InstallSnapshot(answer)
+                }
                 None => PeerResponse::GroupNotHere,
             },
             PeerRequest::Propose { group, command } => {
@@ -333,6 +391,115 @@ impl Cluster {
                 PeerResponse::Announced
             }
             PeerRequest::Checksums => PeerResponse::Checksums(self.checksums()),
+            PeerRequest::Formed { group } => PeerResponse::Formed {
+                formed: self.formed(group),
+            },
+        }
+    }
+
+    /// Whether `group` has ever had a leader as far as this node knows: its log
+    /// goes past the initial membership entry (index 0), which only a leader
+    /// appends to. A group not running here counts as formed if it has any
+    /// stored state: an unreadable or stopped group must not look like a blank one.
+    fn formed(&self, group: GroupId) -> bool {
+        match self.raft_of(group) {
+            Some(raft) => raft.metrics().borrow().last_log_index.is_some_and(|index| index >= 1),
+            None => has_raft_state(&self.store, &self.cfg.data_dir, group).unwrap_or(true),
+        }
+    }
+
+    /// Opens `group`'s vote gate if it has caught up, and ends the rejoin once every gate is open.
+    fn gate_progress(&self, group: GroupId, raft: &Raft) {
+        if self.gate.try_open(group, raft) {
+            self.finish_rejoin();
+        }
+    }
+
+    /// A node whose data dir is new asks its peers whether the cluster exists,
+    /// until one says it does (rejoin: groups stay gated until they catch up)
+    /// or a majority of the members, this node included, say it does not (the
+    /// cluster is being formed: nothing can have been committed, so no vote
+    /// can lose it). Until then every group withholds its vote.
+    async fn decide_rejoin(self: Arc<Self>, shutdown: CancellationToken) {
+        let majority = self.members.len() / 2 + 1;
+        let mut delay = FORMED_RETRY_MIN;
+        loop {
+            let probes = self.members.keys().filter(|id| **id != self.node_id()).map(|peer| {
+                let peers = Arc::clone(&self.peers);
+                let request = PeerRequest::Formed {
+                    group: CONTROLLER_GROUP,
+                };
+                async move { peers.call(*peer, &request, FORMED_PROBE_TIMEOUT).await }
+            });
+            let answers: Vec<bool> = futures::future::join_all(probes)
+                .await
+                .into_iter()
+                .filter_map(|answer| match answer {
+                    Ok(PeerResponse::Formed { formed }) => Some(formed),
+                    _ => None,
+                })
+                .collect();
+            if self.formed(CONTROLLER_GROUP) || answers.iter().any(|formed| *formed) {
+                tracing::info!(
+                    incarnation = %self.identity.incarnation,
+                    "data dir is new and the cluster exists: rejoining; each Raft group refuses votes until it has caught up"
+                );
+                self.gate.rejoin();
+                self.finish_rejoin();
+                return;
+            }
+            if answers.len() + 1 >= majority {
+                tracing::info!(
+                    incarnation = %self.identity.incarnation,
+                    "data dir is new and so is the cluster: voting normally"
+                );
+                self.settle();
+                return;
+            }
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tokio::time::sleep(delay) => {}
+            }
+            delay = (delay * 2).min(FORMED_RETRY_MAX);
+        }
+    }
+
+    /// Ends a rejoin once the controller group and every partition group the
+    /// metadata assigns to this node run here with their gates open.
+    fn finish_rejoin(&self) {
+        if self.gate.node_state() != NodeState::Rejoining || !self.gate.is_open(CONTROLLER_GROUP) {
+            return;
+        }
+        let metadata = self.metadata();
+        let all_open = metadata
+            .partitions()
+            .filter(|(_, _, assignment)| assignment.replicas.contains(&self.node_id()))
+            .all(|(_, _, assignment)| {
+                self.partition_by_group(assignment.group).is_some() && self.gate.is_open(assignment.group)
+            });
+        if all_open {
+            tracing::info!(
+                incarnation = %self.identity.incarnation,
+                "rejoin complete: every Raft group on this node has caught up"
+            );
+            self.settle();
+        }
+    }
+
+    /// Removes the rejoin marker, then opens every gate. The marker goes first:
+    /// if the node voted and then restarted with the marker still there, it
+    /// would merely withhold votes again, but the order keeps disk and memory
+    /// telling the same story. If the removal fails the gates stay as they are
+    /// and the next caught-up group (or the next reconciliation) tries again.
+    fn settle(&self) {
+        if let Err(err) = self.identity.caught_up() {
+            tracing::error!(error = %err, "cannot remove the rejoin marker; votes stay withheld");
+            return;
+        }
+        for group in self.gate.settle() {
+            if let Some(raft) = self.raft_of(group) {
+                raft.runtime_config().elect(true);
+            }
         }
     }
 
@@ -452,6 +619,24 @@ impl Cluster {
         Ok(handle)
     }
 
+    /// The local handle of a partition to append to: as [`Self::led_partition`],
+    /// except that a node Raft still has leading, but which has not heard from a
+    /// majority within the lease, refuses with NOT_ENOUGH_REPLICAS (retriable)
+    /// rather than "not the leader". Either way nothing is proposed: an entry
+    /// that cannot commit before the client gives up would stay in the log and
+    /// commit once the peers are back, after the client had resent it under a
+    /// new producer epoch (a duplicate).
+    pub fn writable_partition(&self, topic: &str, index: i32) -> Result<Arc<PartitionHandle>, BrokerError> {
+        let handle = self.partition(topic, index)?;
+        if handle.leader() == Some(self.cfg.node_id) {
+            return Ok(handle);
+        }
+        if leads_without_quorum(&handle.raft.metrics().borrow(), handle.lease) {
+            return Err(BrokerError::NotEnoughReplicas);
+        }
+        Err(BrokerError::NotLeader)
+    }
+
     /// Stops every Raft group.
     pub async fn shutdown(&self) {
         let handles: Vec<_> = self
@@ -536,6 +721,8 @@ impl Cluster {
                 ),
             }
         }
+        // A dropped group may have been the last one still catching up.
+        self.finish_rejoin();
         Ok(())
     }
 
@@ -563,6 +750,7 @@ impl Cluster {
             .map(|id| (*id, self.members.get(id).cloned().unwrap_or_default()))
             .collect();
         let raft = start_group(&self.cfg, &self.store, &self.peers, log_store, state, &members).await?;
+        self.gate.group_started(group, &raft, members.len());
         tokio::spawn(leadership::follow(group, raft.server_metrics(), self.metadata.clone()));
         tracing::info!(group, stores_offsets, "partition group started");
         Ok(PartitionHandle {
@@ -579,6 +767,7 @@ impl Cluster {
 
     async fn drop_group(&self, group: GroupId) -> Result<(), StartError> {
         let handle = self.partitions.write().ok().and_then(|mut map| map.remove(&group));
+        self.gate.group_stopped(group);
         if let Some(handle) = handle {
             let _ = handle.raft.shutdown().await;
         }

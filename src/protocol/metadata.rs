@@ -81,7 +81,7 @@ fn describe_partitions(cluster: &Cluster, topic: &TopicState) -> Vec<MetadataRes
                 .with_partition_index(index as i32)
                 .with_leader_epoch(-1)
                 .with_replica_nodes(replicas);
-            match cluster.leader_view(assignment.group) {
+            match cluster.reported_leader(assignment.group) {
                 Some(view) => partition
                     .with_leader_id(broker_id(view.leader))
                     .with_isr_nodes(view.in_sync.into_iter().map(broker_id).collect()),

@@ -123,10 +123,10 @@ async fn append(
     records: Bytes,
     timeout: Duration,
 ) -> Result<(i64, i64), BrokerError> {
-    let handle = match cluster.led_partition(topic, partition) {
+    let handle = match cluster.writable_partition(topic, partition) {
         Err(BrokerError::UnknownTopicOrPartition) if cluster.config().auto_create_topics => {
             cluster.ensure_topic(topic).await?;
-            cluster.led_partition(topic, partition)?
+            cluster.writable_partition(topic, partition)?
         }
         other => other?,
     };

@@ -177,12 +177,31 @@ pub fn effective_leader(metrics: &RaftMetrics<NodeId, BasicNode>, lease: Duratio
     if leader != metrics.id {
         return Some(leader);
     }
+    (quorum_within(metrics, lease) && caught_up(metrics)).then_some(leader)
+}
+
+/// Whether this node is the group's Raft leader, caught up with its own term,
+/// but has not heard from a majority within `lease`: the one case in which
+/// [`effective_leader`] withholds leadership from a leader that could otherwise
+/// serve. A produce sent to it is refused as NOT_ENOUGH_REPLICAS.
+pub fn leads_without_quorum(metrics: &RaftMetrics<NodeId, BasicNode>, lease: Duration) -> bool {
+    metrics.running_state.is_ok()
+        && metrics.current_leader == Some(metrics.id)
+        && caught_up(metrics)
+        && !quorum_within(metrics, lease)
+}
+
+/// A sole voter is its own quorum; any other leader needs a majority's acknowledgement within `lease`.
+fn quorum_within(metrics: &RaftMetrics<NodeId, BasicNode>, lease: Duration) -> bool {
     let sole_voter = metrics.membership_config.membership().voter_ids().count() == 1;
-    let acknowledged = metrics
-        .millis_since_quorum_ack
-        .is_some_and(|millis| u128::from(millis) < lease.as_millis());
-    let caught_up = metrics
+    sole_voter
+        || metrics
+            .millis_since_quorum_ack
+            .is_some_and(|millis| u128::from(millis) < lease.as_millis())
+}
+
+fn caught_up(metrics: &RaftMetrics<NodeId, BasicNode>) -> bool {
+    metrics
         .last_applied
-        .is_some_and(|applied| applied.leader_id.get_term() == metrics.current_term);
-    ((sole_voter || acknowledged) && caught_up).then_some(leader)
+        .is_some_and(|applied| applied.leader_id.get_term() == metrics.current_term)
 }

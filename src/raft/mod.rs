@@ -6,6 +6,7 @@
 
 pub mod command;
 pub mod group;
+pub mod handshake;
 pub mod log_store;
 pub mod network;
 pub mod snapshot;

@@ -18,11 +18,14 @@ use openraft::raft::{
     VoteResponse,
 };
 use openraft::{AnyError, BasicNode, RPCTypes};
+use serde::de::DeserializeOwned;
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot, Mutex};
-use tokio_util::codec::{FramedRead, FramedWrite};
+use tokio_util::codec::{FramedRead, FramedWrite, LengthDelimitedCodec};
 use tokio_util::sync::CancellationToken;
 
+use super::handshake::{self, Challenge, PeerCredentials, Welcome};
 use super::wire::{self, PeerRequest, PeerResponse};
 use super::{GroupId, NodeId, TypeConfig};
 
@@ -49,13 +52,17 @@ pub enum CallError {
 
 /// Connections from this node to every peer, by the addresses in this node's configuration.
 pub struct Peers {
+    node_id: NodeId,
+    credentials: PeerCredentials,
     addresses: BTreeMap<NodeId, String>,
     links: SyncMutex<HashMap<NodeId, Arc<PeerClient>>>,
 }
 
 impl Peers {
-    pub fn new(addresses: BTreeMap<NodeId, String>) -> Arc<Self> {
+    pub fn new(node_id: NodeId, credentials: PeerCredentials, addresses: BTreeMap<NodeId, String>) -> Arc<Self> {
         Arc::new(Peers {
+            node_id,
+            credentials,
             addresses,
             links: SyncMutex::new(HashMap::new()),
         })
@@ -64,11 +71,14 @@ impl Peers {
     fn client(&self, peer: NodeId) -> Result<Arc<PeerClient>, CallError> {
         let address = self.addresses.get(&peer).ok_or(CallError::UnknownPeer(peer))?;
         let mut links = self.links.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        Ok(Arc::clone(
-            links
-                .entry(peer)
-                .or_insert_with(|| Arc::new(PeerClient::new(peer, address.clone()))),
-        ))
+        Ok(Arc::clone(links.entry(peer).or_insert_with(|| {
+            Arc::new(PeerClient::new(
+                self.node_id,
+                self.credentials.clone(),
+                peer,
+                address.clone(),
+            ))
+        })))
     }
 
     pub async fn call(
@@ -83,6 +93,9 @@ impl Peers {
 
 /// A client for one peer address. Also used by the admin tools, which are not nodes.
 pub struct PeerClient {
+    /// Who this client says it is in the handshake (the admin tools say 0).
+    from: NodeId,
+    credentials: PeerCredentials,
     peer: NodeId,
     address: String,
     next_id: AtomicU64,
@@ -113,8 +126,10 @@ impl Connection {
 }
 
 impl PeerClient {
-    pub fn new(peer: NodeId, address: String) -> Self {
+    pub fn new(from: NodeId, credentials: PeerCredentials, peer: NodeId, address: String) -> Self {
         PeerClient {
+            from,
+            credentials,
             peer,
             address,
             next_id: AtomicU64::new(1),
@@ -165,25 +180,19 @@ impl PeerClient {
                 "backing off after a failed dial".into(),
             ));
         }
-        match tokio::time::timeout(DIAL_TIMEOUT, TcpStream::connect(&self.address)).await {
-            Ok(Ok(socket)) => {
-                let _ = socket.set_nodelay(true);
+        match self.dial().await {
+            Ok(connection) => {
                 link.retry_at = None;
                 link.backoff = MIN_BACKOFF;
                 if std::mem::take(&mut link.unreachable) {
                     tracing::info!(peer = self.peer, address = %self.address, "peer reachable again");
                 }
-                let connection = start_connection(socket);
                 link.connection = Some(connection.clone());
                 Ok(connection)
             }
-            failed => {
+            Err(reason) => {
                 link.backoff = (link.backoff * 2).clamp(MIN_BACKOFF, MAX_BACKOFF);
                 link.retry_at = Some(Instant::now() + link.backoff);
-                let reason = match failed {
-                    Ok(Err(err)) => err.to_string(),
-                    _ => "dial timed out".to_string(),
-                };
                 if !std::mem::replace(&mut link.unreachable, true) {
                     tracing::warn!(peer = self.peer, address = %self.address, %reason, "peer unreachable; redialling with backoff");
                 }
@@ -193,12 +202,68 @@ impl PeerClient {
     }
 }
 
+impl PeerClient {
+    /// Connects and introduces this node (see `handshake.rs`), each step within
+    /// [`DIAL_TIMEOUT`]: a listener that accepts and then says nothing is as
+    /// unreachable as one that refuses.
+    async fn dial(&self) -> Result<Connection, String> {
+        let socket = match tokio::time::timeout(DIAL_TIMEOUT, TcpStream::connect(&self.address)).await {
+            Ok(Ok(socket)) => socket,
+            Ok(Err(err)) => return Err(err.to_string()),
+            Err(_) => return Err("dial timed out".into()),
+        };
+        let _ = socket.set_nodelay(true);
+        let (read_half, write_half) = socket.into_split();
+        let mut frames = FramedRead::new(read_half, handshake::frame_codec());
+        let mut sink = FramedWrite::new(write_half, wire::frame_codec());
+        tokio::time::timeout(DIAL_TIMEOUT, self.introduce(&mut frames, &mut sink))
+            .await
+            .map_err(|_| "no handshake answer".to_string())??;
+        // Past the handshake, frames may be as large as the protocol allows.
+        frames.decoder_mut().set_max_frame_length(wire::MAX_FRAME_BYTES);
+        Ok(start_connection(frames, sink))
+    }
+
+    async fn introduce(
+        &self,
+        frames: &mut FramedRead<OwnedReadHalf, LengthDelimitedCodec>,
+        sink: &mut FramedWrite<OwnedWriteHalf, LengthDelimitedCodec>,
+    ) -> Result<(), String> {
+        let challenge: Challenge = read_handshake(frames).await?;
+        let hello = self
+            .credentials
+            .hello(self.from, &challenge)
+            .map_err(|err| err.to_string())?;
+        let frame = handshake::encode(&hello).map_err(|err| err.to_string())?;
+        sink.send(frame).await.map_err(|err| err.to_string())?;
+        let _: Welcome = read_handshake(frames)
+            .await
+            .map_err(|reason| format!("handshake refused ({reason}): do the cluster id and secret match?"))?;
+        Ok(())
+    }
+}
+
+/// Reads one handshake message.
+pub async fn read_handshake<R, T>(frames: &mut FramedRead<R, LengthDelimitedCodec>) -> Result<T, String>
+where
+    R: tokio::io::AsyncRead + Unpin,
+    T: DeserializeOwned,
+{
+    match frames.next().await {
+        Some(Ok(frame)) => handshake::decode(&frame).map_err(|err| format!("undecodable handshake message: {err}")),
+        Some(Err(err)) => Err(format!("broken handshake frame: {err}")),
+        None => Err("connection closed".into()),
+    }
+}
+
 fn lock<T>(mutex: &SyncMutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
-fn start_connection(socket: TcpStream) -> Connection {
-    let (read_half, write_half) = socket.into_split();
+fn start_connection(
+    frames: FramedRead<OwnedReadHalf, LengthDelimitedCodec>,
+    sink: FramedWrite<OwnedWriteHalf, LengthDelimitedCodec>,
+) -> Connection {
     let (outgoing, queued) = mpsc::channel(OUTGOING_QUEUE);
     let connection = Connection {
         outgoing,
@@ -206,15 +271,8 @@ fn start_connection(socket: TcpStream) -> Connection {
         closed: CancellationToken::new(),
         last_heard: Arc::new(SyncMutex::new(Instant::now())),
     };
-    tokio::spawn(write_frames(
-        FramedWrite::new(write_half, wire::frame_codec()),
-        queued,
-        connection.closed.clone(),
-    ));
-    tokio::spawn(read_responses(
-        FramedRead::new(read_half, wire::frame_codec()),
-        connection.clone(),
-    ));
+    tokio::spawn(write_frames(sink, queued, connection.closed.clone()));
+    tokio::spawn(read_responses(frames, connection.clone()));
     connection
 }
 

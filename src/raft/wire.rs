@@ -58,6 +58,12 @@ pub enum PeerRequest {
     Announce(Announcement),
     /// Per-partition checksums of the records this node holds.
     Checksums,
+    /// Has `group` ever had a leader, as far as this node knows (a log entry
+    /// after the initial membership)? Asked by a node whose data dir is new, to
+    /// tell a cluster being formed from one it is rejoining.
+    Formed {
+        group: GroupId,
+    },
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -73,6 +79,9 @@ pub enum PeerResponse {
     Checksums(Vec<PartitionChecksum>),
     /// The group is not running on this node (not created here yet, or dropped).
     GroupNotHere,
+    Formed {
+        formed: bool,
+    },
 }
 
 /// Why a forwarded proposal was not applied.
