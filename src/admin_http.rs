@@ -199,7 +199,7 @@ fn observe_partitions(broker: &Broker) {
     }
 }
 
-/// RocksDB's stall and size gauges.
+/// RocksDB's stall and size gauges and its flush and compaction byte counters.
 fn observe_storage(broker: &Broker) {
     let stats = match broker.cluster.store().stats() {
         Ok(stats) => stats,
@@ -218,6 +218,14 @@ fn observe_storage(broker: &Broker) {
     METRICS
         .storage_running_compactions
         .set(gauge(stats.running_compactions));
+    // RocksDB counts from the node's start; the counters catch up to its totals.
+    for (counter, total) in [
+        (&METRICS.storage_flush_written, stats.flush_write_bytes),
+        (&METRICS.storage_compaction_read, stats.compaction_read_bytes),
+        (&METRICS.storage_compaction_written, stats.compaction_write_bytes),
+    ] {
+        counter.inc_by(total.saturating_sub(counter.get()));
+    }
     for (column_family, sst, memtables) in stats.column_families {
         let labels = ColumnFamilyLabels { column_family };
         METRICS.storage_sst_bytes.get_or_create(&labels).set(gauge(sst));

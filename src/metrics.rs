@@ -179,6 +179,9 @@ pub struct Metrics {
     pub storage_running_compactions: Gauge,
     pub storage_sst_bytes: Family<ColumnFamilyLabels, Gauge>,
     pub storage_memtable_bytes: Family<ColumnFamilyLabels, Gauge>,
+    pub storage_flush_written: Counter,
+    pub storage_compaction_read: Counter,
+    pub storage_compaction_written: Counter,
 
     /// Set by each group's leadership follower.
     raft_term: Family<RaftGroupLabels, Gauge>,
@@ -223,6 +226,9 @@ impl Metrics {
             storage_running_compactions: Gauge::default(),
             storage_sst_bytes: Family::default(),
             storage_memtable_bytes: Family::default(),
+            storage_flush_written: Counter::default(),
+            storage_compaction_read: Counter::default(),
+            storage_compaction_written: Counter::default(),
             raft_leader_changes: Family::default(),
             raft_elections: Family::default(),
             raft_append_seconds: Histogram::new(APPEND_SECONDS),
@@ -389,6 +395,21 @@ impl Metrics {
             "storage_memtable_bytes",
             "Bytes in the memtables of each RocksDB column family",
             self.storage_memtable_bytes.clone(),
+        );
+        r.register(
+            "storage_flush_written_bytes",
+            "Bytes RocksDB memtable flushes wrote",
+            self.storage_flush_written.clone(),
+        );
+        r.register(
+            "storage_compaction_read_bytes",
+            "Bytes RocksDB compactions read",
+            self.storage_compaction_read.clone(),
+        );
+        r.register(
+            "storage_compaction_written_bytes",
+            "Bytes RocksDB compactions wrote",
+            self.storage_compaction_written.clone(),
         );
         r.register(
             "consumer_group_members",

@@ -10,6 +10,7 @@ pub mod segments;
 use std::path::Path;
 use std::sync::Arc;
 
+use rocksdb::statistics::{StatsLevel, Ticker};
 use rocksdb::{ColumnFamily, ColumnFamilyDescriptor, Options, WriteBatch, WriteOptions, DB};
 
 #[derive(Debug, thiserror::Error)]
@@ -83,12 +84,19 @@ pub struct StoreStats {
     pub running_compactions: u64,
     /// `(column family, SST file bytes, memtable bytes)`.
     pub column_families: Vec<(&'static str, u64, u64)>,
+    /// Bytes written by memtable flushes since the node started.
+    pub flush_write_bytes: u64,
+    /// Bytes compactions read and wrote since the node started.
+    pub compaction_read_bytes: u64,
+    pub compaction_write_bytes: u64,
 }
 
 /// The node's database. Cloning is cheap; all clones share one RocksDB instance.
 #[derive(Clone)]
 pub struct Store {
     db: Arc<DB>,
+    /// The options the database was opened with: they hold its statistics.
+    options: Arc<Options>,
 }
 
 impl Store {
@@ -101,13 +109,20 @@ impl Store {
         // One cap for the memtables of every column family: RocksDB's default of
         // 64 MiB twice per family let one node reach half a gigabyte under load.
         opts.set_db_write_buffer_size(MEMTABLE_BUDGET_BYTES);
+        // Counters only (flush and compaction bytes): no histograms or timers
+        // on the write path.
+        opts.enable_statistics();
+        opts.set_statistics_level(StatsLevel::ExceptHistogramOrTimers);
         // Every column family shares the WAL, so a synced write (a vote, a purge
         // point) also makes the state machine's earlier unsynced writes durable.
         let descriptors = keys::ALL_CFS
             .iter()
             .map(|name| ColumnFamilyDescriptor::new(*name, Options::default()));
         let db = DB::open_cf_descriptors(&opts, dir.join("db"), descriptors)?;
-        Ok(Store { db: Arc::new(db) })
+        Ok(Store {
+            db: Arc::new(db),
+            options: Arc::new(opts),
+        })
     }
 
     pub fn db(&self) -> &DB {
@@ -149,6 +164,9 @@ impl Store {
             running_flushes: int("rocksdb.num-running-flushes")?,
             running_compactions: int("rocksdb.num-running-compactions")?,
             column_families: Vec::new(),
+            flush_write_bytes: self.options.get_ticker_count(Ticker::FlushWriteBytes),
+            compaction_read_bytes: self.options.get_ticker_count(Ticker::CompactReadBytes),
+            compaction_write_bytes: self.options.get_ticker_count(Ticker::CompactWriteBytes),
         };
         for name in keys::ALL_CFS {
             let cf = self.cf(name);
@@ -234,6 +252,9 @@ mod tests {
             .copied()
             .unwrap();
         assert!(sst + memtables >= 4096, "sm_state: {stats:?}");
+        store.db().flush_cf(store.cf(keys::CF_SM_STATE)).unwrap();
+        // The SST is compressed: fewer bytes than went in, but some.
+        assert!(store.stats().unwrap().flush_write_bytes > 0, "a flush is counted");
     }
 
     #[test]
