@@ -16,6 +16,7 @@ Three nodes on this machine, one partition with three replicas, 1 KiB incompress
 """
 
 import argparse
+import importlib.util
 import json
 import re
 import shutil
@@ -25,10 +26,16 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "compat-tests"))
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "compat-tests" / "cluster"))
-from amplification import VALUE_BYTES, dir_bytes, parse_bytes, produce  # noqa: E402
-from cluster import Cluster  # noqa: E402
+from amplification import dir_bytes, parse_bytes, produce  # noqa: E402
 from harness import wait_until  # noqa: E402
+
+# compat-tests/cluster/cluster.py, loaded under its own name: bench/cluster.py has the same one.
+sys.path.append(str(Path(__file__).resolve().parent.parent / "compat-tests" / "cluster"))
+_spec = importlib.util.spec_from_file_location(
+    "test_cluster", Path(__file__).resolve().parent.parent / "compat-tests" / "cluster" / "cluster.py")
+test_cluster = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(test_cluster)
+Cluster = test_cluster.Cluster
 from procstat import rss_mib as process_rss_mib  # noqa: E402
 
 from confluent_kafka import TopicPartition  # noqa: E402
@@ -77,7 +84,7 @@ def catch_up(cluster, topic, victim, kill_halfway):
     return time.monotonic() - started, peak - before, killed
 
 
-SNAPSHOT_LINE = re.compile(r"group=(\d+) .*bytes=(\d+) micros=(\d+) snapshot built")
+SNAPSHOT_LINE = re.compile(r"snapshot built group=(\d+) .*bytes=(\d+) micros=(\d+)")
 
 
 def snapshot_figures(cluster, topic, size):
@@ -103,23 +110,26 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--bytes", default="2GB", type=parse_bytes)
     parser.add_argument("--sizes", default="100MB,1GB,2GB")
+    parser.add_argument("--parts", default="catch-up,snapshots", help="which measurements to run")
     args = parser.parse_args()
     report = {}
     settings = {"log_retention_check_interval_ms": 200, "log_segment_bytes": 64 << 20}
     with Cluster(settings=settings, name="catch-up") as cluster:
-        create(cluster, "big")
-        produce(cluster.bootstrap(), "big", args.bytes)
-        cluster.wait_replicas_agree("big", timeout=600)
-        victim = next(i for i in cluster.ids if i != cluster.leader_of("big", 0))
         report["catch_up"] = []
-        for kill_halfway in (False, True):
+        for kill_halfway in (False, True) if "catch-up" in args.parts else ():
+            if not report["catch_up"]:
+                create(cluster, "big")
+                produce(cluster.bootstrap(), "big", args.bytes)
+                cluster.wait_replicas_agree("big", timeout=600)
+                victim = next(i for i in cluster.ids if i != cluster.leader_of("big", 0))
             seconds, rss_growth, killed = catch_up(cluster, "big", victim, kill_halfway)
             report["catch_up"].append({"bytes": args.bytes, "killed_halfway": killed, "seconds": seconds,
                                        "rss_growth_mib": rss_growth})
             print(f"wiped follower caught up {args.bytes / 1e9:.2f} GB in {seconds:.1f} s"
                   f"{' (killed -9 halfway)' if killed else ''}; peak RSS growth {rss_growth:.0f} MiB", flush=True)
         report["snapshots"] = []
-        for i, size in enumerate(parse_bytes(s) for s in args.sizes.split(",")):
+        sizes = [parse_bytes(s) for s in args.sizes.split(",")] if "snapshots" in args.parts else []
+        for i, size in enumerate(sizes):
             figures = snapshot_figures(cluster, f"snap{i}", size)
             report["snapshots"].append(figures)
             print(f"partition of {size / 1e6:.0f} MB: snapshot {figures['snapshot_bytes']} bytes, "
