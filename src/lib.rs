@@ -20,10 +20,12 @@
 //! - [`metrics`]: every exported metric, defined in one place.
 //! - [`logging`]: log format and the filter that keeps peer hiccups out of ERROR.
 //! - [`config`]: configuration files plus environment overrides.
+//! - [`clock`]: the wall clock, read by leaders and handlers only.
 //! - [`huge_alloc`]: the global allocator that keeps absurd decoded sizes from aborting.
 
 pub mod admin;
 pub mod admin_http;
+pub mod clock;
 pub mod cluster;
 pub mod config;
 pub mod error;

@@ -16,6 +16,7 @@ from harness import (BASE_TS, Msg, by_partition, expect, expect_eq, make_message
                      run_suite, wait_until)
 
 from confluent_kafka import (OFFSET_BEGINNING, OFFSET_END, TIMESTAMP_CREATE_TIME,  # noqa: E402
+                             TIMESTAMP_LOG_APPEND_TIME,
                              Consumer, KafkaError, KafkaException, Producer, TopicPartition)
 from confluent_kafka.admin import (AdminClient, AlterConfigOpType, ConfigEntry,  # noqa: E402
                                    ConfigResource, ConfigSource, NewPartitions, NewTopic,
@@ -274,6 +275,33 @@ def check_internal_topic(bootstrap, R):
         expect(err is not None and err.code() == KafkaError.TOPIC_EXCEPTION, f"delivery report error {err}")
 
 
+def check_log_append_time(bootstrap, R):
+    with R.check("message.timestamp.type=LogAppendTime: the broker's time replaces the producer's, "
+                 "in the delivery report and for consumers"):
+        topic = "cfk-append-time"
+        admin_call(bootstrap, "create_topics",
+                   [NewTopic(topic, num_partitions=1, replication_factor=1,
+                             config={"message.timestamp.type": "LogAppendTime"})],
+                   key=topic, operation_timeout=TIMEOUT)
+        wait_for_topic(bootstrap, topic, 1)
+        msgs = [Msg(0, b"k", f"stamped-{i}".encode(), None, BASE_TS + i) for i in range(5)]
+        before = int(time.time() * 1000)
+        producer, reports = start_producing(bootstrap, topic, msgs)
+        stamps = []
+        producer.produce(topic, value=b"reported", partition=0, timestamp=BASE_TS,
+                         on_delivery=lambda err, m: stamps.append((err, m.timestamp())))
+        expect_eq(producer.flush(TIMEOUT), 0, "messages still undelivered after flush")
+        after = int(time.time() * 1000)
+        check_delivered(reports, msgs)
+        (err, (kind, stamp)), = stamps
+        expect(err is None and kind == TIMESTAMP_LOG_APPEND_TIME and before <= stamp <= after,
+               f"delivery report timestamp {(err, kind, stamp)}, expected LogAppendTime in [{before}, {after}]")
+        for m in read_all(bootstrap, topic, [0]):
+            kind, stamp = m.timestamp()
+            expect(kind == TIMESTAMP_LOG_APPEND_TIME and before <= stamp <= after,
+                   f"offset {m.offset()}: timestamp {(kind, stamp)}, expected LogAppendTime in [{before}, {after}]")
+
+
 def expect_admin_error(code, *call, **kwargs):
     try:
         admin_call(*call, **kwargs)
@@ -415,6 +443,7 @@ def main(broker, R):
     check_admin_basics(bootstrap, R)
     check_configs(bootstrap, R)
     check_internal_topic(bootstrap, R)
+    check_log_append_time(bootstrap, R)
     check_codecs(bootstrap, R)
     check_acks(bootstrap, R)
     check_auto_create(bootstrap, R)

@@ -1088,6 +1088,16 @@ impl Cluster {
             .unwrap_or_default()
     }
 
+    /// Whether `topic` stamps the broker's time into appended batches
+    /// (`message.timestamp.type=LogAppendTime`).
+    pub fn uses_log_append_time(&self, topic: &str) -> bool {
+        self.metadata()
+            .topics
+            .get(topic)
+            .and_then(|state| state.configs.get("message.timestamp.type"))
+            .is_some_and(|kind| kind == "LogAppendTime")
+    }
+
     /// The configs of the topic `group` is a partition of.
     pub fn topic_configs(&self, group: GroupId) -> BTreeMap<String, String> {
         let metadata = self.metadata();

@@ -9,11 +9,12 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
 use super::{Cluster, PartitionHandle};
+use crate::clock::now_ms;
 use crate::config::BrokerConfig;
 use crate::storage::partition::{Checkpoint, PartitionOffsets};
 use crate::storage::producers::expired;
@@ -104,12 +105,6 @@ pub fn topic_defaults(cfg: &BrokerConfig) -> Vec<(&'static str, String)> {
         (SEGMENT_BYTES, cfg.log_segment_bytes.to_string()),
         (SEGMENT_MS, cfg.log_roll_ms.to_string()),
     ]
-}
-
-fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |elapsed| elapsed.as_millis() as i64)
 }
 
 /// Every check interval: leaders move their partitions' log start as retention

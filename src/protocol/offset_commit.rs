@@ -16,9 +16,7 @@ pub async fn handle(
     groups: &GroupCoordinator,
     request: OffsetCommitRequest,
 ) -> OffsetCommitResponse {
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64);
+    let now = crate::clock::now_ms();
     let metadata = cluster.metadata();
     // Offsets of partitions that do not exist are refused one by one; the rest commit together.
     let mut codes: Vec<Vec<i16>> = Vec::new();

@@ -15,7 +15,7 @@ use crate::cluster::Cluster;
 use crate::error::{code_of, BrokerError};
 use crate::metrics::METRICS;
 use crate::records::legacy;
-use crate::storage::batch::{validate_produce_records, BatchError};
+use crate::storage::batch::{stamp_log_append_time, validate_produce_records, BatchError};
 
 pub const VERSIONS: VersionRange = VersionRange { min: 0, max: 9 };
 
@@ -105,13 +105,13 @@ async fn produce_partition(
     if let Err(err) = &result {
         tracing::debug!(topic, partition = data.index, error = %err, "produce refused");
     }
-    let (base_offset, log_start_offset) = result.as_ref().map_or((-1, -1), |offsets| *offsets);
+    let (base_offset, log_start_offset, log_append_time) = result.as_ref().map_or((-1, -1, -1), |appended| *appended);
     let response = PartitionProduceResponse::default()
         .with_index(data.index)
         .with_error_code(code_of(&result))
         .with_error_message(error_message(&result))
         .with_base_offset(base_offset)
-        .with_log_append_time_ms(-1)
+        .with_log_append_time_ms(log_append_time)
         .with_log_start_offset(log_start_offset);
     (response, if result.is_ok() { size } else { 0 })
 }
@@ -122,7 +122,7 @@ async fn append(
     partition: i32,
     records: Bytes,
     timeout: Duration,
-) -> Result<(i64, i64), BrokerError> {
+) -> Result<(i64, i64, i64), BrokerError> {
     let handle = match cluster.writable_partition(topic, partition) {
         Err(BrokerError::UnknownTopicOrPartition) if cluster.config().auto_create_topics => {
             cluster.ensure_topic(topic).await?;
@@ -130,8 +130,19 @@ async fn append(
         }
         other => other?,
     };
-    let batches = validate_produce_records(&records, cluster.config().message_max_bytes)?;
-    cluster.append(&handle, batches, timeout).await
+    let mut batches = validate_produce_records(&records, cluster.config().message_max_bytes)?;
+    // The leader's clock goes into the batches before they are proposed, so
+    // every replica stores the same bytes; -1 answers "not LogAppendTime".
+    let log_append_time = match cluster.uses_log_append_time(topic) {
+        true => {
+            let now = crate::clock::now_ms();
+            batches.iter_mut().for_each(|batch| stamp_log_append_time(batch, now));
+            now
+        }
+        false => -1,
+    };
+    let (base_offset, log_start_offset) = cluster.append(&handle, batches, timeout).await?;
+    Ok((base_offset, log_start_offset, log_append_time))
 }
 
 /// The records of a Produce v0-v2 as one v2 batch; later versions carry v2
