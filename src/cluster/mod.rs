@@ -1160,31 +1160,24 @@ impl Cluster {
             refuse_internal(OFFSETS_TOPIC, "appended to")?;
         }
         let proposed = Instant::now();
-        let committed = tokio::time::timeout(timeout, handle.raft.client_write(Command::Append { batches }));
+        let committed = tokio::time::timeout(timeout, propose_to_partition(handle, Command::Append { batches }));
         let Ok(written) = committed.await else {
             return Err(BrokerError::Timeout(format!("not committed within {timeout:?}")));
         };
-        if written.is_ok() {
-            METRICS.raft_committed(proposed.elapsed());
-        }
-        match written {
-            Ok(response) => match response.data {
-                CommandResponse::Appended {
-                    base_offset,
-                    log_start_offset,
-                } => Ok((base_offset, log_start_offset)),
-                CommandResponse::ProduceRefused(refusal) => Err(BrokerError::from(refusal)),
-                other => Err(BrokerError::InvalidRequest(format!(
-                    "unexpected partition answer {other:?}"
-                ))),
-            },
-            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_))) => Err(BrokerError::NotLeader),
-            Err(err) => Err(BrokerError::LeaderNotAvailable(err.to_string())),
+        let answer = written?;
+        METRICS.raft_committed(proposed.elapsed());
+        match answer {
+            CommandResponse::Appended {
+                base_offset,
+                log_start_offset,
+            } => Ok((base_offset, log_start_offset)),
+            CommandResponse::ProduceRefused(refusal) => Err(BrokerError::from(refusal)),
+            other => Err(unexpected(other)),
         }
     }
 }
 
-/// Proposes a housekeeping command to a partition this node leads.
+/// Proposes a command to a partition this node leads: appends and housekeeping.
 async fn propose_to_partition(handle: &PartitionHandle, command: Command) -> Result<CommandResponse, BrokerError> {
     match handle.raft.client_write(command).await {
         Ok(response) => Ok(response.data),
