@@ -123,6 +123,11 @@ pub struct RaftGroupLabels {
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct PeerRequestLabels {
+    pub kind: &'static str,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash, EncodeLabelSet)]
 pub struct ConsumerGroupLabels {
     pub consumer_group: String,
     pub state: &'static str,
@@ -194,6 +199,7 @@ pub struct Metrics {
     raft_append_bytes: Histogram,
     raft_snapshot_builds: Counter,
     raft_snapshot_installs: Counter,
+    peer_requests: Family<PeerRequestLabels, Counter>,
 }
 
 impl Metrics {
@@ -237,6 +243,7 @@ impl Metrics {
             raft_append_bytes: Histogram::new(exponential_buckets(256.0, 4.0, 10)),
             raft_snapshot_builds: Counter::default(),
             raft_snapshot_installs: Counter::default(),
+            peer_requests: Family::default(),
         };
         metrics.register()
     }
@@ -333,7 +340,7 @@ impl Metrics {
         );
         r.register(
             "raft_log_append_duration_seconds",
-            "Raft log appends: one RocksDB write with fsync, duration",
+            "Raft log appends: one write and fdatasync of the group's log file, duration",
             self.raft_append_seconds.clone(),
         );
         r.register(
@@ -350,6 +357,11 @@ impl Metrics {
             "raft_log_append_bytes",
             "Raft log bytes written per append",
             self.raft_append_bytes.clone(),
+        );
+        r.register(
+            "peer_requests",
+            "Requests this node sent to its peers, by kind (heartbeats are AppendEntries without entries)",
+            self.peer_requests.clone(),
         );
         r.register(
             "raft_snapshot_builds",
@@ -506,6 +518,10 @@ impl Metrics {
         self.raft_leader_changes
             .get_or_create(&RaftGroupLabels { raft_group })
             .inc();
+    }
+
+    pub fn peer_request_sent(&self, kind: &'static str) {
+        self.peer_requests.get_or_create(&PeerRequestLabels { kind }).inc();
     }
 
     pub fn raft_election_started(&self, raft_group: u64) {

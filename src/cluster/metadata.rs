@@ -99,6 +99,7 @@ impl ClusterState {
                 Ok(Vec::new())
             }
             Command::Append { .. }
+            | Command::AppendRequests { .. }
             | Command::AdvanceLogStart { .. }
             | Command::ExpireProducers { .. }
             | Command::Group(_)

@@ -1,6 +1,7 @@
 //! The node's view of the cluster: the controller group, the partition groups it
 //! hosts, and routing of reads and writes to them.
 
+pub mod appender;
 pub mod controller_state;
 pub mod identity;
 pub mod leaders;
@@ -43,6 +44,7 @@ use crate::storage::keys::ALL_CFS;
 use crate::storage::partition::{PartitionLog, PartitionOffsets};
 use crate::storage::segments::{RollPolicy, SegmentLog};
 use crate::storage::{StorageError, Store};
+use appender::Appender;
 use controller_state::ControllerState;
 use identity::{Identity, IdentityError};
 use leaders::{LeaderBoard, LeaderView, ANNOUNCE_INTERVAL};
@@ -82,6 +84,8 @@ pub struct PartitionHandle {
     pub segments: Arc<SegmentLog>,
     /// The log start up to which this replica last asked for its log to be freed.
     freed_to: AtomicI64,
+    /// Folds concurrent produce requests into shared entries.
+    appender: Arc<Appender>,
 }
 
 impl PartitionHandle {
@@ -116,7 +120,6 @@ pub struct Cluster {
     controller: Raft,
     metadata: watch::Receiver<Arc<ClusterState>>,
     partitions: RwLock<HashMap<GroupId, Arc<PartitionHandle>>>,
-    appends: Arc<watch::Sender<u64>>,
     /// Serialises reconciliation so a group is never started or dropped twice.
     reconciling: Mutex<()>,
     identity: Identity,
@@ -176,7 +179,6 @@ impl Cluster {
             controller,
             metadata,
             partitions: RwLock::new(HashMap::new()),
-            appends: Arc::new(watch::channel(0).0),
             reconciling: Mutex::new(()),
             identity,
             gate,
@@ -591,11 +593,6 @@ impl Cluster {
         self.metadata.borrow().clone()
     }
 
-    /// A receiver that changes whenever any partition on this node appends.
-    pub fn appends(&self) -> watch::Receiver<u64> {
-        self.appends.subscribe()
-    }
-
     pub fn partition_by_group(&self, group: GroupId) -> Option<Arc<PartitionHandle>> {
         self.partitions.read().ok()?.get(&group).cloned()
     }
@@ -743,7 +740,7 @@ impl Cluster {
         let consumer_groups = stores_offsets.then(SharedGroups::default);
         let state: Box<dyn ReplicatedState> = match &consumer_groups {
             Some(groups) => Box::new(OffsetsState::new(groups.clone())),
-            None => Box::new(PartitionState::new(log.clone(), published, self.appends.clone())),
+            None => Box::new(PartitionState::new(log.clone(), published)),
         };
         let members: Vec<(NodeId, String)> = replicas
             .iter()
@@ -762,6 +759,7 @@ impl Cluster {
             lease: self.lease(),
             segments,
             freed_to: AtomicI64::new(0),
+            appender: Arc::default(),
         })
     }
 
@@ -1112,7 +1110,7 @@ impl Cluster {
     /// Moves a partition's log start forward through its leader (this node);
     /// returns the new log start.
     pub async fn advance_log_start(&self, handle: &PartitionHandle, offset: i64) -> Result<i64, BrokerError> {
-        match propose_to_partition(handle, Command::AdvanceLogStart { offset }).await? {
+        match propose_to_partition(&handle.raft, Command::AdvanceLogStart { offset }).await? {
             CommandResponse::LogStart(start) => Ok(start),
             other => Err(unexpected(other)),
         }
@@ -1124,7 +1122,7 @@ impl Cluster {
         let command = Command::ExpireProducers {
             before_timestamp: before,
         };
-        match propose_to_partition(handle, command).await? {
+        match propose_to_partition(&handle.raft, command).await? {
             CommandResponse::ProducersExpired(count) => Ok(count),
             other => Err(unexpected(other)),
         }
@@ -1160,26 +1158,19 @@ impl Cluster {
             refuse_internal(OFFSETS_TOPIC, "appended to")?;
         }
         let proposed = Instant::now();
-        let committed = tokio::time::timeout(timeout, propose_to_partition(handle, Command::Append { batches }));
-        let Ok(written) = committed.await else {
+        let answered = handle.appender.submit(&handle.raft, batches);
+        let Ok(answer) = tokio::time::timeout(timeout, answered).await else {
             return Err(BrokerError::Timeout(format!("not committed within {timeout:?}")));
         };
-        let answer = written?;
+        let appended = answer.map_err(|_| BrokerError::LeaderNotAvailable("the partition stopped".into()))??;
         METRICS.raft_committed(proposed.elapsed());
-        match answer {
-            CommandResponse::Appended {
-                base_offset,
-                log_start_offset,
-            } => Ok((base_offset, log_start_offset)),
-            CommandResponse::ProduceRefused(refusal) => Err(BrokerError::from(refusal)),
-            other => Err(unexpected(other)),
-        }
+        Ok((appended.base_offset, appended.log_start_offset))
     }
 }
 
 /// Proposes a command to a partition this node leads: appends and housekeeping.
-async fn propose_to_partition(handle: &PartitionHandle, command: Command) -> Result<CommandResponse, BrokerError> {
-    match handle.raft.client_write(command).await {
+async fn propose_to_partition(raft: &Raft, command: Command) -> Result<CommandResponse, BrokerError> {
+    match raft.client_write(command).await {
         Ok(response) => Ok(response.data),
         Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_))) => Err(BrokerError::NotLeader),
         Err(err) => Err(BrokerError::LeaderNotAvailable(err.to_string())),

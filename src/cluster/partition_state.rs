@@ -3,15 +3,14 @@
 //! the checkpoints its snapshots are made of. Its records stay in the log
 //! entries that carried them (`storage::partition`).
 
-use std::sync::Arc;
-
 use rocksdb::WriteBatch;
 use tokio::sync::watch;
 
-use crate::raft::command::{Command, CommandResponse};
+use crate::raft::command::{Appended, Command, CommandResponse};
 use crate::raft::state_machine::{Applying, ReplicatedState};
 use crate::raft::GroupId;
-use crate::storage::partition::{Checkpoint, PartitionLog, PartitionOffsets};
+use crate::storage::batch::ValidatedBatch;
+use crate::storage::partition::{BatchPlace, Checkpoint, PartitionLog, PartitionOffsets};
 use crate::storage::producers::Producers;
 use crate::storage::{StorageError, Store};
 
@@ -19,24 +18,46 @@ pub struct PartitionState {
     log: PartitionLog,
     offsets: PartitionOffsets,
     producers: Producers,
+    /// Wakes long-polling fetches of this partition.
     published: watch::Sender<PartitionOffsets>,
-    /// Bumped on every append to any partition; wakes long-polling fetches.
-    appends: Arc<watch::Sender<u64>>,
 }
 
 impl PartitionState {
-    pub fn new(
-        log: PartitionLog,
-        published: watch::Sender<PartitionOffsets>,
-        appends: Arc<watch::Sender<u64>>,
-    ) -> Self {
+    pub fn new(log: PartitionLog, published: watch::Sender<PartitionOffsets>) -> Self {
         PartitionState {
             log,
             offsets: PartitionOffsets::default(),
             producers: Producers::new(),
             published,
-            appends,
         }
+    }
+}
+
+impl PartitionState {
+    /// Appends each request's batches on its own, in order: a request refused
+    /// (an idempotent producer's sequence) leaves the others appended. A batch's
+    /// ordinal counts every batch before it in the entry, refused or not, as
+    /// readers find it by its position in the entry.
+    fn append_requests(
+        &mut self,
+        write: &mut WriteBatch,
+        requests: &[Vec<ValidatedBatch>],
+        entry: u64,
+    ) -> Result<CommandResponse, StorageError> {
+        let mut answers = Vec::with_capacity(requests.len());
+        let mut first_ordinal = 0;
+        for batches in requests {
+            let placed = BatchPlace { entry, first_ordinal };
+            let answer = self
+                .log
+                .stage_append(write, &mut self.offsets, &mut self.producers, batches, placed)?;
+            answers.push(answer.map(|base_offset| Appended {
+                base_offset,
+                log_start_offset: self.offsets.log_start_offset,
+            }));
+            first_ordinal += batches.len() as u32;
+        }
+        Ok(CommandResponse::AppendedRequests(answers))
     }
 }
 
@@ -49,13 +70,8 @@ impl ReplicatedState for PartitionState {
     ) -> Result<CommandResponse, StorageError> {
         let (log, offsets, producers) = (&self.log, &mut self.offsets, &mut self.producers);
         Ok(match command {
-            Command::Append { batches } => match log.stage_append(write, offsets, producers, batches, entry.index)? {
-                Ok(base_offset) => CommandResponse::Appended {
-                    base_offset,
-                    log_start_offset: offsets.log_start_offset,
-                },
-                Err(refusal) => CommandResponse::ProduceRefused(refusal),
-            },
+            Command::Append { batches } => self.append_requests(write, std::slice::from_ref(batches), entry.index)?,
+            Command::AppendRequests { requests } => self.append_requests(write, requests, entry.index)?,
             Command::AdvanceLogStart { offset } => {
                 CommandResponse::LogStart(log.stage_advance_start(write, offsets, *offset)?)
             }
@@ -74,7 +90,6 @@ impl ReplicatedState for PartitionState {
 
     fn publish(&self) {
         self.published.send_replace(self.offsets);
-        self.appends.send_modify(|count| *count = count.wrapping_add(1));
     }
 
     fn records(&self) -> Option<&PartitionLog> {

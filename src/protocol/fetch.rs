@@ -8,12 +8,14 @@ use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
 use kafka_protocol::messages::fetch_response::{FetchableTopicResponse, PartitionData};
 use kafka_protocol::messages::{FetchRequest, FetchResponse};
 use kafka_protocol::protocol::VersionRange;
+use tokio::sync::watch;
 use tokio::time::Instant;
 
 use crate::cluster::Cluster;
 use crate::error::{code_of, BrokerError};
 use crate::metrics::METRICS;
 use crate::records::legacy;
+use crate::storage::partition::PartitionOffsets;
 
 pub const VERSIONS: VersionRange = VersionRange { min: 0, max: 12 };
 
@@ -33,17 +35,22 @@ pub async fn handle(cluster: &Cluster, version: i16, request: FetchRequest) -> F
     } else {
         usize::MAX
     };
-    // Subscribe before reading so an append between the read and the wait still wakes us.
-    let mut appends = cluster.appends();
+    let mut appends = appends_of(cluster, &request.topics);
     let topics = loop {
-        appends.borrow_and_update();
-        let (topics, bytes, failed) = read_topics(cluster, &request.topics, max_bytes, legacy_magic);
+        // Marked seen before reading, so an append between the read and the wait still wakes us.
+        appends.iter_mut().for_each(|partition| {
+            partition.borrow_and_update();
+        });
+        // Reads touch RocksDB and the log files: off the runtime's async workers,
+        // which also run the Raft groups.
+        let (topics, bytes, failed) =
+            tokio::task::block_in_place(|| read_topics(cluster, &request.topics, max_bytes, legacy_magic));
         if bytes >= min_bytes || failed || Instant::now() >= deadline {
             break topics;
         }
         tokio::select! {
-            changed = appends.changed() => {
-                if changed.is_err() {
+            stopped = any_append(&mut appends) => {
+                if stopped {
                     break topics;
                 }
             }
@@ -60,6 +67,32 @@ pub async fn handle(cluster: &Cluster, version: i16, request: FetchRequest) -> F
     }
     // Session id 0: no fetch session is created; the client keeps sending full fetches.
     FetchResponse::default().with_responses(topics)
+}
+
+/// The offsets of every requested partition this node leads: a long poll wakes
+/// on appends to those, not to every partition of the node.
+fn appends_of(cluster: &Cluster, topics: &[FetchTopic]) -> Vec<watch::Receiver<PartitionOffsets>> {
+    topics
+        .iter()
+        .flat_map(|topic| {
+            topic
+                .partitions
+                .iter()
+                .filter_map(|partition| cluster.led_partition(&topic.topic.0, partition.partition).ok())
+        })
+        .map(|handle| handle.offsets.clone())
+        .collect()
+}
+
+/// Waits for an append to any of the partitions; true if one of them stopped
+/// (its group shut down), when waiting longer is pointless.
+async fn any_append(partitions: &mut [watch::Receiver<PartitionOffsets>]) -> bool {
+    if partitions.is_empty() {
+        return std::future::pending().await;
+    }
+    let changes = partitions.iter_mut().map(|partition| Box::pin(partition.changed()));
+    let (changed, _, _) = futures::future::select_all(changes).await;
+    changed.is_err()
 }
 
 /// Reads every requested partition; returns the responses, the bytes read and

@@ -24,7 +24,8 @@ pub enum Command {
     DeleteTopic { name: String },
     /// Controller: grow a topic to `replicas.len()` partitions in total.
     CreatePartitions { name: String, replicas: Vec<Vec<NodeId>> },
-    /// Partition: append validated record batches.
+    /// Partition: append validated record batches. Written by earlier
+    /// versions, one produce request per entry; still applied when read back.
     Append { batches: Vec<ValidatedBatch> },
     /// Partition: move the log start forward (retention, DeleteRecords); the
     /// records below it are gone for readers, and their log can be freed.
@@ -45,6 +46,10 @@ pub enum Command {
         replace: bool,
         changes: Vec<ConfigChange>,
     },
+    /// Partition: the validated batches of several produce requests, folded
+    /// into one entry (group commit). Each request is checked and appended on
+    /// its own, in order, and answered on its own.
+    AppendRequests { requests: Vec<Vec<ValidatedBatch>> },
 }
 
 /// One config change of [`Command::AlterTopicConfigs`].
@@ -79,10 +84,25 @@ impl Command {
             | Command::AllocateProducerId
             | Command::AlterTopicConfigs { .. } => true,
             Command::Append { .. }
+            | Command::AppendRequests { .. }
             | Command::AdvanceLogStart { .. }
             | Command::ExpireProducers { .. }
             | Command::Group(_) => false,
         }
+    }
+}
+
+impl Command {
+    /// The record batches an append carries, in the order their offsets were
+    /// assigned (a batch's position in it is its ordinal in the entry); none for
+    /// any other command.
+    pub fn into_appended_batches(self) -> impl Iterator<Item = ValidatedBatch> {
+        let requests = match self {
+            Command::Append { batches } => vec![batches],
+            Command::AppendRequests { requests } => requests,
+            _ => Vec::new(),
+        };
+        requests.into_iter().flatten()
     }
 }
 
@@ -92,19 +112,25 @@ pub enum CommandResponse {
     Empty,
     /// The controller applied (or refused) a metadata change.
     Controller(Result<Vec<GroupId>, ControllerRefusal>),
-    /// A partition appended batches starting at `base_offset` (or had already
-    /// appended them, for a retried idempotent batch).
-    Appended { base_offset: i64, log_start_offset: i64 },
+    /// What a partition answered each request of an AppendRequests, in order.
+    AppendedRequests(Vec<Result<Appended, ProduceRefusal>>),
     /// A partition's log start after an AdvanceLogStart.
     LogStart(i64),
     /// How many idempotent producers a partition forgot.
     ProducersExpired(u32),
-    /// A partition refused an idempotent producer's batches.
-    ProduceRefused(ProduceRefusal),
     /// The controller allocated a producer id.
     ProducerId(i64),
     /// The command was sent to a group that does not handle it.
     WrongGroup,
+}
+
+/// Where a partition appended one produce request's batches.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq)]
+pub struct Appended {
+    /// The first batch's offset (or, for a retried idempotent batch, the
+    /// offset it was appended at before).
+    pub base_offset: i64,
+    pub log_start_offset: i64,
 }
 
 /// Why the controller refused a change, decided at apply time so every replica agrees.

@@ -19,10 +19,10 @@ use crate::storage::Store;
 const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
 const BOOTSTRAP_RETRY_MIN: Duration = Duration::from_millis(100);
 const BOOTSTRAP_RETRY_MAX: Duration = Duration::from_secs(2);
-/// Bounds an AppendEntries request: entries are produce requests of up to
-/// `message_max_bytes` per partition, and openraft gives each request only one
-/// heartbeat interval to complete (follower fsync included).
-const MAX_PAYLOAD_ENTRIES: u64 = 16;
+/// Bounds an AppendEntries request by count; the log store bounds it by bytes
+/// (`limited_get_log_entries`), so a follower behind by many small entries
+/// still catches up hundreds per round trip.
+const MAX_PAYLOAD_ENTRIES: u64 = 512;
 
 #[derive(Debug, thiserror::Error)]
 pub enum GroupStartError {
@@ -50,11 +50,15 @@ fn raft_config(
             (cfg.snapshot_entries / 10).max(1),
         )
     };
+    // openraft 0.9 lets a follower campaign only once its leader's lease
+    // (election_timeout_max) and then its own timeout have passed since it
+    // last heard from the leader; a narrow range keeps that sum, the gap after
+    // a leader dies, near 2.5 election timeouts.
     let config = openraft::Config {
         cluster_name: format!("group-{group}"),
         heartbeat_interval: cfg.heartbeat_interval().as_millis() as u64,
         election_timeout_min: election,
-        election_timeout_max: election * 2,
+        election_timeout_max: election + election / 2,
         snapshot_policy,
         max_in_snapshot_log_to_keep,
         max_payload_entries: MAX_PAYLOAD_ENTRIES,

@@ -20,7 +20,7 @@ use rocksdb::WriteBatch;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use super::{Command, GroupId, LogId, NodeId, RaftStorageError, TypeConfig};
+use super::{GroupId, LogId, NodeId, RaftStorageError, TypeConfig};
 use crate::metrics::METRICS;
 use crate::storage::keys::{self, CF_RAFT_STATE};
 use crate::storage::partition::BatchSource;
@@ -31,6 +31,8 @@ type Entry = openraft::Entry<TypeConfig>;
 
 /// Version tag of an entry's encoding inside its log record.
 const ENTRY_FORMAT: u8 = 1;
+/// The entry bytes one AppendEntries carries (at least one entry, whatever its size).
+const REPLICATION_FRAME_BYTES: usize = 2 << 20;
 
 pub fn encode_entry(entry: &Entry) -> Result<Vec<u8>, StorageError> {
     let mut out = vec![ENTRY_FORMAT];
@@ -65,7 +67,7 @@ impl BatchSource for EntryBatches {
             return Ok(None);
         };
         Ok(Some(match decode_entry(&raw)?.payload {
-            EntryPayload::Normal(Command::Append { batches }) => batches.into_iter().map(|batch| batch.bytes).collect(),
+            EntryPayload::Normal(command) => command.into_appended_batches().map(|batch| batch.bytes).collect(),
             _ => Vec::new(),
         }))
     }
@@ -152,9 +154,10 @@ impl GroupLogStore {
     }
 
     /// The consecutive entries `from..until` this store holds, which may end early
-    /// (past the last entry) but never start late: a range that begins at or
+    /// (past the last entry, or once `budget` bytes are read, though never
+    /// before the first entry) but never start late: a range that begins at or
     /// below the purge point, or runs into a hole, is refused.
-    fn entries_in(&self, from: u64, until: Option<u64>) -> Result<Vec<Entry>, LogReadError> {
+    fn entries_in(&self, from: u64, until: Option<u64>, budget: usize) -> Result<Vec<Entry>, LogReadError> {
         if until.is_some_and(|until| until <= from) {
             return Ok(Vec::new());
         }
@@ -179,12 +182,17 @@ impl GroupLogStore {
             None => return Ok(entries),
         };
         let end = until.map_or(last + 1, |until| until.min(last + 1));
+        let mut read = 0;
         for index in from..end {
+            if read >= budget {
+                break;
+            }
             let raw = self.log.read(index)?.ok_or(LogReadError::Hole {
                 group: self.group,
                 missing: index,
                 found: last,
             })?;
+            read += raw.len();
             entries.push(decode_entry(&raw)?);
         }
         Ok(entries)
@@ -206,8 +214,16 @@ impl RaftLogReader<TypeConfig> for GroupLogStore {
             Bound::Excluded(i) => Some(*i),
             Bound::Unbounded => None,
         };
-        blocking(|| self.entries_in(from, until))
+        blocking(|| self.entries_in(from, until, usize::MAX))
             .map_err(|err| io_error(ErrorSubject::LogIndex(from), ErrorVerb::Read, err))
+    }
+
+    /// What the leader sends a follower in one AppendEntries: bounded in bytes,
+    /// so a frame to a lagging follower is committed well within the timeout
+    /// openraft gives it (one heartbeat interval) and never resent forever.
+    async fn limited_get_log_entries(&mut self, start: u64, end: u64) -> Result<Vec<Entry>, RaftStorageError> {
+        blocking(|| self.entries_in(start, Some(end), REPLICATION_FRAME_BYTES))
+            .map_err(|err| io_error(ErrorSubject::LogIndex(start), ErrorVerb::Read, err))
     }
 }
 

@@ -1,8 +1,11 @@
 //! Raft RPC transport, client side: one multiplexed TCP connection from this
 //! node to each peer carries the requests of every group (tagged by group id);
 //! responses are matched to requests by id, so a slow snapshot chunk never
-//! holds up another group's heartbeat. A broken connection is re-dialled on the
-//! next request, with exponential backoff while the peer stays unreachable.
+//! holds up another group's heartbeat. Requests wait in two lanes: votes and
+//! heartbeats (the control lane) are written before any queued entries or
+//! snapshot chunks, and a request whose caller gave up is dropped unsent. A
+//! broken connection is re-dialled on the next request, with exponential
+//! backoff while the peer stays unreachable.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -28,6 +31,7 @@ use tokio_util::sync::CancellationToken;
 use super::handshake::{self, Challenge, PeerCredentials, Welcome};
 use super::wire::{self, PeerRequest, PeerResponse};
 use super::{GroupId, NodeId, TypeConfig};
+use crate::metrics::METRICS;
 
 const DIAL_TIMEOUT: Duration = Duration::from_secs(1);
 const MIN_BACKOFF: Duration = Duration::from_millis(50);
@@ -35,7 +39,7 @@ const MAX_BACKOFF: Duration = Duration::from_secs(1);
 /// A connection with requests outstanding that has received nothing for this
 /// long is presumed dead: heartbeats alone answer several times within it.
 const SILENT_CONNECTION: Duration = Duration::from_secs(2);
-/// Frames queued for one peer before senders wait.
+/// Frames queued in each lane to one peer before senders wait.
 const OUTGOING_QUEUE: usize = 1024;
 
 #[derive(Debug, thiserror::Error)]
@@ -111,10 +115,14 @@ struct LinkState {
     unreachable: bool,
 }
 
+/// The callers waiting for an answer, by request id.
+type Pending = Arc<SyncMutex<HashMap<u64, oneshot::Sender<PeerResponse>>>>;
+
 #[derive(Clone)]
 struct Connection {
-    outgoing: mpsc::Sender<Bytes>,
-    pending: Arc<SyncMutex<HashMap<u64, oneshot::Sender<PeerResponse>>>>,
+    control: mpsc::Sender<(u64, Bytes)>,
+    data: mpsc::Sender<(u64, Bytes)>,
+    pending: Pending,
     closed: CancellationToken,
     last_heard: Arc<SyncMutex<Instant>>,
 }
@@ -143,8 +151,13 @@ impl PeerClient {
         let connection = self.connection().await?;
         let (answer, answered) = oneshot::channel();
         lock(&connection.pending).insert(id, answer);
+        METRICS.peer_request_sent(request.kind());
+        let lane = match request.is_control() {
+            true => &connection.control,
+            false => &connection.data,
+        };
         let exchange = async {
-            if connection.outgoing.send(frame).await.is_err() {
+            if lane.send((id, frame)).await.is_err() {
                 return Err(CallError::Broken(self.peer, "writer stopped".into()));
             }
             answered
@@ -264,36 +277,100 @@ fn start_connection(
     frames: FramedRead<OwnedReadHalf, LengthDelimitedCodec>,
     sink: FramedWrite<OwnedWriteHalf, LengthDelimitedCodec>,
 ) -> Connection {
-    let (outgoing, queued) = mpsc::channel(OUTGOING_QUEUE);
+    let (control, control_queue) = mpsc::channel(OUTGOING_QUEUE);
+    let (data, data_queue) = mpsc::channel(OUTGOING_QUEUE);
     let connection = Connection {
-        outgoing,
+        control,
+        data,
         pending: Arc::default(),
         closed: CancellationToken::new(),
         last_heard: Arc::new(SyncMutex::new(Instant::now())),
     };
-    tokio::spawn(write_frames(sink, queued, connection.closed.clone()));
+    let lanes = RequestLanes {
+        control: control_queue,
+        data: data_queue,
+        pending: Arc::clone(&connection.pending),
+    };
+    tokio::spawn(write_frames(sink, lanes, connection.closed.clone()));
     tokio::spawn(read_responses(frames, connection.clone()));
     connection
 }
 
+/// Where a connection's writer takes its frames from.
+pub trait FrameQueue: Send {
+    /// The next frame to write, waiting for one; `None` once no more can come.
+    fn next(&mut self) -> impl std::future::Future<Output = Option<Bytes>> + Send;
+    /// The next frame already queued, if any.
+    fn try_next(&mut self) -> Option<Bytes>;
+}
+
+impl FrameQueue for mpsc::Receiver<Bytes> {
+    async fn next(&mut self) -> Option<Bytes> {
+        self.recv().await
+    }
+
+    fn try_next(&mut self) -> Option<Bytes> {
+        self.try_recv().ok()
+    }
+}
+
+/// A connection's two request lanes: control before data, and only requests
+/// someone still waits for.
+struct RequestLanes {
+    control: mpsc::Receiver<(u64, Bytes)>,
+    data: mpsc::Receiver<(u64, Bytes)>,
+    pending: Pending,
+}
+
+impl RequestLanes {
+    fn wanted(&self, (id, frame): (u64, Bytes)) -> Option<Bytes> {
+        lock(&self.pending).contains_key(&id).then_some(frame)
+    }
+}
+
+impl FrameQueue for RequestLanes {
+    async fn next(&mut self) -> Option<Bytes> {
+        loop {
+            let request = tokio::select! {
+                biased;
+                request = self.control.recv() => request,
+                request = self.data.recv() => request,
+            }?;
+            if let Some(frame) = self.wanted(request) {
+                return Some(frame);
+            }
+        }
+    }
+
+    fn try_next(&mut self) -> Option<Bytes> {
+        while let Some(request) = self.control.try_recv().ok().or_else(|| self.data.try_recv().ok()) {
+            if let Some(frame) = self.wanted(request) {
+                return Some(frame);
+            }
+        }
+        None
+    }
+}
+
 /// Writes queued frames, flushing once per burst rather than once per frame.
-pub async fn write_frames<W>(
+pub async fn write_frames<W, Q>(
     mut sink: FramedWrite<W, tokio_util::codec::LengthDelimitedCodec>,
-    mut queued: mpsc::Receiver<Bytes>,
+    mut queued: Q,
     closed: CancellationToken,
 ) where
     W: tokio::io::AsyncWrite + Unpin,
+    Q: FrameQueue,
 {
     loop {
         let frame = tokio::select! {
             _ = closed.cancelled() => break,
-            frame = queued.recv() => match frame {
+            frame = queued.next() => match frame {
                 Some(frame) => frame,
                 None => break,
             },
         };
         let mut written = sink.feed(frame).await;
-        while let (Ok(()), Ok(more)) = (&written, queued.try_recv()) {
+        while let (Ok(()), Some(more)) = (&written, queued.try_next()) {
             written = sink.feed(more).await;
         }
         if written.is_err() || SinkExt::<Bytes>::flush(&mut sink).await.is_err() {

@@ -2,7 +2,8 @@
 //! Sans-io: messages and their framing; sockets live in `network.rs` and in the
 //! cluster's peer service.
 //!
-//! A frame is a 4-byte big-endian length followed by a bincode [`Envelope`].
+//! A frame is a 4-byte big-endian length, a format version byte
+//! ([`PEER_FORMAT`]) and a bincode [`Envelope`].
 //! Every request names the Raft group it is for, so one connection carries the
 //! RPCs of every group the two nodes share.
 
@@ -22,6 +23,20 @@ use super::{GroupId, NodeId, TypeConfig};
 /// Bounds one frame: an AppendEntries carries at most `max_payload_entries`
 /// entries of at most a produce request each, and snapshot chunks are smaller.
 pub const MAX_FRAME_BYTES: usize = 512 * 1024 * 1024;
+
+/// Version tag of every frame after the handshake: a peer speaking another
+/// format is refused by its first frame, not misread.
+pub const PEER_FORMAT: u8 = 1;
+
+#[derive(Debug, thiserror::Error)]
+pub enum WireError {
+    #[error("peer frame of format {0}, this node speaks {PEER_FORMAT}")]
+    Format(u8),
+    #[error("empty peer frame")]
+    Empty,
+    #[error(transparent)]
+    Bincode(#[from] bincode::Error),
+}
 
 /// A request or response with the id that pairs them on a connection.
 #[derive(Debug, Serialize, Deserialize)]
@@ -132,12 +147,50 @@ pub fn frame_codec() -> LengthDelimitedCodec {
         .new_codec()
 }
 
-pub fn encode<T: Serialize>(id: u64, body: &T) -> Result<Bytes, bincode::Error> {
-    bincode::serialize(&Envelope { id, body }).map(Bytes::from)
+pub fn encode<T: Serialize>(id: u64, body: &T) -> Result<Bytes, WireError> {
+    let mut out = vec![PEER_FORMAT];
+    bincode::serialize_into(&mut out, &Envelope { id, body })?;
+    Ok(Bytes::from(out))
 }
 
-pub fn decode<T: DeserializeOwned>(frame: &[u8]) -> Result<Envelope<T>, bincode::Error> {
-    bincode::deserialize(frame)
+pub fn decode<T: DeserializeOwned>(frame: &[u8]) -> Result<Envelope<T>, WireError> {
+    match frame.split_first() {
+        Some((&PEER_FORMAT, envelope)) => Ok(bincode::deserialize(envelope)?),
+        Some((&other, _)) => Err(WireError::Format(other)),
+        None => Err(WireError::Empty),
+    }
+}
+
+impl PeerRequest {
+    /// What the request is, as the peer request metric counts it.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            PeerRequest::AppendEntries { rpc, .. } if rpc.entries.is_empty() => "heartbeat",
+            PeerRequest::AppendEntries { .. } => "append_entries",
+            PeerRequest::Vote { .. } => "vote",
+            PeerRequest::InstallSnapshot { .. } => "install_snapshot",
+            PeerRequest::Propose { .. }
+            | PeerRequest::Probe { .. }
+            | PeerRequest::Announce(_)
+            | PeerRequest::Checksums
+            | PeerRequest::Formed { .. } => "other",
+        }
+    }
+
+    /// Whether the request goes in a connection's control lane, ahead of
+    /// queued data: votes, heartbeats (AppendEntries without entries) and the
+    /// small node-to-node questions. Entries, snapshots and proposals are data.
+    pub fn is_control(&self) -> bool {
+        match self {
+            PeerRequest::AppendEntries { rpc, .. } => rpc.entries.is_empty(),
+            PeerRequest::InstallSnapshot { .. } | PeerRequest::Propose { .. } => false,
+            PeerRequest::Vote { .. }
+            | PeerRequest::Probe { .. }
+            | PeerRequest::Announce(_)
+            | PeerRequest::Checksums
+            | PeerRequest::Formed { .. } => true,
+        }
+    }
 }
 
 #[cfg(test)]
@@ -155,7 +208,18 @@ mod tests {
 
     #[test]
     fn garbage_is_an_error_not_a_panic() {
-        assert!(decode::<PeerRequest>(&[0xff; 3]).is_err());
-        assert!(decode::<PeerRequest>(&[0xff; 64]).is_err());
+        assert!(decode::<PeerRequest>(&[]).is_err());
+        assert!(decode::<PeerRequest>(&[PEER_FORMAT, 0xff, 0xff]).is_err());
+        assert!(decode::<PeerRequest>(&[PEER_FORMAT; 64]).is_err());
+    }
+
+    #[test]
+    fn another_format_is_refused_by_its_tag() {
+        let mut frame = encode(1, &PeerRequest::Checksums).unwrap().to_vec();
+        frame[0] = PEER_FORMAT + 1;
+        assert!(matches!(
+            decode::<PeerRequest>(&frame),
+            Err(WireError::Format(tag)) if tag == PEER_FORMAT + 1
+        ));
     }
 }

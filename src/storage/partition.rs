@@ -49,6 +49,14 @@ impl Default for PartitionOffsets {
 
 /// Where the bytes of appended batches are read from: the log entries that
 /// carried them.
+/// Where a request's batches sit in the log: the entry that carries them and
+/// the position of the first of them among that entry's batches.
+#[derive(Debug, Clone, Copy)]
+pub struct BatchPlace {
+    pub entry: u64,
+    pub first_ordinal: u32,
+}
+
 pub trait BatchSource: Send + Sync {
     /// The batches entry `entry` carried, in order; `None` once it was freed.
     fn batches(&self, entry: u64) -> Result<Option<Vec<Bytes>>, StorageError>;
@@ -152,8 +160,8 @@ impl PartitionLog {
         Ok(producers)
     }
 
-    /// Indexes `batches`, carried by log entry `entry`, at the next offsets and
-    /// returns the base offset to answer with. Every batch's form and idempotent
+    /// Indexes `batches`, carried by the log entry `place` names, at the next
+    /// offsets and returns the base offset to answer with. Every batch's form and idempotent
     /// producers' sequences are checked first, so a refused batch leaves the
     /// whole command unapplied.
     pub fn stage_append(
@@ -162,7 +170,7 @@ impl PartitionLog {
         offsets: &mut PartitionOffsets,
         producers: &mut Producers,
         batches: &[ValidatedBatch],
-        entry: u64,
+        place: BatchPlace,
     ) -> Result<Result<i64, ProduceRefusal>, StorageError> {
         if batches.iter().any(|batch| check_appendable(batch).is_err()) {
             return Ok(Err(ProduceRefusal::InvalidBatch));
@@ -194,7 +202,7 @@ impl PartitionLog {
         let answer = duplicates.first().copied().flatten().unwrap_or(offsets.next_offset);
         for (ordinal, (batch, duplicate)) in batches.iter().zip(duplicates).enumerate() {
             if duplicate.is_none() {
-                self.stage_batch(write, offsets, batch, entry, ordinal as u32);
+                self.stage_batch(write, offsets, batch, place.entry, place.first_ordinal + ordinal as u32);
             }
         }
         for (id, state) in touched {
@@ -597,7 +605,16 @@ mod tests {
                 .insert(entry, batches.iter().map(|b| b.bytes.clone()).collect());
             let mut write = WriteBatch::default();
             let answer = log
-                .stage_append(&mut write, offsets, producers, batches, entry)
+                .stage_append(
+                    &mut write,
+                    offsets,
+                    producers,
+                    batches,
+                    BatchPlace {
+                        entry,
+                        first_ordinal: 0,
+                    },
+                )
                 .unwrap();
             self.store.write_buffered(write).unwrap();
             answer
@@ -658,13 +675,52 @@ mod tests {
             good.push(forged);
             let mut write = WriteBatch::default();
             let answer = log
-                .stage_append(&mut write, &mut offsets, &mut Producers::new(), &good, 9)
+                .stage_append(
+                    &mut write,
+                    &mut offsets,
+                    &mut Producers::new(),
+                    &good,
+                    BatchPlace {
+                        entry: 9,
+                        first_ordinal: 0,
+                    },
+                )
                 .unwrap();
             assert_eq!(answer, Err(ProduceRefusal::InvalidBatch));
             assert!(write.is_empty(), "nothing staged");
             assert_eq!(offsets.next_offset, 1);
             good.pop();
         }
+    }
+
+    #[test]
+    fn requests_folded_into_one_entry_read_back_by_their_ordinals() {
+        let fixture = Fixture::new();
+        let log = fixture.log(7);
+        let mut offsets = PartitionOffsets::default();
+        let requests: Vec<Vec<ValidatedBatch>> = [&["a", "b"][..], &["c"], &["d", "e", "f"]]
+            .iter()
+            .map(|values| validate_produce_records(&encode_batch(values, Compression::None), 1 << 20).unwrap())
+            .collect();
+        let entry = 4;
+        let carried = requests.iter().flatten().map(|b| b.bytes.clone()).collect();
+        fixture.entries.0.lock().unwrap().insert(entry, carried);
+        let mut write = WriteBatch::default();
+        let mut first_ordinal = 0;
+        let mut bases = Vec::new();
+        for batches in &requests {
+            let place = BatchPlace { entry, first_ordinal };
+            bases.push(
+                log.stage_append(&mut write, &mut offsets, &mut Producers::new(), batches, place)
+                    .unwrap()
+                    .unwrap(),
+            );
+            first_ordinal += batches.len() as u32;
+        }
+        fixture.store.write_buffered(write).unwrap();
+        assert_eq!(bases, vec![0, 2, 3]);
+        assert_eq!(offsets_in(log.read(0, 6, 1 << 20).unwrap()), vec![0, 1, 2, 3, 4, 5]);
+        assert_eq!(offsets_in(log.read(3, 6, 1 << 20).unwrap()), vec![3, 4, 5]);
     }
 
     #[test]

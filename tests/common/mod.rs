@@ -206,6 +206,14 @@ impl Client {
         out.freeze()
     }
 
+    /// Decodes the next response frame, of a request sent with `encode_request`
+    /// and `send_raw` (responses come back in request order).
+    pub fn read_response(&mut self, api_key: ApiKey, version: i16) -> ResponseKind {
+        let mut response = self.read_frame().expect("response frame");
+        ResponseHeader::decode(&mut response, api_key.response_header_version(version)).unwrap();
+        ResponseKind::decode(api_key, &mut response, version).unwrap()
+    }
+
     pub fn read_frame(&mut self) -> std::io::Result<Bytes> {
         let mut len = [0u8; 4];
         self.stream.read_exact(&mut len)?;
@@ -231,6 +239,18 @@ impl Client {
 
 /// A v2 record batch of `values` (keys `k0`, `k1`, ...).
 pub fn record_batch(values: &[String], compression: Compression) -> Bytes {
+    producer_batch(values, compression, -1, -1, -1)
+}
+
+/// A v2 record batch of `values` from an idempotent producer (or from none,
+/// with `producer_id` -1), its first record at `base_sequence`.
+pub fn producer_batch(
+    values: &[String],
+    compression: Compression,
+    producer_id: i64,
+    producer_epoch: i16,
+    base_sequence: i32,
+) -> Bytes {
     let records: Vec<Record> = values
         .iter()
         .enumerate()
@@ -239,11 +259,15 @@ pub fn record_batch(values: &[String], compression: Compression) -> Bytes {
             control: false,
             delete_horizon: false,
             partition_leader_epoch: -1,
-            producer_id: -1,
-            producer_epoch: -1,
+            producer_id,
+            producer_epoch,
             timestamp_type: TimestampType::Creation,
             offset: i as i64,
-            sequence: i as i32,
+            sequence: if producer_id < 0 {
+                i as i32
+            } else {
+                base_sequence + i as i32
+            },
             timestamp: 1_700_000_000_000 + i as i64,
             key: Some(Bytes::from(format!("k{i}"))),
             value: Some(Bytes::from(value.clone())),
@@ -261,6 +285,21 @@ pub fn record_batch(values: &[String], compression: Compression) -> Bytes {
     )
     .unwrap();
     buf.freeze()
+}
+
+/// A Produce request (v9) of `records` to one partition.
+pub fn produce_request(topic: &str, partition: i32, records: Bytes, acks: i16) -> RequestKind {
+    let data = PartitionProduceData::default()
+        .with_index(partition)
+        .with_records(Some(records));
+    RequestKind::Produce(
+        ProduceRequest::default()
+            .with_acks(acks)
+            .with_timeout_ms(10_000)
+            .with_topic_data(vec![TopicProduceData::default()
+                .with_name(topic_name(topic))
+                .with_partition_data(vec![data])]),
+    )
 }
 
 pub fn topic_name(name: &str) -> TopicName {
@@ -289,16 +328,7 @@ impl Client {
         records: Bytes,
         acks: i16,
     ) -> Option<PartitionProduceResponse> {
-        let data = PartitionProduceData::default()
-            .with_index(partition)
-            .with_records(Some(records));
-        let request = ProduceRequest::default()
-            .with_acks(acks)
-            .with_timeout_ms(10_000)
-            .with_topic_data(vec![TopicProduceData::default()
-                .with_name(topic_name(topic))
-                .with_partition_data(vec![data])]);
-        let body = RequestKind::Produce(request);
+        let body = produce_request(topic, partition, records, acks);
         if acks == 0 {
             let frame = self.encode_request(ApiKey::Produce, 9, &body);
             self.send_raw(&frame).unwrap();
@@ -402,7 +432,7 @@ impl ClusterNodes {
                 "admin_listener": format!("127.0.0.1:{admin_port}"),
                 "initial_members": members,
                 "data_dir": dir.path().join(format!("node{id}")),
-                "rtt_millis": 50, "election_rtt": 10, "heartbeat_rtt": 1, "snapshot_entries": 10000,
+                "rtt_millis": 50, "election_rtt": 5, "heartbeat_rtt": 1, "snapshot_entries": 10000,
                 "auto_create_topics": true, "default_partitions": 3, "default_replication_factor": 3,
                 "message_max_bytes": 1048588, "socket_request_max_bytes": 104857600, "max_connections": 1024,
                 "offsets_topic_partitions": 3, "group_initial_rebalance_delay_ms": 0,
