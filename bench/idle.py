@@ -127,25 +127,38 @@ def rpc_rates(before, after, seconds):
     return rates
 
 
+def snapshot(pids, admins):
+    """Per node: (when, CPU seconds, peer request counts). Each node's figures are read
+    together and timed on their own: a large /metrics answer takes a while to parse."""
+    out = []
+    for pid, admin in zip(pids, admins):
+        when = time.monotonic()
+        out.append((when, procstat.cpu_seconds(pid), peer_requests(admin)))
+    return out
+
+
+def node_figures(node_id, before, after, rss, rss_peak, elections):
+    (t0, cpu0, rpc0), (t1, cpu1, rpc1) = before, after
+    wall = t1 - t0
+    return {"node": node_id, "window_s": wall, "cpu_pct": 100 * ((cpu1 or 0.0) - (cpu0 or 0.0)) / wall,
+            "rss_mib": rss, "rss_peak_mib": max(rss_peak, rss or 0.0), "peer_rpcs_per_s": rpc_rates(rpc0, rpc1, wall),
+            "elections": elections}
+
+
 def measure_idle(brokers, seconds):
     """CPU, RSS and peer RPC rates of every node over `seconds` with no client traffic."""
     pids = brokers.pids()
     admins = [n.admin for n in brokers.members]
     events_before = brokers.log_events()
-    cpu_before = [procstat.cpu_seconds(p) for p in pids]
-    rpc_before = [peer_requests(a) for a in admins]
-    start = time.monotonic()
+    before = snapshot(pids, admins)
     with procstat.Sampler(pids, interval=0.5) as sampler:
         time.sleep(seconds)  # the measurement window itself
-    cpu_after = [procstat.cpu_seconds(p) for p in pids]
-    wall = time.monotonic() - start
-    rpc_after = [peer_requests(a) for a in admins]
+    after = snapshot(pids, admins)
     events = brokers.log_events()
-    return [{"node": n.id, "cpu_pct": 100 * ((c1 or 0.0) - (c0 or 0.0)) / wall, "rss_mib": procstat.rss_mib(pid),
-             "rss_peak_mib": peak, "peer_rpcs_per_s": rpc_rates(r0, r1, wall),
-             "elections": events["elections"][i] - events_before["elections"][i]}
-            for i, (n, pid, c0, c1, peak, r0, r1) in enumerate(zip(brokers.members, pids, cpu_before, cpu_after,
-                                                                   sampler.per_pid_peak_mib, rpc_before, rpc_after))]
+    elections = [now - then for now, then in zip(events["elections"], events_before["elections"])]
+    return [node_figures(n.id, b, a, procstat.rss_mib(pid), peak, e)
+            for n, pid, b, a, peak, e in zip(brokers.members, pids, before, after, sampler.per_pid_peak_mib,
+                                             elections)]
 
 
 def measure(total, args, res):
