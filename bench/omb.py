@@ -331,10 +331,7 @@ def run_phase(brokers, args, rate):
 
 
 def merged(hists):
-    total = Counter()
-    for h in hists:
-        total.update({int(k): v for k, v in h.items()})
-    return total
+    return sum((Counter(h) for h in hists), Counter())
 
 
 def summarize_phase(reports, seconds, rate, assigned, cpu):
@@ -457,9 +454,9 @@ def parse_args():
     ap.add_argument("--nodes", default="1,3", help="node counts to measure, comma-separated (default 1,3)")
     ap.add_argument("--seconds", type=float, default=45.0, help="measured seconds per phase (default 45)")
     ap.add_argument("--warmup", type=float, default=5.0, help="unmeasured seconds before each phase (default 5)")
-    ap.add_argument("--partitions", type=int, default=100)
-    ap.add_argument("--producers", type=int, default=4)
-    ap.add_argument("--consumers", type=int, default=4)
+    ap.add_argument("--partitions", type=int, default=100, help="partitions of the topic (default 100)")
+    ap.add_argument("--producers", type=int, default=4, help="producer processes (default 4)")
+    ap.add_argument("--consumers", type=int, default=4, help="consumer processes, one group (default 4)")
     ap.add_argument("--disk-seconds", type=float, default=3.0, help="1 MiB fdatasync test at the start")
     ap.add_argument("--loopback-seconds", type=float, default=2.0)
     ap.add_argument("--budget", type=float, default=540.0,
