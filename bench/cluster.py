@@ -354,6 +354,14 @@ class BenchCluster(BrokerProcesses):
 
 
 SUPPORTED_NODES = (1, 3)
+CLUSTER_CONFIG = "configs/broker-cluster-node1.json"
+
+
+def shipped_raft_timing():
+    """rtt_millis, election_rtt and heartbeat_rtt of the shipped cluster configuration, so a
+    benchmark cluster times its Raft groups like a deployed one."""
+    shipped = json.loads((REPO_ROOT / CLUSTER_CONFIG).read_text())
+    return {k: shipped[k] for k in ("rtt_millis", "election_rtt", "heartbeat_rtt")}
 
 
 def check_available(nodes):

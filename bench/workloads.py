@@ -63,12 +63,13 @@ def producer_config(bootstrap, acks, linger_ms, batch_size, **extra):
     return conf
 
 
-def create_topic(bootstrap, topic, partitions=1, deadline=None):
+def create_topic(bootstrap, topic, partitions=1, deadline=None, replication_factor=1):
     deadline = deadline or time.monotonic() + 30
     admin = AdminClient({"bootstrap.servers": bootstrap, **QUIET})
-    futures = admin.create_topics([NewTopic(topic, partitions, 1)], operation_timeout=_left(deadline))
+    futures = admin.create_topics([NewTopic(topic, partitions, replication_factor)],
+                                  operation_timeout=_left(deadline))
     futures[topic].result(timeout=_left(deadline))
-    # Wait until the partition has a leader as seen by a client.
+    # Wait until every partition has a leader as seen by a client.
     while True:
         md = admin.list_topics(topic, timeout=max(0.1, _left(deadline)))
         t = md.topics.get(topic)
