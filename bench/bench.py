@@ -615,8 +615,8 @@ def main():
     ap.add_argument("--cluster-heartbeat-rtt", type=int, default=1,
                     help="heartbeat_rtt of the 3-node cluster (default 1, as configs/broker-cluster-node*.json; "
                          "openraft bounds each AppendEntries by the heartbeat interval)")
-    ap.add_argument("--cluster-election-rtt", type=int, default=5,
-                    help="election_rtt of the 3-node cluster (default 5, as configs/broker-cluster-node*.json)")
+    ap.add_argument("--cluster-election-rtt", type=int, default=4,
+                    help="election_rtt of the 3-node cluster (default 4, as configs/broker-cluster-node*.json)")
     ap.add_argument("--quick", action="store_true",
                     help="development mode: short runs and a 100 MB topic (figures are rough)")
     ap.add_argument("--out", default=str(HERE / "results.json"))

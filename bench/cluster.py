@@ -185,7 +185,7 @@ class BenchCluster(BrokerProcesses):
                                    else single_node_setting("default_partitions", 1))
         self.replication_factor = replication_factor or size
         # rtt_millis / election_rtt / heartbeat_rtt: the single node's values unless overridden.
-        self.raft_timing = {"rtt_millis": 50, "election_rtt": 5, "heartbeat_rtt": 1, **(raft_timing or {})}
+        self.raft_timing = {"rtt_millis": 50, "election_rtt": 4, "heartbeat_rtt": 1, **(raft_timing or {})}
         self.cluster_id = f"rafka-bench-{uuid.uuid4().hex[:8]}"
         self.fetch_probe = None  # (topic, partition, offset), fetched from the partition's leader
         self.ready_timeout = CLUSTER_READY_TIMEOUT

@@ -111,7 +111,7 @@ class Node:
 class Cluster(StartedInWith):
     """`size` rafka nodes (ids 1..size) forming one Raft cluster; a context manager."""
 
-    def __init__(self, size=3, proxies=False, snapshot_entries=10000, rtt_millis=50, election_rtt=5,
+    def __init__(self, size=3, proxies=False, snapshot_entries=10000, rtt_millis=50, election_rtt=4,
                  heartbeat_rtt=1, name="cluster", settings=None, secret=None, node_settings=None):
         self.binary = find_binary()
         self.root = Path(tempfile.mkdtemp(prefix=f"rafka-{name}-"))

@@ -17,7 +17,7 @@ use crate::storage::batch::ValidatedBatch;
 /// Requests are folded into one entry up to this many bytes (the first request
 /// of an entry goes in whatever its size): it bounds the work a follower does
 /// per entry and the bytes a fetch decodes to read one batch of it.
-const ENTRY_BYTES: usize = 1 << 20;
+const ENTRY_BYTES: usize = 4 << 20;
 
 pub type AppendAnswer = Result<Appended, BrokerError>;
 

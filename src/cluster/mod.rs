@@ -242,7 +242,11 @@ impl Cluster {
     }
 
     /// Who leads `group`: this node's own Raft view if it hosts the group,
-    /// otherwise the freshest claim its peers announced.
+    /// otherwise the freshest claim its peers announced. A leader this node
+    /// cannot connect to while it reaches other peers is presumed dead and not
+    /// reported: a client told "no leader" keeps asking and finds the new one
+    /// as soon as it is elected, where one told the dead node's name waits for
+    /// its next periodic refresh.
     pub fn leader_view(&self, group: GroupId) -> Option<LeaderView> {
         if let Some(raft) = self.raft_of(group) {
             let metrics = raft.metrics().borrow().clone();
@@ -254,6 +258,7 @@ impl Cluster {
                         in_sync: self.in_sync(&metrics),
                     })
                 }
+                Some(leader) if self.presumed_dead(leader) => return None,
                 Some(leader) => {
                     let voters = metrics.membership_config.membership().voter_ids().collect();
                     let announced = self.board.leader_of(group).filter(|view| view.leader == leader);
@@ -266,7 +271,9 @@ impl Cluster {
                 None => {}
             }
         }
-        self.board.leader_of(group)
+        self.board
+            .leader_of(group)
+            .filter(|view| !self.presumed_dead(view.leader))
     }
 
     /// The leader Metadata reports for `group`: the current one if known,
@@ -275,8 +282,23 @@ impl Cluster {
     /// cluster, where they learn the current leader, instead of answering
     /// "no leader" until they give up on it.
     pub fn reported_leader(&self, group: GroupId) -> Option<LeaderView> {
-        self.leader_view(group)
-            .or_else(|| self.board.last_known_leader_of(group))
+        self.leader_view(group).or_else(|| {
+            self.board
+                .last_known_leader_of(group)
+                .filter(|view| !self.presumed_dead(view.leader))
+        })
+    }
+
+    /// A peer this node cannot connect to while it can connect to another: its
+    /// process is gone. A node that reaches none of its peers is the one cut
+    /// off, and presumes nothing.
+    fn presumed_dead(&self, node: NodeId) -> bool {
+        node != self.node_id()
+            && self.peers.unreachable(node)
+            && self
+                .members
+                .keys()
+                .any(|other| *other != node && *other != self.node_id() && !self.peers.unreachable(*other))
     }
 
     /// The voters a leader sees caught up: alive, and close to the end of its log.

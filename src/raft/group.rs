@@ -53,12 +53,12 @@ fn raft_config(
     // openraft 0.9 lets a follower campaign only once its leader's lease
     // (election_timeout_max) and then its own timeout have passed since it
     // last heard from the leader; a narrow range keeps that sum, the gap after
-    // a leader dies, near 2.5 election timeouts.
+    // a leader dies, at 2.25-2.5 election timeouts.
     let config = openraft::Config {
         cluster_name: format!("group-{group}"),
         heartbeat_interval: cfg.heartbeat_interval().as_millis() as u64,
         election_timeout_min: election,
-        election_timeout_max: election + election / 2,
+        election_timeout_max: election + election / 4,
         snapshot_policy,
         max_in_snapshot_log_to_keep,
         max_payload_entries: MAX_PAYLOAD_ENTRIES,

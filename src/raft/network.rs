@@ -8,7 +8,7 @@
 //! backoff while the peer stays unreachable.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex as SyncMutex};
 use std::time::{Duration, Instant};
 
@@ -93,6 +93,16 @@ impl Peers {
     ) -> Result<PeerResponse, CallError> {
         self.client(peer)?.call(request, timeout).await
     }
+
+    /// Whether the last attempt to connect to `peer` was refused or timed out
+    /// (its process is gone, or the network to it is): known within one
+    /// heartbeat or announcement of a peer's death, long before an election.
+    pub fn unreachable(&self, peer: NodeId) -> bool {
+        let links = self.links.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        links
+            .get(&peer)
+            .is_some_and(|client| client.unreachable.load(Ordering::Relaxed))
+    }
 }
 
 /// A client for one peer address. Also used by the admin tools, which are not nodes.
@@ -104,6 +114,8 @@ pub struct PeerClient {
     address: String,
     next_id: AtomicU64,
     link: Mutex<LinkState>,
+    /// Mirrors `LinkState::unreachable` for readers that cannot wait on the link's lock.
+    unreachable: AtomicBool,
 }
 
 #[derive(Default)]
@@ -142,6 +154,7 @@ impl PeerClient {
             address,
             next_id: AtomicU64::new(1),
             link: Mutex::new(LinkState::default()),
+            unreachable: AtomicBool::new(false),
         }
     }
 
@@ -201,11 +214,13 @@ impl PeerClient {
                     tracing::info!(peer = self.peer, address = %self.address, "peer reachable again");
                 }
                 link.connection = Some(connection.clone());
+                self.unreachable.store(false, Ordering::Relaxed);
                 Ok(connection)
             }
             Err(reason) => {
                 link.backoff = (link.backoff * 2).clamp(MIN_BACKOFF, MAX_BACKOFF);
                 link.retry_at = Some(Instant::now() + link.backoff);
+                self.unreachable.store(true, Ordering::Relaxed);
                 if !std::mem::replace(&mut link.unreachable, true) {
                     tracing::warn!(peer = self.peer, address = %self.address, %reason, "peer unreachable; redialling with backoff");
                 }

@@ -432,7 +432,7 @@ impl ClusterNodes {
                 "admin_listener": format!("127.0.0.1:{admin_port}"),
                 "initial_members": members,
                 "data_dir": dir.path().join(format!("node{id}")),
-                "rtt_millis": 50, "election_rtt": 5, "heartbeat_rtt": 1, "snapshot_entries": 10000,
+                "rtt_millis": 50, "election_rtt": 4, "heartbeat_rtt": 1, "snapshot_entries": 10000,
                 "auto_create_topics": true, "default_partitions": 3, "default_replication_factor": 3,
                 "message_max_bytes": 1048588, "socket_request_max_bytes": 104857600, "max_connections": 1024,
                 "offsets_topic_partitions": 3, "group_initial_rebalance_delay_ms": 0,
