@@ -41,6 +41,11 @@ pub struct BrokerConfig {
     pub message_max_bytes: usize,
     pub socket_request_max_bytes: usize,
     pub max_connections: usize,
+    /// Kafka's `queued.max.request.bytes`: request bytes all connections may
+    /// hold at once, from a frame's first bytes until it is answered.
+    /// A connection over it stops reading until answers free room.
+    #[serde(default = "default_queued_request_bytes")]
+    pub queued_max_request_bytes: usize,
     /// Partitions (Raft groups) of the internal `__consumer_offsets` topic.
     #[serde(default = "default_offsets_partitions")]
     pub offsets_topic_partitions: i32,
@@ -103,6 +108,10 @@ fn default_segment_ms() -> u64 {
     7 * 24 * 3_600_000
 }
 
+fn default_queued_request_bytes() -> usize {
+    256 << 20
+}
+
 fn default_admin_listener() -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], 9644))
 }
@@ -158,6 +167,9 @@ impl BrokerConfig {
     fn validate(&self) -> Result<(), ConfigError> {
         if self.default_partitions < 1 {
             return Err(ConfigError::Invalid("default_partitions must be >= 1".into()));
+        }
+        if self.queued_max_request_bytes == 0 {
+            return Err(ConfigError::Invalid("queued_max_request_bytes must be >= 1".into()));
         }
         if self.heartbeat_rtt == 0 || self.election_rtt <= self.heartbeat_rtt {
             return Err(ConfigError::Invalid(

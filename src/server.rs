@@ -38,16 +38,43 @@ enum Outcome {
 /// Accepts connections until `shutdown` is cancelled.
 pub async fn serve(listener: TcpListener, broker: Arc<Broker>, shutdown: CancellationToken) {
     let limit = Arc::new(Semaphore::new(broker.cluster.config().max_connections));
+    let budget = RequestBudget::new(broker.cluster.config().queued_max_request_bytes);
     let meters = Arc::new(RequestMeters::new());
     while let Some((socket, peer, permit)) = next_connection(&listener, &limit, &shutdown, "kafka").await {
         let broker = Arc::clone(&broker);
         let meters = Arc::clone(&meters);
+        let budget = budget.clone();
         let shutdown = shutdown.clone();
         tokio::spawn(async move {
             let _permit = permit;
             let _open = METRICS.connection_opened();
-            Connection::new(socket, peer, broker, meters).run(shutdown).await;
+            Connection::new(socket, peer, broker, meters, budget)
+                .run(shutdown)
+                .await;
         });
+    }
+}
+
+/// The request bytes every connection together may hold (`queued_max_request_bytes`).
+#[derive(Clone)]
+struct RequestBudget {
+    bytes: Arc<Semaphore>,
+    total: usize,
+}
+
+impl RequestBudget {
+    fn new(total: usize) -> Self {
+        let total = total.min(Semaphore::MAX_PERMITS);
+        RequestBudget {
+            bytes: Arc::new(Semaphore::new(total)),
+            total,
+        }
+    }
+
+    /// Permits for a frame of `size` bytes: a frame larger than the whole
+    /// budget takes all of it (and waits for it), rather than never running.
+    fn permits(&self, size: usize) -> u32 {
+        size.min(self.total).min(u32::MAX as usize) as u32
     }
 }
 
@@ -116,6 +143,20 @@ struct Connection {
     meters: Arc<RequestMeters>,
     buffer: BytesMut,
     pending: FuturesOrdered<PendingResponse>,
+    budget: RequestBudget,
+    /// The budget held for the frame at the head of `buffer`, taken as soon as
+    /// its length is known (before the buffer grows to hold it) and kept until
+    /// the request is answered.
+    reserved: Option<OwnedSemaphorePermit>,
+}
+
+/// What a connection does next once its complete frames are queued.
+enum Next {
+    Close(Closing),
+    /// Read more bytes from the socket.
+    Read,
+    /// Wait for this many budget permits before reading on.
+    Reserve(u32),
 }
 
 /// Why a connection stops reading requests.
@@ -127,7 +168,13 @@ enum Closing {
 }
 
 impl Connection {
-    fn new(socket: TcpStream, peer: SocketAddr, broker: Arc<Broker>, meters: Arc<RequestMeters>) -> Self {
+    fn new(
+        socket: TcpStream,
+        peer: SocketAddr,
+        broker: Arc<Broker>,
+        meters: Arc<RequestMeters>,
+        budget: RequestBudget,
+    ) -> Self {
         let _ = socket.set_nodelay(true);
         Connection {
             socket,
@@ -136,6 +183,8 @@ impl Connection {
             meters,
             buffer: BytesMut::with_capacity(64 * 1024),
             pending: FuturesOrdered::new(),
+            budget,
+            reserved: None,
         }
     }
 
@@ -159,10 +208,14 @@ impl Connection {
 
     async fn serve_requests(&mut self) -> std::io::Result<Closing> {
         loop {
-            if let Some(closing) = self.queue_complete_frames() {
-                return Ok(closing);
-            }
-            let can_read = self.pending.len() < MAX_IN_FLIGHT;
+            let next = self.queue_complete_frames();
+            let wanted = match next {
+                Next::Close(closing) => return Ok(closing),
+                Next::Read => None,
+                Next::Reserve(permits) => Some(permits),
+            };
+            let can_read = wanted.is_none() && self.pending.len() < MAX_IN_FLIGHT;
+            let budget = Arc::clone(&self.budget.bytes);
             tokio::select! {
                 Some(outcome) = self.pending.next(), if !self.pending.is_empty() => {
                     match outcome {
@@ -170,6 +223,9 @@ impl Connection {
                         Outcome::Nothing => {}
                         Outcome::Close => return Ok(Closing::Requested),
                     }
+                }
+                reserved = budget.acquire_many_owned(wanted.unwrap_or(0)), if wanted.is_some() => {
+                    self.reserved = reserved.ok();
                 }
                 read = self.socket.read_buf(&mut self.buffer), if can_read => {
                     if read? == 0 {
@@ -181,7 +237,6 @@ impl Connection {
         }
     }
 
-    /// Writes the queued answers, up to a requested close.
     async fn drain(&mut self) -> std::io::Result<()> {
         while let Some(outcome) = self.pending.next().await {
             match outcome {
@@ -194,13 +249,24 @@ impl Connection {
     }
 
     /// Decodes every complete frame in the buffer and queues its handler.
-    fn queue_complete_frames(&mut self) -> Option<Closing> {
+    fn queue_complete_frames(&mut self) -> Next {
         loop {
+            if self.reserved.is_none() {
+                let Some(size) = frame_size(&self.buffer) else {
+                    return Next::Read;
+                };
+                let permits = self.budget.permits(size);
+                match Arc::clone(&self.budget.bytes).try_acquire_many_owned(permits) {
+                    Ok(reserved) => self.reserved = Some(reserved),
+                    Err(_) => return Next::Reserve(permits),
+                }
+            }
             let frame = match take_frame(&mut self.buffer, self.broker.cluster.config().socket_request_max_bytes) {
                 Ok(Some(frame)) => frame,
-                Ok(None) => return None,
-                Err(err) => return Some(Closing::BrokenInput(err.to_string())),
+                Ok(None) => return Next::Read,
+                Err(err) => return Next::Close(Closing::BrokenInput(err.to_string())),
             };
+            let reserved = self.reserved.take();
             match decode_request(frame) {
                 Ok(request) => {
                     let api_key = request.api_key;
@@ -212,6 +278,7 @@ impl Connection {
                     let peer = self.peer;
                     self.pending.push_back(Box::pin(
                         async move {
+                            let _reserved = reserved;
                             let started = Instant::now();
                             let reply = handle(broker, peer, request).await;
                             meters.record(api_key, started, reply.response());
@@ -234,10 +301,17 @@ impl Connection {
                     let frame = encode(ApiKey::ApiVersions, 0, correlation_id, &body);
                     self.pending.push_back(Box::pin(async move { frame }));
                 }
-                Err(err) => return Some(Closing::BrokenInput(err.to_string())),
+                Err(err) => return Next::Close(Closing::BrokenInput(err.to_string())),
             }
         }
     }
+}
+
+/// The length a frame at the head of `buffer` announces, once its prefix is
+/// there; a negative one counts as empty (`take_frame` refuses it).
+fn frame_size(buffer: &[u8]) -> Option<usize> {
+    let prefix: [u8; 4] = buffer.get(..4)?.try_into().ok()?;
+    Some(usize::try_from(i32::from_be_bytes(prefix)).unwrap_or(0))
 }
 
 fn encode(api_key: ApiKey, version: i16, correlation_id: i32, body: &ResponseKind) -> Outcome {

@@ -3,40 +3,14 @@
 
 mod common;
 
-use common::{produce_request, producer_batch, record_batch, Broker, Client};
+use common::{producer_batch, record_batch, Broker, Client};
 use kafka_protocol::messages::{ApiKey, InitProducerIdRequest, ProducerId, RequestKind, ResponseKind};
 use kafka_protocol::records::Compression;
 
-const PRODUCE_VERSION: i16 = 9;
 const OUT_OF_ORDER_SEQUENCE_NUMBER: i16 = 45;
 
 fn values(request: usize, count: usize) -> Vec<String> {
     (0..count).map(|i| format!("r{request}-{i}")).collect()
-}
-
-/// Sends every request before reading any answer, so they reach the partition
-/// while earlier ones are still being committed; returns (error code, base offset) of each.
-fn pipeline(client: &mut Client, topic: &str, batches: Vec<bytes::Bytes>) -> Vec<(i16, i64)> {
-    let frames: Vec<_> = batches
-        .into_iter()
-        .map(|records| {
-            client.encode_request(
-                ApiKey::Produce,
-                PRODUCE_VERSION,
-                &produce_request(topic, 0, records, -1),
-            )
-        })
-        .collect();
-    client.send_raw(&frames.concat()).unwrap();
-    (0..frames.len())
-        .map(|_| match client.read_response(ApiKey::Produce, PRODUCE_VERSION) {
-            ResponseKind::Produce(response) => {
-                let partition = &response.responses[0].partition_responses[0];
-                (partition.error_code, partition.base_offset)
-            }
-            other => panic!("unexpected {other:?}"),
-        })
-        .collect()
 }
 
 #[test]
@@ -48,7 +22,7 @@ fn pipelined_produce_requests_get_dense_offsets_in_request_order() {
     let batches = (0..requests)
         .map(|r| record_batch(&values(r, r % 4 + 1), Compression::None))
         .collect();
-    let answers = pipeline(&mut client, "folded", batches);
+    let answers = client.pipeline_produce("folded", batches);
     let mut next = 0;
     for (request, (code, base)) in answers.into_iter().enumerate() {
         assert_eq!(code, 0, "request {request}");
@@ -93,7 +67,7 @@ fn a_refused_request_in_a_folded_entry_leaves_its_neighbours_appended() {
             )
         })
         .collect();
-    let answers = pipeline(&mut client, "idempotent", batches);
+    let answers = client.pipeline_produce("idempotent", batches);
     assert_eq!(
         answers,
         vec![

@@ -340,6 +340,25 @@ impl Client {
         }
     }
 
+    /// Sends a Produce of each of `batches` to partition 0 before reading any
+    /// answer, so they reach the broker together; (error code, base offset) of each.
+    pub fn pipeline_produce(&mut self, topic: &str, batches: Vec<Bytes>) -> Vec<(i16, i64)> {
+        let frames: Vec<Bytes> = batches
+            .into_iter()
+            .map(|records| self.encode_request(ApiKey::Produce, 9, &produce_request(topic, 0, records, -1)))
+            .collect();
+        self.send_raw(&frames.concat()).unwrap();
+        (0..frames.len())
+            .map(|_| match self.read_response(ApiKey::Produce, 9) {
+                ResponseKind::Produce(response) => {
+                    let partition = &response.responses[0].partition_responses[0];
+                    (partition.error_code, partition.base_offset)
+                }
+                other => panic!("unexpected {other:?}"),
+            })
+            .collect()
+    }
+
     pub fn fetch(
         &mut self,
         topic: &str,
