@@ -18,6 +18,9 @@ use crate::raft::{GroupId, NodeId};
 
 pub const ANNOUNCE_INTERVAL: Duration = Duration::from_millis(250);
 pub const ANNOUNCEMENT_TTL: Duration = Duration::from_secs(2);
+/// A peer heard from within this long (three announcements) counts as alive
+/// for quiet partitions: their leaders send no heartbeats.
+pub const ALIVE_WITHIN: Duration = Duration::from_millis(750);
 
 pub struct LeaderBoard {
     heard: RwLock<BTreeMap<NodeId, Heard>>,
@@ -67,11 +70,20 @@ impl LeaderBoard {
     }
 
     pub fn is_live(&self, node: NodeId) -> bool {
+        self.heard_within(node, ANNOUNCEMENT_TTL)
+    }
+
+    pub fn heard_within(&self, node: NodeId, age: Duration) -> bool {
         self.heard
             .read()
             .ok()
-            .and_then(|map| map.get(&node).map(|heard| heard.at.elapsed() < ANNOUNCEMENT_TTL))
+            .and_then(|map| map.get(&node).map(|heard| heard.at.elapsed() < age))
             .unwrap_or(false)
+    }
+
+    /// The node that claimed to lead `group` within `age` (highest term first).
+    pub fn claimant(&self, group: GroupId, age: Duration) -> Option<NodeId> {
+        self.claim_within(group, age).map(|view| view.leader)
     }
 
     /// The freshest claim to lead `group`: the highest term among live peers.

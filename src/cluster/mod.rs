@@ -9,6 +9,7 @@ pub mod leadership;
 pub mod metadata;
 pub mod partition_state;
 pub mod peer_service;
+pub mod quiesce;
 pub mod rejoin;
 pub mod retention;
 pub mod topic_configs;
@@ -45,9 +46,10 @@ use crate::storage::partition::{PartitionLog, PartitionOffsets};
 use crate::storage::segments::{RollPolicy, SegmentLog};
 use crate::storage::{StorageError, Store};
 use appender::Appender;
+use quiesce::Quiet;
 use controller_state::ControllerState;
 use identity::{Identity, IdentityError};
-use leaders::{LeaderBoard, LeaderView, ANNOUNCE_INTERVAL};
+use leaders::{LeaderBoard, LeaderView, ALIVE_WITHIN, ANNOUNCE_INTERVAL};
 use metadata::{ClusterState, TopicState};
 use partition_state::PartitionState;
 use rejoin::{LeaderCommit, NodeState, VoteGate};
@@ -86,6 +88,8 @@ pub struct PartitionHandle {
     freed_to: AtomicI64,
     /// Folds concurrent produce requests into shared entries.
     appender: Arc<Appender>,
+    /// Heartbeats off while idle.
+    pub quiet: Quiet,
 }
 
 impl PartitionHandle {
@@ -103,7 +107,7 @@ impl PartitionHandle {
     }
 
     pub fn leader(&self) -> Option<NodeId> {
-        effective_leader(&self.raft.metrics().borrow(), self.lease)
+        effective_leader(&self.raft.metrics().borrow(), self.lease, self.quiet.announced_quorum())
     }
 
     pub fn offsets(&self) -> PartitionOffsets {
@@ -194,6 +198,7 @@ impl Cluster {
         cluster.reconcile().await?;
         tokio::spawn(Arc::clone(&cluster).follow_metadata(shutdown.clone()));
         tokio::spawn(retention::run(Arc::clone(&cluster), shutdown.clone()));
+        tokio::spawn(Arc::clone(&cluster).watch_quiet_partitions(shutdown.clone()));
         tokio::spawn(Arc::clone(&cluster).announce(shutdown));
         Ok(cluster)
     }
@@ -250,7 +255,10 @@ impl Cluster {
     pub fn leader_view(&self, group: GroupId) -> Option<LeaderView> {
         if let Some(raft) = self.raft_of(group) {
             let metrics = raft.metrics().borrow().clone();
-            match effective_leader(&metrics, self.lease()) {
+            let announced_quorum = self
+                .partition_by_group(group)
+                .is_some_and(|handle| handle.quiet.announced_quorum());
+            match effective_leader(&metrics, self.lease(), announced_quorum) {
                 Some(leader) if leader == self.node_id() => {
                     return Some(LeaderView {
                         leader,
@@ -340,6 +348,40 @@ impl Cluster {
                 });
             }
         }
+    }
+
+    /// Turns idle partitions this node leads quiet, and lets partitions it
+    /// follows campaign only when their leader is gone (see `quiesce`).
+    async fn watch_quiet_partitions(self: Arc<Self>, shutdown: CancellationToken) {
+        let started = Instant::now();
+        let mut ticker = tokio::time::interval(ANNOUNCE_INTERVAL);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = ticker.tick() => {}
+            }
+            // Right after start, peers' claims have not been heard yet: a live
+            // leader is not yet known to be one.
+            let settling = started.elapsed() < ALIVE_WITHIN;
+            for handle in self.hosted_partitions() {
+                let metrics = handle.raft.metrics().borrow().clone();
+                if metrics.current_leader == Some(self.node_id()) {
+                    handle.quiet.lead(&handle.raft, &metrics, |node| self.alive(node)).await;
+                    continue;
+                }
+                let leader_alive = self.board.claimant(handle.group, ALIVE_WITHIN).is_some_and(|leader| {
+                    leader != self.node_id() && self.alive(leader)
+                });
+                let may_campaign = !settling && !leader_alive && !self.gate.holds(handle.group);
+                handle.quiet.follow(&handle.raft, may_campaign);
+            }
+        }
+    }
+
+    /// A peer heard from lately that this node can connect to.
+    fn alive(&self, node: NodeId) -> bool {
+        self.board.heard_within(node, ALIVE_WITHIN) && !self.peers.unreachable(node)
     }
 
     fn announcement(&self) -> Announcement {
@@ -650,7 +692,11 @@ impl Cluster {
         if handle.leader() == Some(self.cfg.node_id) {
             return Ok(handle);
         }
-        if leads_without_quorum(&handle.raft.metrics().borrow(), handle.lease) {
+        if leads_without_quorum(
+            &handle.raft.metrics().borrow(),
+            handle.lease,
+            handle.quiet.announced_quorum(),
+        ) {
             return Err(BrokerError::NotEnoughReplicas);
         }
         Err(BrokerError::NotLeader)
@@ -769,6 +815,9 @@ impl Cluster {
             .map(|id| (*id, self.members.get(id).cloned().unwrap_or_default()))
             .collect();
         let raft = start_group(&self.cfg, &self.store, &self.peers, log_store, state, &members).await?;
+        // Campaigns wait for the quiescence watch to find no live leader (a
+        // quiet leader sends no heartbeats to keep a restarted follower still).
+        raft.runtime_config().elect(false);
         self.gate.group_started(group, &raft, members.len());
         tokio::spawn(leadership::follow(group, raft.server_metrics(), self.metadata.clone()));
         tracing::info!(group, stores_offsets, "partition group started");
@@ -782,6 +831,7 @@ impl Cluster {
             segments,
             freed_to: AtomicI64::new(0),
             appender: Arc::default(),
+            quiet: Quiet::default(),
         })
     }
 
@@ -1086,6 +1136,7 @@ impl Cluster {
         handle: &PartitionHandle,
         change: GroupCommand,
     ) -> Result<(), BrokerError> {
+        handle.quiet.wake(&handle.raft);
         match handle.raft.client_write(Command::Group(change)).await {
             Ok(response) => match response.data {
                 CommandResponse::Empty => Ok(()),
@@ -1101,6 +1152,14 @@ impl Cluster {
     /// Replicates `batches` through the partition's Raft group and waits up to
     /// `timeout` for the commit; returns (base offset, log start offset).
     /// This node's partitions that hold records (not consumer offsets).
+    /// Every partition group running on this node, `__consumer_offsets` included.
+    fn hosted_partitions(&self) -> Vec<Arc<PartitionHandle>> {
+        self.partitions
+            .read()
+            .map(|map| map.values().cloned().collect())
+            .unwrap_or_default()
+    }
+
     pub fn record_partitions(&self) -> Vec<Arc<PartitionHandle>> {
         self.partitions
             .read()
@@ -1132,6 +1191,7 @@ impl Cluster {
     /// Moves a partition's log start forward through its leader (this node);
     /// returns the new log start.
     pub async fn advance_log_start(&self, handle: &PartitionHandle, offset: i64) -> Result<i64, BrokerError> {
+        handle.quiet.wake(&handle.raft);
         match propose_to_partition(&handle.raft, Command::AdvanceLogStart { offset }).await? {
             CommandResponse::LogStart(start) => Ok(start),
             other => Err(unexpected(other)),
@@ -1144,6 +1204,7 @@ impl Cluster {
         let command = Command::ExpireProducers {
             before_timestamp: before,
         };
+        handle.quiet.wake(&handle.raft);
         match propose_to_partition(&handle.raft, command).await? {
             CommandResponse::ProducersExpired(count) => Ok(count),
             other => Err(unexpected(other)),
@@ -1180,6 +1241,7 @@ impl Cluster {
             refuse_internal(OFFSETS_TOPIC, "appended to")?;
         }
         let proposed = Instant::now();
+        handle.quiet.wake(&handle.raft);
         let answered = handle.appender.submit(&handle.raft, batches);
         let Ok(answer) = tokio::time::timeout(timeout, answered).await else {
             return Err(BrokerError::Timeout(format!("not committed within {timeout:?}")));

@@ -101,6 +101,11 @@ impl VoteGate {
         inner.groups.insert(group, GroupGate::Closed { target: None });
     }
 
+    /// Whether the group's gate is closed: it must not campaign.
+    pub fn holds(&self, group: GroupId) -> bool {
+        matches!(self.lock().groups.get(&group), Some(GroupGate::Closed { .. }))
+    }
+
     pub fn group_stopped(&self, group: GroupId) {
         self.lock().groups.remove(&group);
     }

@@ -167,11 +167,17 @@ async fn bootstrap(raft: Raft, peers: Arc<Peers>, group: GroupId, members: Vec<(
 /// The group's leader as this node sees it. A leader that has not heard from a
 /// majority within `lease` may already be deposed on the other side of a
 /// network split, so it stops counting itself leader: clients then look for
-/// the new leader instead of writing to one that cannot commit. A new leader
-/// also waits until it has applied an entry of its own term: before that its
-/// state machine may lag what the previous leader served, and a consumer would
-/// see its position as out of range.
-pub fn effective_leader(metrics: &RaftMetrics<NodeId, BasicNode>, lease: Duration) -> Option<NodeId> {
+/// the new leader instead of writing to one that cannot commit. A group whose
+/// heartbeats are off while it is idle counts `announced_quorum` (a majority
+/// of its nodes announced themselves lately, see `cluster::quiesce`) instead.
+/// A new leader also waits until it has applied an entry of its own term:
+/// before that its state machine may lag what the previous leader served, and
+/// a consumer would see its position as out of range.
+pub fn effective_leader(
+    metrics: &RaftMetrics<NodeId, BasicNode>,
+    lease: Duration,
+    announced_quorum: bool,
+) -> Option<NodeId> {
     // A group whose Raft core stopped on an error keeps its last metrics, leader
     // included: nobody must be sent to it.
     if metrics.running_state.is_err() {
@@ -181,18 +187,19 @@ pub fn effective_leader(metrics: &RaftMetrics<NodeId, BasicNode>, lease: Duratio
     if leader != metrics.id {
         return Some(leader);
     }
-    (quorum_within(metrics, lease) && caught_up(metrics)).then_some(leader)
+    ((quorum_within(metrics, lease) || announced_quorum) && caught_up(metrics)).then_some(leader)
 }
 
 /// Whether this node is the group's Raft leader, caught up with its own term,
 /// but has not heard from a majority within `lease`: the one case in which
 /// [`effective_leader`] withholds leadership from a leader that could otherwise
 /// serve. A produce sent to it is refused as NOT_ENOUGH_REPLICAS.
-pub fn leads_without_quorum(metrics: &RaftMetrics<NodeId, BasicNode>, lease: Duration) -> bool {
+pub fn leads_without_quorum(metrics: &RaftMetrics<NodeId, BasicNode>, lease: Duration, announced_quorum: bool) -> bool {
     metrics.running_state.is_ok()
         && metrics.current_leader == Some(metrics.id)
         && caught_up(metrics)
         && !quorum_within(metrics, lease)
+        && !announced_quorum
 }
 
 /// A sole voter is its own quorum; any other leader needs a majority's acknowledgement within `lease`.
