@@ -46,12 +46,12 @@ use crate::storage::partition::{PartitionLog, PartitionOffsets};
 use crate::storage::segments::{RollPolicy, SegmentLog};
 use crate::storage::{StorageError, Store};
 use appender::Appender;
-use quiesce::Quiet;
 use controller_state::ControllerState;
 use identity::{Identity, IdentityError};
 use leaders::{LeaderBoard, LeaderView, ALIVE_WITHIN, ANNOUNCE_INTERVAL};
 use metadata::{ClusterState, TopicState};
 use partition_state::PartitionState;
+use quiesce::Quiet;
 use rejoin::{LeaderCommit, NodeState, VoteGate};
 
 /// The internal topic whose partitions replicate consumer groups' offsets.
@@ -370,9 +370,10 @@ impl Cluster {
                     handle.quiet.lead(&handle.raft, &metrics, |node| self.alive(node)).await;
                     continue;
                 }
-                let leader_alive = self.board.claimant(handle.group, ALIVE_WITHIN).is_some_and(|leader| {
-                    leader != self.node_id() && self.alive(leader)
-                });
+                let leader_alive = self
+                    .board
+                    .claimant(handle.group, ALIVE_WITHIN)
+                    .is_some_and(|leader| leader != self.node_id() && self.alive(leader));
                 let may_campaign = !settling && !leader_alive && !self.gate.holds(handle.group);
                 handle.quiet.follow(&handle.raft, may_campaign);
             }

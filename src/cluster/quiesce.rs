@@ -5,7 +5,10 @@
 //! a follower campaigns only when its leader's node stops announcing, stops
 //! claiming the partition, or refuses connections. And what heartbeat answers
 //! told the leader ("a majority still follows") comes from its peers' own
-//! announcements while the partition is quiet.
+//! announcements while the partition is quiet. A quiet leader, and a follower
+//! that may not campaign, also stop openraft's ticker: its ticks only check
+//! those two timers, and thousands of them a second are most of an idle
+//! node's work.
 
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::time::Duration;
@@ -42,6 +45,7 @@ impl Quiet {
             self.announced_quorum_until
                 .store(now + WAKING.as_millis() as i64, Ordering::Relaxed);
             raft.runtime_config().heartbeat(true);
+            raft.runtime_config().tick(true);
         }
     }
 
@@ -49,8 +53,7 @@ impl Quiet {
     /// a quorum's acknowledgement: only while quiet, or just woken.
     pub fn announced_quorum(&self) -> bool {
         self.nodes_alive.load(Ordering::Relaxed)
-            && (self.quiet.load(Ordering::Relaxed)
-                || now_ms() < self.announced_quorum_until.load(Ordering::Relaxed))
+            && (self.quiet.load(Ordering::Relaxed) || now_ms() < self.announced_quorum_until.load(Ordering::Relaxed))
     }
 
     /// One step of the leader side: turn quiet once idle and fully replicated
@@ -58,14 +61,22 @@ impl Quiet {
     /// majority of the partition's nodes is alive.
     pub async fn lead(&self, raft: &Raft, metrics: &RaftMetrics<NodeId, BasicNode>, alive: impl Fn(NodeId) -> bool) {
         let voters: Vec<NodeId> = metrics.membership_config.membership().voter_ids().collect();
-        let live = voters.iter().filter(|node| **node == metrics.id || alive(**node)).count();
+        let live = voters
+            .iter()
+            .filter(|node| **node == metrics.id || alive(**node))
+            .count();
         self.nodes_alive.store(live > voters.len() / 2, Ordering::Relaxed);
+        if self.quiet.load(Ordering::Relaxed) {
+            return;
+        }
+        raft.runtime_config().tick(true);
         let idle = now_ms() - self.last_proposal.load(Ordering::Relaxed) > QUIET_AFTER.as_millis() as i64;
-        if !idle || self.quiet.load(Ordering::Relaxed) || !fully_replicated(metrics) {
+        if !idle || !fully_replicated(metrics) {
             return;
         }
         if raft.trigger().heartbeat().await.is_ok() {
             raft.runtime_config().heartbeat(false);
+            raft.runtime_config().tick(false);
             self.quiet.store(true, Ordering::Release);
         }
     }
@@ -79,6 +90,7 @@ impl Quiet {
         }
         self.nodes_alive.store(false, Ordering::Relaxed);
         raft.runtime_config().elect(may_campaign);
+        raft.runtime_config().tick(may_campaign);
     }
 }
 
