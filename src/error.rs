@@ -129,6 +129,7 @@ impl BrokerError {
             BrokerError::Batch(BatchError::Corrupt(_)) => ResponseError::CorruptMessage,
             BrokerError::Batch(BatchError::TooLarge { .. }) => ResponseError::MessageTooLarge,
             BrokerError::Batch(BatchError::UnsupportedMagic(_)) => ResponseError::UnsupportedForMessageFormat,
+            BrokerError::Batch(BatchError::InvalidRecords(_)) => ResponseError::InvalidRecord,
             BrokerError::Storage(_) => ResponseError::KafkaStorageError,
         }
     }
@@ -169,6 +170,7 @@ mod tests {
             (BrokerError::NotController, 41),
             (BrokerError::InvalidRequest("x".into()), 42),
             (BrokerError::Batch(BatchError::UnsupportedMagic(1)), 43),
+            (BrokerError::Batch(BatchError::InvalidRecords(Vec::new())), 87),
             (BrokerError::TopicAlreadyExists, 36),
             (BrokerError::InvalidPartitions("0".into()), 37),
             (BrokerError::InvalidReplicationFactor("9".into()), 38),

@@ -38,7 +38,7 @@ use crate::raft::snapshot::SnapshotDir;
 use crate::raft::state_machine::ReplicatedState;
 use crate::raft::wire::{Announcement, LeaderClaim, PartitionChecksum, PeerRequest, PeerResponse, ProposeError};
 use crate::raft::{GroupId, NodeId, Raft, CONTROLLER_GROUP};
-use crate::storage::batch::ValidatedBatch;
+use crate::storage::batch::{ProduceRules, ValidatedBatch};
 use crate::storage::keys::ALL_CFS;
 use crate::storage::partition::{PartitionLog, PartitionOffsets};
 use crate::storage::segments::{RollPolicy, SegmentLog};
@@ -824,17 +824,24 @@ impl Cluster {
         Ok(count as usize)
     }
 
-    /// Checks a CreateTopics entry without changing anything.
+    /// Checks a CreateTopics entry without changing anything; returns the
+    /// partition count and replication factor it would be created with.
+    /// Configs are checked here, on the request path, and not when the
+    /// controller applies the command: topics created before this check
+    /// existed may hold configs it refuses, and replaying their creation must
+    /// keep giving the same state.
     pub fn check_new_topic(
         &self,
         name: &str,
         partitions: i32,
         replication_factor: i16,
+        configs: &BTreeMap<String, String>,
     ) -> Result<(usize, usize), BrokerError> {
         topics::validate_topic_name(name)?;
         if self.metadata().topics.contains_key(name) {
             return Err(BrokerError::TopicAlreadyExists);
         }
+        topic_configs::validate_new(configs).map_err(BrokerError::InvalidConfig)?;
         Ok((
             self.partition_count(partitions)?,
             self.replication_factor(replication_factor)?,
@@ -847,8 +854,8 @@ impl Cluster {
         partitions: i32,
         replication_factor: i16,
         configs: BTreeMap<String, String>,
-    ) -> Result<(), BrokerError> {
-        let (count, factor) = self.check_new_topic(name, partitions, replication_factor)?;
+    ) -> Result<(usize, usize), BrokerError> {
+        let (count, factor) = self.check_new_topic(name, partitions, replication_factor, &configs)?;
         let command = Command::CreateTopic {
             name: name.to_string(),
             topic_id: *uuid::Uuid::new_v4().as_bytes(),
@@ -857,7 +864,8 @@ impl Cluster {
         };
         let groups = self.propose_to_controller(command).await?;
         tracing::info!(topic = name, partitions = count, "topic created");
-        self.await_leaders(&groups).await
+        self.await_leaders(&groups).await?;
+        Ok((count, factor))
     }
 
     /// Creates `name` with the defaults if it does not exist yet (auto-creation).
@@ -873,7 +881,7 @@ impl Cluster {
             self.create_topic(name, -1, -1, BTreeMap::new()).await
         };
         match created {
-            Ok(()) | Err(BrokerError::TopicAlreadyExists) => Ok(()),
+            Ok(_) | Err(BrokerError::TopicAlreadyExists) => Ok(()),
             Err(err) => Err(err),
         }
     }
@@ -1096,6 +1104,21 @@ impl Cluster {
             .get(topic)
             .and_then(|state| state.configs.get("message.timestamp.type"))
             .is_some_and(|kind| kind == "LogAppendTime")
+    }
+
+    /// What `topic` requires of produced batches: its `max.message.bytes`
+    /// (the broker's `message_max_bytes` unless overridden) and, when
+    /// `cleanup.policy` includes `compact`, a key on every record.
+    pub fn produce_rules(&self, topic: &str) -> ProduceRules {
+        let metadata = self.metadata();
+        let configs = metadata.topics.get(topic).map(|state| &state.configs);
+        let config = |name: &str| configs.and_then(|configs| configs.get(name));
+        ProduceRules {
+            max_batch_bytes: config("max.message.bytes")
+                .and_then(|value| value.parse().ok())
+                .unwrap_or(self.cfg.message_max_bytes),
+            require_keys: config("cleanup.policy").is_some_and(|policy| topic_configs::is_compacted(policy)),
+        }
     }
 
     /// The configs of the topic `group` is a partition of.
