@@ -105,6 +105,12 @@ impl PartitionHandle {
     pub fn offsets(&self) -> PartitionOffsets {
         *self.offsets.borrow()
     }
+
+    /// Bytes this replica's log files take on disk (the partition size that
+    /// metrics and DescribeLogDirs report).
+    pub fn size_bytes(&self) -> u64 {
+        self.segments.disk_bytes()
+    }
 }
 
 pub struct Cluster {
@@ -1094,6 +1100,17 @@ impl Cluster {
             .read()
             .map(|map| map.values().filter(|h| h.consumer_groups.is_none()).cloned().collect())
             .unwrap_or_default()
+    }
+
+    /// The partition replicas running on this node: topic, partition index, replica.
+    pub fn local_replicas(&self) -> Vec<(String, i32, Arc<PartitionHandle>)> {
+        self.metadata()
+            .partitions()
+            .filter_map(|(topic, partition, assignment)| {
+                let handle = self.partition_by_group(assignment.group)?;
+                Some((topic.to_string(), partition, handle))
+            })
+            .collect()
     }
 
     /// Whether `topic` stamps the broker's time into appended batches
