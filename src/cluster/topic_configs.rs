@@ -115,9 +115,9 @@ fn validate(name: &str, value: &str) -> Result<(), String> {
 /// without one, the default, as Kafka does.
 ///
 /// Overrides of configs this broker does not know (which CreateTopics
-/// accepted before it checked configs) may be deleted, and AlterConfigs may carry them over unchanged, which is
-/// what clients do when they resend a topic's overrides to keep them; any
-/// other change to them is refused.
+/// accepted before it checked configs) may be deleted, and AlterConfigs may
+/// carry them over unchanged, which is what clients do when they resend a
+/// topic's overrides to keep them; any other change to them is refused.
 pub fn apply_changes(
     current: &BTreeMap<String, String>,
     replace: bool,

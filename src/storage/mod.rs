@@ -295,4 +295,15 @@ mod tests {
         std::fs::write(dir.path().join(FORMAT_FILE), "rafka-data 9\n").unwrap();
         assert!(matches!(Store::open(dir.path()), Err(StorageError::Format(_))));
     }
+
+    #[test]
+    fn the_volume_of_a_dir_is_measured_and_a_missing_one_is_not() {
+        let dir = tempfile::tempdir().unwrap();
+        let space = volume_space(dir.path()).expect("a temporary dir's volume");
+        assert!(
+            space.total_bytes >= space.usable_bytes && space.total_bytes > 0,
+            "{space:?}"
+        );
+        assert_eq!(volume_space(&dir.path().join("missing")), None);
+    }
 }
