@@ -378,6 +378,13 @@ fn topic_configs_are_checked_at_creation_and_enforced_on_produce() {
         (0, 0),
         "nothing of the refused batch stored"
     );
+    let internal = client
+        .produce("__consumer_offsets", 0, keyed_batch(&[None]), -1)
+        .unwrap();
+    assert_eq!(
+        internal.error_code, 17,
+        "an internal topic is refused before its records are looked at"
+    );
     let mut corrupt = BytesMut::from(&keyed_batch(&[Some("a")])[..]);
     let last = corrupt.len() - 1;
     corrupt[last] ^= 0x55;

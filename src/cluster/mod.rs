@@ -632,7 +632,13 @@ impl Cluster {
     /// that cannot commit before the client gives up would stay in the log and
     /// commit once the peers are back, after the client had resent it under a
     /// new producer epoch (a duplicate).
+    ///
+    /// `__consumer_offsets` is refused first, as Kafka refuses appends to its
+    /// internal topics before looking at the records: its groups apply
+    /// consumer-group commands only, so an append would be replicated and
+    /// then refused.
     pub fn writable_partition(&self, topic: &str, index: i32) -> Result<Arc<PartitionHandle>, BrokerError> {
+        refuse_internal(topic, "appended to")?;
         let handle = self.partition(topic, index)?;
         if handle.leader() == Some(self.cfg.node_id) {
             return Ok(handle);
@@ -1194,11 +1200,6 @@ impl Cluster {
         batches: Vec<ValidatedBatch>,
         timeout: Duration,
     ) -> Result<(i64, i64), BrokerError> {
-        // Its group applies consumer-group commands only: an append would be
-        // replicated and then refused, so it is refused before it is proposed.
-        if handle.consumer_groups.is_some() {
-            refuse_internal(OFFSETS_TOPIC, "appended to")?;
-        }
         let proposed = Instant::now();
         let committed = tokio::time::timeout(timeout, propose_to_partition(handle, Command::Append { batches }));
         let Ok(written) = committed.await else {
