@@ -169,7 +169,7 @@ fn observe_partitions(broker: &Broker) {
         METRICS
             .partition_size_bytes
             .get_or_create(&labels)
-            .set(i64::try_from(handle.segments.disk_bytes()).unwrap_or(i64::MAX));
+            .set(i64::try_from(handle.size_bytes()).unwrap_or(i64::MAX));
         let leads = handle.leader() == Some(node);
         METRICS.partition_leader.get_or_create(&labels).set(i64::from(leads));
         let raft = handle.raft.metrics();

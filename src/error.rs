@@ -52,6 +52,8 @@ pub enum BrokerError {
     RebalanceInProgress,
     #[error("session timeout {0} ms is outside the broker's range")]
     InvalidSessionTimeout(i32),
+    #[error("another member with the same group.instance.id has replaced this one")]
+    FencedInstanceId,
     #[error("a member id is required: rejoin with {0}")]
     MemberIdRequired(String),
     #[error("the member's protocols do not match the group's")]
@@ -113,6 +115,7 @@ impl BrokerError {
             BrokerError::RebalanceInProgress => ResponseError::RebalanceInProgress,
             BrokerError::InvalidSessionTimeout(_) => ResponseError::InvalidSessionTimeout,
             BrokerError::MemberIdRequired(_) => ResponseError::MemberIdRequired,
+            BrokerError::FencedInstanceId => ResponseError::FencedInstanceId,
             BrokerError::InconsistentGroupProtocol => ResponseError::InconsistentGroupProtocol,
             BrokerError::InvalidGroupId => ResponseError::InvalidGroupId,
             BrokerError::GroupIdNotFound => ResponseError::GroupIdNotFound,
@@ -126,6 +129,7 @@ impl BrokerError {
             BrokerError::Batch(BatchError::Corrupt(_)) => ResponseError::CorruptMessage,
             BrokerError::Batch(BatchError::TooLarge { .. }) => ResponseError::MessageTooLarge,
             BrokerError::Batch(BatchError::UnsupportedMagic(_)) => ResponseError::UnsupportedForMessageFormat,
+            BrokerError::Batch(BatchError::InvalidRecords(_)) => ResponseError::InvalidRecord,
             BrokerError::Storage(_) => ResponseError::KafkaStorageError,
         }
     }
@@ -166,6 +170,7 @@ mod tests {
             (BrokerError::NotController, 41),
             (BrokerError::InvalidRequest("x".into()), 42),
             (BrokerError::Batch(BatchError::UnsupportedMagic(1)), 43),
+            (BrokerError::Batch(BatchError::InvalidRecords(Vec::new())), 87),
             (BrokerError::TopicAlreadyExists, 36),
             (BrokerError::InvalidPartitions("0".into()), 37),
             (BrokerError::InvalidReplicationFactor("9".into()), 38),
@@ -183,6 +188,7 @@ mod tests {
             (BrokerError::NonEmptyGroup, 68),
             (BrokerError::GroupIdNotFound, 69),
             (BrokerError::MemberIdRequired("m".into()), 79),
+            (BrokerError::FencedInstanceId, 82),
             (BrokerError::Produce(ProduceRefusal::OutOfOrderSequence), 45),
             (BrokerError::Produce(ProduceRefusal::InvalidProducerEpoch), 47),
             (BrokerError::TransactionsUnsupported, 53),

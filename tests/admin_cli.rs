@@ -388,6 +388,13 @@ fn config_record_and_group_verbs_on_a_single_node() {
         &["topic", "alter-config", "cli-records", "--set", "min.insync.replicas=0"],
     );
     assert!(refused.contains("InvalidConfig"), "{refused}");
+    // A compacted topic refuses records without a key, as Kafka does; the
+    // produce checks below send some.
+    json_of(
+        &bs,
+        &["topic", "alter-config", "cli-records", "--delete", "cleanup.policy"],
+    );
+    assert_eq!(configs()["cleanup.policy"], "delete");
 
     // produce: an explicit partition, then a key placed by Kafka's murmur2 partitioner
     // ("key" hashes to partition 1 of 2), then round-robin by line.

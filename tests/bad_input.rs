@@ -4,12 +4,14 @@
 mod common;
 
 use bytes::{BufMut, BytesMut};
-use common::{record_batch, Broker, Client};
+use common::{record_batch, topic_name, Broker, Client};
+use kafka_protocol::messages::create_topics_request::{CreatableTopic, CreatableTopicConfig};
+use kafka_protocol::messages::create_topics_response::CreatableTopicResult;
 use kafka_protocol::messages::{
-    ApiKey, ApiVersionsResponse, MetadataRequest, RequestKind, ResponseHeader, ResponseKind,
+    ApiKey, ApiVersionsResponse, CreateTopicsRequest, MetadataRequest, RequestKind, ResponseHeader, ResponseKind,
 };
-use kafka_protocol::protocol::Decodable;
-use kafka_protocol::records::Compression;
+use kafka_protocol::protocol::{Decodable, StrBytes};
+use kafka_protocol::records::{Compression, Record, RecordBatchEncoder, RecordEncodeOptions, TimestampType};
 
 /// Appends `count` bytes of a xorshift sequence, so a failing seed replays.
 fn put_random(bytes: &mut BytesMut, state: &mut u64, count: usize) {
@@ -223,6 +225,175 @@ fn bad_batches_get_kafka_error_codes_and_store_nothing() {
         .produce("bad-batches", 7, record_batch(&["a".into()], Compression::None), -1)
         .unwrap();
     assert_eq!(unknown.error_code, 3, "UNKNOWN_TOPIC_OR_PARTITION");
+}
+
+fn create_with_configs(
+    client: &mut Client,
+    name: &str,
+    configs: &[(&str, &str)],
+    validate_only: bool,
+) -> CreatableTopicResult {
+    let configs = configs
+        .iter()
+        .map(|(name, value)| {
+            CreatableTopicConfig::default()
+                .with_name(StrBytes::from_string(name.to_string()))
+                .with_value(Some(StrBytes::from_string(value.to_string())))
+        })
+        .collect();
+    let topic = CreatableTopic::default()
+        .with_name(topic_name(name))
+        .with_num_partitions(-1)
+        .with_replication_factor(-1)
+        .with_configs(configs);
+    let request = CreateTopicsRequest::default()
+        .with_topics(vec![topic])
+        .with_timeout_ms(10_000)
+        .with_validate_only(validate_only);
+    match client.request(ApiKey::CreateTopics, 7, RequestKind::CreateTopics(request)) {
+        ResponseKind::CreateTopics(mut response) => response.topics.remove(0),
+        other => panic!("unexpected {other:?}"),
+    }
+}
+
+/// A batch of one record per key, `None` for a record without one.
+fn keyed_batch(keys: &[Option<&'static str>]) -> bytes::Bytes {
+    let records: Vec<Record> = keys
+        .iter()
+        .enumerate()
+        .map(|(i, key)| Record {
+            transactional: false,
+            control: false,
+            delete_horizon: false,
+            partition_leader_epoch: -1,
+            producer_id: -1,
+            producer_epoch: -1,
+            timestamp_type: TimestampType::Creation,
+            offset: i as i64,
+            // Consecutive sequences keep the encoder to one batch.
+            sequence: i as i32,
+            timestamp: 1_700_000_000_000,
+            key: key.map(|k| bytes::Bytes::from_static(k.as_bytes())),
+            value: Some(bytes::Bytes::from_static(b"v")),
+            headers: Default::default(),
+        })
+        .collect();
+    let mut buf = BytesMut::new();
+    let options = RecordEncodeOptions {
+        version: 2,
+        compression: Compression::None,
+    };
+    RecordBatchEncoder::encode(&mut buf, &records, &options).unwrap();
+    buf.freeze()
+}
+
+#[test]
+fn topic_configs_are_checked_at_creation_and_enforced_on_produce() {
+    let broker = Broker::start_with(&[("RAFKA_MESSAGE_MAX_BYTES", "2048")]);
+    let mut client = Client::connect(broker.port).unwrap();
+    let metadata_lists = |client: &mut Client, name: &str| match client.request(
+        ApiKey::Metadata,
+        12,
+        RequestKind::Metadata(MetadataRequest::default()),
+    ) {
+        ResponseKind::Metadata(r) => r
+            .topics
+            .iter()
+            .any(|t| t.name.as_ref().is_some_and(|n| n.0.as_str() == name)),
+        other => panic!("unexpected {other:?}"),
+    };
+
+    let unknown = create_with_configs(&mut client, "configs-unknown", &[("dummy.doesntexist", "1")], false);
+    assert_eq!(unknown.error_code, 40, "INVALID_CONFIG");
+    assert!(
+        unknown
+            .error_message
+            .as_ref()
+            .is_some_and(|m| m.contains("dummy.doesntexist")),
+        "{unknown:?}"
+    );
+    assert!(!metadata_lists(&mut client, "configs-unknown"));
+    let checked = create_with_configs(&mut client, "configs-checked", &[("cleanup.policy", "compact")], true);
+    assert_eq!(
+        (checked.error_code, checked.num_partitions, checked.replication_factor),
+        (0, 1, 1),
+        "validate_only answers the defaults it would use"
+    );
+    assert!(
+        !metadata_lists(&mut client, "configs-checked"),
+        "validate_only created nothing"
+    );
+    let refused = create_with_configs(&mut client, "configs-checked", &[("max.message.bytes", "-5")], true);
+    assert_eq!(refused.error_code, 40, "validate_only checks configs too");
+
+    // A topic's max.message.bytes replaces the broker's message_max_bytes, in both directions.
+    let small = create_with_configs(&mut client, "small-batches", &[("max.message.bytes", "200")], false);
+    assert_eq!(small.error_code, 0);
+    let large = create_with_configs(&mut client, "large-batches", &[("max.message.bytes", "100000")], false);
+    assert_eq!(large.error_code, 0);
+    let medium = record_batch(&["x".repeat(500)], Compression::None);
+    assert_eq!(
+        client
+            .produce("small-batches", 0, medium.clone(), -1)
+            .unwrap()
+            .error_code,
+        10
+    );
+    assert_eq!(client.produce("large-batches", 0, medium, -1).unwrap().error_code, 0);
+    let big = record_batch(&["x".repeat(4096)], Compression::None);
+    assert_eq!(client.produce("large-batches", 0, big, -1).unwrap().error_code, 0);
+
+    // KIP-467: a compacted topic refuses records without a key, naming each one.
+    assert_eq!(
+        create_with_configs(&mut client, "compacted", &[("cleanup.policy", "compact,delete")], false).error_code,
+        0
+    );
+    let refused = client
+        .produce("compacted", 0, keyed_batch(&[Some("a"), None, Some("c")]), -1)
+        .unwrap();
+    assert_eq!(refused.error_code, 87, "INVALID_RECORD");
+    assert_eq!(
+        refused.record_errors.iter().map(|e| e.batch_index).collect::<Vec<_>>(),
+        vec![1]
+    );
+    assert!(
+        refused.record_errors[0]
+            .batch_index_error_message
+            .as_ref()
+            .is_some_and(|m| m.contains("without key")),
+        "{refused:?}"
+    );
+    assert!(
+        refused
+            .error_message
+            .as_ref()
+            .is_some_and(|m| m.contains("1 record errors")),
+        "{refused:?}"
+    );
+    let stored = client
+        .produce("compacted", 0, keyed_batch(&[Some("a"), Some("b")]), -1)
+        .unwrap();
+    assert_eq!(
+        (stored.error_code, stored.base_offset),
+        (0, 0),
+        "nothing of the refused batch stored"
+    );
+    let internal = client
+        .produce("__consumer_offsets", 0, keyed_batch(&[None]), -1)
+        .unwrap();
+    assert_eq!(
+        internal.error_code, 17,
+        "an internal topic is refused before its records are looked at"
+    );
+    let mut corrupt = BytesMut::from(&keyed_batch(&[Some("a")])[..]);
+    let last = corrupt.len() - 1;
+    corrupt[last] ^= 0x55;
+    let corrupt = client.produce("compacted", 0, corrupt.freeze(), -1).unwrap();
+    assert_eq!(
+        (corrupt.error_code, corrupt.record_errors.len()),
+        (2, 0),
+        "a CRC mismatch is CORRUPT_MESSAGE for the whole batch"
+    );
 }
 
 #[test]

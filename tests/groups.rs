@@ -276,3 +276,123 @@ fn the_offsets_topic_keeps_its_layout_when_a_client_auto_creates_it() {
         "offsets_topic_partitions, not the default of 1"
     );
 }
+
+fn join_static(client: &mut Client, group: &str, member_id: &str, instance: &str) -> JoinGroupResponse {
+    let protocol = JoinGroupRequestProtocol::default()
+        .with_name(s("range"))
+        .with_metadata(Bytes::from_static(b"meta"));
+    let request = JoinGroupRequest::default()
+        .with_group_id(GroupId(s(group)))
+        .with_session_timeout_ms(10_000)
+        .with_rebalance_timeout_ms(10_000)
+        .with_member_id(s(member_id))
+        .with_group_instance_id(Some(s(instance)))
+        .with_protocol_type(s("consumer"))
+        .with_protocols(vec![protocol]);
+    match client.request(ApiKey::JoinGroup, 7, RequestKind::JoinGroup(request)) {
+        ResponseKind::JoinGroup(response) => response,
+        other => panic!("unexpected {other:?}"),
+    }
+}
+
+fn heartbeat_static(client: &mut Client, group: &str, generation: i32, member: &str, instance: &str) -> i16 {
+    let request = HeartbeatRequest::default()
+        .with_group_id(GroupId(s(group)))
+        .with_generation_id(generation)
+        .with_member_id(s(member))
+        .with_group_instance_id(Some(s(instance)));
+    error_code(client.request(ApiKey::Heartbeat, 4, RequestKind::Heartbeat(request)))
+}
+
+#[test]
+fn a_static_member_keeps_its_assignment_across_a_restart_and_leaves_by_instance_id() {
+    use kafka_protocol::messages::leave_group_request::MemberIdentity;
+
+    let broker = Broker::start_with(&[("RAFKA_GROUP_INITIAL_REBALANCE_DELAY_MS", "0")]);
+    let mut client = Client::connect(broker.port).unwrap();
+    assert_eq!(client.create_topic("static-orders", 1).error_code, 0);
+
+    // A static member needs no MEMBER_ID_REQUIRED round (KIP-394 exempts it).
+    let joined = join_static(&mut client, "static", "", "instance-1");
+    assert_eq!(joined.error_code, 0);
+    let first_id = joined.member_id.to_string();
+    assert_eq!(joined.leader.as_str(), first_id);
+    assert_eq!(joined.members[0].group_instance_id.as_deref(), Some("instance-1"));
+    let generation = joined.generation_id;
+    let sync = SyncGroupRequest::default()
+        .with_group_id(GroupId(s("static")))
+        .with_generation_id(generation)
+        .with_member_id(s(&first_id))
+        .with_group_instance_id(Some(s("instance-1")))
+        .with_assignments(vec![SyncGroupRequestAssignment::default()
+            .with_member_id(s(&first_id))
+            .with_assignment(Bytes::from_static(b"partitions of instance-1"))]);
+    let ResponseKind::SyncGroup(synced) = client.request(ApiKey::SyncGroup, 5, RequestKind::SyncGroup(sync)) else {
+        panic!("unexpected SyncGroup answer");
+    };
+    assert_eq!(synced.error_code, 0);
+
+    // The restarted member joins without its member id: it gets a new one in
+    // the same generation, no rebalance, and its old assignment from SyncGroup.
+    let rejoined = join_static(&mut client, "static", "", "instance-1");
+    assert_eq!(rejoined.error_code, 0);
+    let second_id = rejoined.member_id.to_string();
+    assert_ne!(second_id, first_id);
+    assert_eq!(rejoined.generation_id, generation, "no new generation");
+    assert_eq!(
+        rejoined.leader.as_str(),
+        first_id,
+        "the old leader id, so the new member runs no assignment"
+    );
+    assert!(rejoined.members.is_empty());
+    let sync = SyncGroupRequest::default()
+        .with_group_id(GroupId(s("static")))
+        .with_generation_id(generation)
+        .with_member_id(s(&second_id))
+        .with_group_instance_id(Some(s("instance-1")));
+    let ResponseKind::SyncGroup(synced) = client.request(ApiKey::SyncGroup, 5, RequestKind::SyncGroup(sync)) else {
+        panic!("unexpected SyncGroup answer");
+    };
+    assert_eq!(
+        (synced.error_code, &synced.assignment[..]),
+        (0, &b"partitions of instance-1"[..])
+    );
+    assert_eq!(
+        heartbeat_static(&mut client, "static", generation, &second_id, "instance-1"),
+        0
+    );
+    assert_eq!(
+        heartbeat_static(&mut client, "static", generation, &first_id, "instance-1"),
+        82,
+        "FENCED_INSTANCE_ID for the replaced member id"
+    );
+    assert_eq!(
+        join_static(&mut client, "static", &first_id, "instance-1").error_code,
+        82,
+        "the replaced copy cannot join back either"
+    );
+    assert_eq!(
+        commit(&mut client, "static", generation, &second_id, "static-orders", 1),
+        0,
+        "the new member id commits in the same generation"
+    );
+
+    // LeaveGroup v3+ names a static member by its instance id alone.
+    let mut leave = |instance: &str| {
+        let request = LeaveGroupRequest::default()
+            .with_group_id(GroupId(s("static")))
+            .with_members(vec![MemberIdentity::default()
+                .with_member_id(s(""))
+                .with_group_instance_id(Some(s(instance)))]);
+        match client.request(ApiKey::LeaveGroup, 4, RequestKind::LeaveGroup(request)) {
+            ResponseKind::LeaveGroup(r) => (r.error_code, r.members[0].error_code),
+            other => panic!("unexpected {other:?}"),
+        }
+    };
+    assert_eq!(leave("instance-1"), (0, 0));
+    assert_eq!(leave("instance-1"), (0, 25), "gone: UNKNOWN_MEMBER_ID");
+    assert_eq!(
+        heartbeat_static(&mut client, "static", generation, &second_id, "instance-1"),
+        25
+    );
+}

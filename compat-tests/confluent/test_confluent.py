@@ -259,6 +259,62 @@ def check_configs(bootstrap, R):
         expect_config(configs, "max.message.bytes", "1048588", ConfigSource.DEFAULT_CONFIG)
 
 
+def delivery_error(bootstrap, topic, key, value, **conf):
+    """Produce one message on its own and return its delivery report's error (None: delivered)."""
+    producer, reports = start_producing(bootstrap, topic, [Msg(0, key, value, None, BASE_TS)],
+                                        **{"compression.type": "none", **conf})
+    expect_eq(producer.flush(TIMEOUT), 0, "message still undelivered after flush")
+    return reports[0][0]
+
+
+def check_topic_rules(bootstrap, R):
+    with R.check("create_topics: an unknown config name fails with INVALID_CONFIG (40) and creates nothing"):
+        expect_admin_error(KafkaError.INVALID_CONFIG, bootstrap, "create_topics",
+                           [NewTopic("cfk-bad-config", 1, 1, config={"dummy.doesntexist": "1"})],
+                           key="cfk-bad-config")
+        expect_admin_error(KafkaError.INVALID_CONFIG, bootstrap, "create_topics",
+                           [NewTopic("cfk-bad-config", 1, 1, config={"max.message.bytes": "many"})],
+                           key="cfk-bad-config")
+        expect("cfk-bad-config" not in admin_client(bootstrap).list_topics(timeout=5).topics,
+               "refused topic was created")
+
+    with R.check("create_topics validate_only=True: a valid topic is checked, not created; a bad config "
+                 "still fails with INVALID_CONFIG"):
+        admin_call(bootstrap, "create_topics",
+                   [NewTopic("cfk-validate-only", 2, 1, config={"cleanup.policy": "compact"})],
+                   key="cfk-validate-only", validate_only=True)
+        expect("cfk-validate-only" not in admin_client(bootstrap).list_topics(timeout=5).topics,
+               "validate_only created the topic")
+        expect_admin_error(KafkaError.INVALID_CONFIG, bootstrap, "create_topics",
+                           [NewTopic("cfk-validate-only", 1, 1, config={"dummy.doesntexist": "1"})],
+                           key="cfk-validate-only", validate_only=True)
+
+    with R.check("max.message.bytes=2000 on a topic: a 5000-byte message fails with MSG_SIZE_TOO_LARGE (10), "
+                 "a 1000-byte one is delivered; describe_configs reports 2000"):
+        topic = "cfk-max-bytes"
+        admin_call(bootstrap, "create_topics",
+                   [NewTopic(topic, 1, 1, config={"max.message.bytes": "2000"})], key=topic,
+                   operation_timeout=TIMEOUT)
+        wait_for_topic(bootstrap, topic, 1)
+        expect_config(topic_configs(bootstrap, topic), "max.message.bytes", "2000", ConfigSource.DYNAMIC_TOPIC_CONFIG)
+        err = delivery_error(bootstrap, topic, b"k", b"x" * 5000)
+        expect(err is not None and err.code() == KafkaError.MSG_SIZE_TOO_LARGE, f"5000 bytes: {err}")
+        err = delivery_error(bootstrap, topic, b"k", b"x" * 1000)
+        expect(err is None, f"1000 bytes: {err}")
+
+    with R.check("cleanup.policy=compact: a keyed message is delivered, one without a key fails with "
+                 "INVALID_RECORD (87)"):
+        topic = "cfk-compacted"
+        admin_call(bootstrap, "create_topics",
+                   [NewTopic(topic, 1, 1, config={"cleanup.policy": "compact"})], key=topic,
+                   operation_timeout=TIMEOUT)
+        wait_for_topic(bootstrap, topic, 1)
+        err = delivery_error(bootstrap, topic, b"k", b"keyed")
+        expect(err is None, f"keyed message: {err}")
+        err = delivery_error(bootstrap, topic, None, b"no key")
+        expect(err is not None and err.code() == KafkaError.INVALID_RECORD, f"message without a key: {err}")
+
+
 def check_internal_topic(bootstrap, R):
     with R.check("internal topic: producing to __consumer_offsets fails with TOPIC_EXCEPTION (17)"):
         # Looking a group up (FindCoordinator) makes the broker create its offsets topic;
@@ -442,6 +498,7 @@ def main(broker, R):
     bootstrap = broker.bootstrap
     check_admin_basics(bootstrap, R)
     check_configs(bootstrap, R)
+    check_topic_rules(bootstrap, R)
     check_internal_topic(bootstrap, R)
     check_log_append_time(bootstrap, R)
     check_codecs(bootstrap, R)

@@ -6,8 +6,8 @@ own thread and committing synchronously after every processed batch (and from on
 Checks: assignment across 3 members, exactly-once consumption across members, a member leaving
 and one joining (timed from subscribe() to every member holding its new assignment),
 cooperative-sticky, committing from on_revoke during an eager rebalance, `rafka groups` lag,
-AdminClient list/describe/delete of groups, and resuming from committed offsets after a graceful
-restart and after kill -9.
+AdminClient list/describe/delete of groups, resuming from committed offsets after a graceful
+restart and after kill -9, and static membership (group.instance.id) across a member restart.
 """
 
 import concurrent.futures
@@ -401,11 +401,61 @@ def check_commit_on_revoke(broker, R, topic, group):
                f"commit from on_revoke failed: {errors}; {dups} messages then consumed twice")
 
 
+def check_static(broker, R, topic, group):
+    """KIP-345: a static member (group.instance.id) that closes and starts again within the session
+    timeout gets its partitions back under a new member id, and the other member does not
+    rebalance; a static member that stays away is removed when its session times out."""
+    bs = broker.bootstrap
+    static = lambda instance: {"group.instance.id": instance}  # noqa: E731
+    expected = {}
+    with Members() as members:
+        with R.check("static members: two consumers with group.instance.id share 6 partitions 3/3"):
+            members.append(Member("static-a", bs, group, topic, **static("inst-a")))
+            members.append(Member("static-b", bs, group, topic, **static("inst-b")))
+            wait_balanced(members, [3, 3], members[0].subscribed_at, "3/3 between the static members")
+            desc = admin_call(bs, "describe_consumer_groups", [group], key=group)
+            expect_eq(sorted(m.group_instance_id for m in desc.members), ["inst-a", "inst-b"], "instance ids")
+
+        with R.check("static member closes and starts again: same partitions, new member id, "
+                     "no revocation for the other member (timed)"):
+            a, b = members
+            a_partitions, b_partitions, a_revoked = a.assigned(), b.assigned(), list(a.revoked)
+            old_id = next(m.member_id for m in desc.members if m.group_instance_id == "inst-b")
+            # librdkafka sends no LeaveGroup when a static member closes (KIP-345).
+            b.close()
+            restarted = Member("static-b2", bs, group, topic, **static("inst-b"))
+            members.append(restarted)
+            took = wait_balanced([a, restarted], [len(a_partitions), len(b_partitions)], restarted.subscribed_at,
+                                 "the restarted static member holding partitions again")
+            timing("static member restart, subscribe() to holding its old partitions", took)
+            expect_eq(restarted.assigned(), b_partitions, "restarted member's partitions")
+            expect_eq(a.assigned(), a_partitions, "other member's partitions")
+            expect_eq(a.revoked, a_revoked, "other member's revocations since the restart")
+            desc = admin_call(bs, "describe_consumer_groups", [group], key=group)
+            ids = {m.group_instance_id: m.member_id for m in desc.members}
+            expect_eq(sorted(ids), ["inst-a", "inst-b"], "instance ids after the restart")
+            expect(ids["inst-b"] != old_id, f"inst-b kept its old member id {old_id}")
+
+        with R.check("static members consume 120 messages exactly once after the restart"):
+            produce_and_check(produce, wait_committed_to_end, bs, group, topic, members, expected, 120, "static")
+
+        with R.check("static member that stays away is removed at its session timeout: the other gets all 6"):
+            t0 = time.monotonic()
+            restarted.close()
+            took = wait_balanced([a], [PARTITIONS], t0, "all partitions to the remaining static member")
+            timing("static member gone, close() to the other member holding all 6 (session timeout "
+                   f"{MEMBER_CONF['session.timeout.ms']} ms)", took)
+            expect(took * 1000 >= MEMBER_CONF["session.timeout.ms"] * 0.8,
+                   f"reassigned after {took:.1f}s, before the session timeout: the member left instead")
+            a.close()
+
+
 def main(broker, R):
     bs = broker.bootstrap
     with R.check("create 6-partition topics; group coordinator answers"):
         create_topic(bs, "groups-range")
         create_topic(bs, "groups-coop")
+        create_topic(bs, "groups-static")
         # The first FindCoordinator creates __consumer_offsets; members that look up the coordinator
         # while it starts back off ~1 s and miss the first generation. Start it here, once.
         wait_until(lambda: committed(bs, "grp-range", "groups-range") is not None, TIMEOUT, interval=0.2,
@@ -414,6 +464,7 @@ def main(broker, R):
     check_lag_and_resume(broker, R, "groups-range", "grp-range")
     check_cooperative(broker, R, "groups-coop", "grp-coop")
     check_commit_on_revoke(broker, R, "groups-coop", "grp-revoke")
+    check_static(broker, R, "groups-static", "grp-static")
 
 
 if __name__ == "__main__":

@@ -6,7 +6,8 @@ polling in its own thread and committing synchronously after every processed bat
 Checks: 2/2/2 assignment across 3 members, exactly-once consumption across members, a member
 leaving and one joining (timed from subscribe() to every member holding its new assignment),
 KafkaAdminClient list/describe/delete of groups, resuming from committed offsets after a graceful
-restart and after kill -9, and enable_auto_commit's commit before rejoining a rebalance.
+restart and after kill -9, enable_auto_commit's commit before rejoining a rebalance, and removing a
+static member (group_instance_id) by its instance id.
 Producers set enable_idempotence=False (see FINDINGS.md).
 
 kafka-python 3 runs ConsumerRebalanceListener callbacks on its IO thread and refuses blocking
@@ -30,6 +31,7 @@ from group_helpers import (ALL, PARTITIONS, SEQ, TIMEOUT, MemberView, Members, b
 
 from kafka import (ConsumerRebalanceListener, KafkaAdminClient, KafkaConsumer,  # noqa: E402
                    KafkaProducer, TopicPartition)
+from kafka.admin import MemberToRemove  # noqa: E402
 from kafka.structs import OffsetAndMetadata  # noqa: E402
 
 SUITE = "kafka-python-groups"
@@ -96,11 +98,11 @@ class Member(MemberView, ConsumerRebalanceListener):
     ones kafka-python makes before rejoining a rebalance (never on close).
     """
 
-    def __init__(self, name, bootstrap, group, topic, commit="batch"):
+    def __init__(self, name, bootstrap, group, topic, commit="batch", **conf):
         self.name, self.topic, self.commit_mode = name, topic, commit
         self.conf = {"group_id": group, "client_id": name, "enable_auto_commit": commit == "auto",
                      "auto_commit_interval_ms": 600_000, "auto_offset_reset": "earliest",
-                     **MEMBER_CONF, **client_conf(bootstrap)}
+                     **MEMBER_CONF, **client_conf(bootstrap), **conf}
         self.consumer = None
         self.lock = threading.Lock()
         self.records = []          # (seq, partition, offset, key, value)
@@ -131,7 +133,7 @@ class Member(MemberView, ConsumerRebalanceListener):
         finally:
             if self.consumer is not None:
                 try:
-                    self.consumer.close(autocommit=False)  # LeaveGroup
+                    self.consumer.close(autocommit=False)  # LeaveGroup, unless static
                 except Exception as exc:  # noqa: BLE001
                     self.errors.append(f"close: {exc!r}")
             self.done.set()
@@ -278,6 +280,38 @@ def check_delete(bootstrap, R, group):
             expect_eq(a.list_group_offsets(group).get(group, {}), {}, "committed offsets after delete")
 
 
+def check_static_removal(bootstrap, R, topic, group):
+    """KIP-345: a static member (group_instance_id) sends no LeaveGroup when it closes; an admin
+    removes it by its instance id alone (LeaveGroup v3+), and the other member gets its partitions
+    without waiting for the session timeout."""
+    with Members() as members:
+        with R.check("static members (group_instance_id) 3/3; one closes and stays in the group"):
+            members.append(Member("kp-static-a", bootstrap, group, topic, group_instance_id="kp-inst-a"))
+            members.append(Member("kp-static-b", bootstrap, group, topic, group_instance_id="kp-inst-b"))
+            wait_balanced(members, [3, 3], members[0].subscribed_at, "3/3 between the static members")
+            members[1].close()
+            with admin(bootstrap) as a:
+                described = a.describe_groups([group])[group]
+            expect_eq(sorted(m["group_instance_id"] for m in described["members"]), ["kp-inst-a", "kp-inst-b"],
+                      "static members after one closed")
+
+        with R.check("remove_group_members by group_instance_id: the other member gets all 6 before the "
+                     "session timeout; removing it again answers UNKNOWN_MEMBER_ID"):
+            t0 = time.monotonic()
+            with admin(bootstrap) as a:
+                removed = a.remove_group_members(group, [MemberToRemove(group_instance_id="kp-inst-b")])
+            expect_eq({k: v.__name__ for k, v in removed.items()}, {"kp-inst-b": "NoError"}, "removal")
+            took = wait_balanced(members[:1], [PARTITIONS], t0, "all partitions to the remaining member")
+            timing("static member removed by instance id, request to the other member holding all 6", took)
+            expect(took * 1000 < MEMBER_CONF["session_timeout_ms"] * 0.8,
+                   f"reassigned after {took:.1f}s: the session timeout did it, not the removal")
+            with admin(bootstrap) as a:
+                again = a.remove_group_members(group, [MemberToRemove(group_instance_id="kp-inst-b")])
+            expect_eq({k: v.__name__ for k, v in again.items()}, {"kp-inst-b": "UnknownMemberIdError"},
+                      "second removal")
+            members[0].close()
+
+
 def main(broker, R):
     bs = broker.bootstrap
     with R.check("create 6-partition topic; group coordinator answers"):
@@ -290,6 +324,7 @@ def main(broker, R):
     check_resume(broker, R, "kp-groups", "kp-grp")
     check_delete(bs, R, "kp-grp")
     check_commit_before_rejoin(bs, R, "kp-groups", "kp-grp-auto")
+    check_static_removal(bs, R, "kp-groups", "kp-grp-static")
 
 
 if __name__ == "__main__":

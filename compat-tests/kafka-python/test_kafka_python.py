@@ -234,12 +234,33 @@ def check_internal_topic(bootstrap, R):
         expect_eq((offsets["error_code"], len(offsets["partitions"])), (0, 1), "__consumer_offsets afterwards")
 
 
+def check_log_dirs(broker, R):
+    bootstrap = broker.bootstrap
+    with R.check("describe_log_dirs (DescribeLogDirs): the data dir with every partition and its size; "
+                 "a topic filter narrows it"), closing(new_admin(bootstrap)) as admin:
+        [answer] = admin.describe_log_dirs()
+        [log_dir] = answer["log_dirs"]
+        expect_eq((log_dir["error_code"], log_dir["log_dir"]), (0, str(broker.data_dir)), "log dir")
+        sizes = {(t["name"], p["partition_index"]): p["partition_size"]
+                 for t in log_dir["topics"] for p in t["partitions"]}
+        expect({("kp-admin", p) for p in range(PARTITIONS)} <= set(sizes), f"kp-admin missing: {sorted(sizes)}")
+        written = [sizes.get(("kp-codec-none", p), -1) for p in range(PARTITIONS)]
+        expect(all(size > 0 for size in written), f"sizes of partitions holding records: {written}")
+        if "total_bytes" in log_dir:  # v4
+            expect(log_dir["total_bytes"] >= log_dir["usable_bytes"] > 0, f"volume space {log_dir}")
+        [narrowed] = admin.describe_log_dirs(topic_partitions={"kp-codec-none": [1]})
+        topics = [(t["name"], [p["partition_index"] for p in t["partitions"]])
+                  for d in narrowed["log_dirs"] for t in d["topics"]]
+        expect_eq(topics, [("kp-codec-none", [1])], "filtered answer")
+
+
 def main(broker, R):
     with R.check("admin: create topic with 3 partitions, describe_topics shows them with leaders"):
         create_topic(broker.bootstrap, "kp-admin", PARTITIONS)
     check_configs(broker.bootstrap, R)
     check_internal_topic(broker.bootstrap, R)
     check_codecs(broker.bootstrap, R)
+    check_log_dirs(broker, R)
     check_offsets(broker.bootstrap, R)
     check_delete(broker.bootstrap, R)
 

@@ -40,7 +40,7 @@ use crate::raft::snapshot::SnapshotDir;
 use crate::raft::state_machine::ReplicatedState;
 use crate::raft::wire::{Announcement, LeaderClaim, PartitionChecksum, PeerRequest, PeerResponse, ProposeError};
 use crate::raft::{GroupId, NodeId, Raft, CONTROLLER_GROUP};
-use crate::storage::batch::ValidatedBatch;
+use crate::storage::batch::{ProduceRules, ValidatedBatch};
 use crate::storage::keys::ALL_CFS;
 use crate::storage::partition::{PartitionLog, PartitionOffsets};
 use crate::storage::segments::{RollPolicy, SegmentLog};
@@ -112,6 +112,12 @@ impl PartitionHandle {
 
     pub fn offsets(&self) -> PartitionOffsets {
         *self.offsets.borrow()
+    }
+
+    /// Bytes this replica's log files take on disk (the partition size that
+    /// metrics and DescribeLogDirs report).
+    pub fn size_bytes(&self) -> u64 {
+        self.segments.disk_bytes()
     }
 }
 
@@ -688,7 +694,13 @@ impl Cluster {
     /// that cannot commit before the client gives up would stay in the log and
     /// commit once the peers are back, after the client had resent it under a
     /// new producer epoch (a duplicate).
+    ///
+    /// `__consumer_offsets` is refused first, as Kafka refuses appends to its
+    /// internal topics before looking at the records: its groups apply
+    /// consumer-group commands only, so an append would be replicated and
+    /// then refused.
     pub fn writable_partition(&self, topic: &str, index: i32) -> Result<Arc<PartitionHandle>, BrokerError> {
+        refuse_internal(topic, "appended to")?;
         let handle = self.partition(topic, index)?;
         if handle.leader() == Some(self.cfg.node_id) {
             return Ok(handle);
@@ -895,17 +907,24 @@ impl Cluster {
         Ok(count as usize)
     }
 
-    /// Checks a CreateTopics entry without changing anything.
+    /// Checks a CreateTopics entry without changing anything; returns the
+    /// partition count and replication factor it would be created with.
+    /// Configs are checked here, on the request path, and not when the
+    /// controller applies the command: topics created before this check
+    /// existed may hold configs it refuses, and replaying their creation must
+    /// keep giving the same state.
     pub fn check_new_topic(
         &self,
         name: &str,
         partitions: i32,
         replication_factor: i16,
+        configs: &BTreeMap<String, String>,
     ) -> Result<(usize, usize), BrokerError> {
         topics::validate_topic_name(name)?;
         if self.metadata().topics.contains_key(name) {
             return Err(BrokerError::TopicAlreadyExists);
         }
+        topic_configs::validate_new(configs).map_err(BrokerError::InvalidConfig)?;
         Ok((
             self.partition_count(partitions)?,
             self.replication_factor(replication_factor)?,
@@ -918,8 +937,8 @@ impl Cluster {
         partitions: i32,
         replication_factor: i16,
         configs: BTreeMap<String, String>,
-    ) -> Result<(), BrokerError> {
-        let (count, factor) = self.check_new_topic(name, partitions, replication_factor)?;
+    ) -> Result<(usize, usize), BrokerError> {
+        let (count, factor) = self.check_new_topic(name, partitions, replication_factor, &configs)?;
         let command = Command::CreateTopic {
             name: name.to_string(),
             topic_id: *uuid::Uuid::new_v4().as_bytes(),
@@ -928,7 +947,8 @@ impl Cluster {
         };
         let groups = self.propose_to_controller(command).await?;
         tracing::info!(topic = name, partitions = count, "topic created");
-        self.await_leaders(&groups).await
+        self.await_leaders(&groups).await?;
+        Ok((count, factor))
     }
 
     /// Creates `name` with the defaults if it does not exist yet (auto-creation).
@@ -944,7 +964,7 @@ impl Cluster {
             self.create_topic(name, -1, -1, BTreeMap::new()).await
         };
         match created {
-            Ok(()) | Err(BrokerError::TopicAlreadyExists) => Ok(()),
+            Ok(_) | Err(BrokerError::TopicAlreadyExists) => Ok(()),
             Err(err) => Err(err),
         }
     }
@@ -1168,6 +1188,17 @@ impl Cluster {
             .unwrap_or_default()
     }
 
+    /// The partition replicas running on this node: topic, partition index, replica.
+    pub fn local_replicas(&self) -> Vec<(String, i32, Arc<PartitionHandle>)> {
+        self.metadata()
+            .partitions()
+            .filter_map(|(topic, partition, assignment)| {
+                let handle = self.partition_by_group(assignment.group)?;
+                Some((topic.to_string(), partition, handle))
+            })
+            .collect()
+    }
+
     /// Whether `topic` stamps the broker's time into appended batches
     /// (`message.timestamp.type=LogAppendTime`).
     pub fn uses_log_append_time(&self, topic: &str) -> bool {
@@ -1176,6 +1207,21 @@ impl Cluster {
             .get(topic)
             .and_then(|state| state.configs.get("message.timestamp.type"))
             .is_some_and(|kind| kind == "LogAppendTime")
+    }
+
+    /// What `topic` requires of produced batches: its `max.message.bytes`
+    /// (the broker's `message_max_bytes` unless overridden) and, when
+    /// `cleanup.policy` includes `compact`, a key on every record.
+    pub fn produce_rules(&self, topic: &str) -> ProduceRules {
+        let metadata = self.metadata();
+        let configs = metadata.topics.get(topic).map(|state| &state.configs);
+        let config = |name: &str| configs.and_then(|configs| configs.get(name));
+        ProduceRules {
+            max_batch_bytes: config("max.message.bytes")
+                .and_then(|value| value.parse().ok())
+                .unwrap_or(self.cfg.message_max_bytes),
+            require_keys: config("cleanup.policy").is_some_and(|policy| topic_configs::is_compacted(policy)),
+        }
     }
 
     /// The configs of the topic `group` is a partition of.
@@ -1236,11 +1282,6 @@ impl Cluster {
         batches: Vec<ValidatedBatch>,
         timeout: Duration,
     ) -> Result<(i64, i64), BrokerError> {
-        // Its group applies consumer-group commands only: an append would be
-        // replicated and then refused, so it is refused before it is proposed.
-        if handle.consumer_groups.is_some() {
-            refuse_internal(OFFSETS_TOPIC, "appended to")?;
-        }
         let proposed = Instant::now();
         handle.quiet.wake(&handle.raft);
         let answered = handle.appender.submit(&handle.raft, batches);

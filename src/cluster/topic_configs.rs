@@ -65,6 +65,16 @@ pub fn defaults(cfg: &BrokerConfig) -> Vec<(&'static str, String)> {
         .collect()
 }
 
+/// Checks the configs of a new topic: every name known, every value valid.
+pub fn validate_new(configs: &BTreeMap<String, String>) -> Result<(), String> {
+    configs.iter().try_for_each(|(name, value)| validate(name, value))
+}
+
+/// Whether a `cleanup.policy` value makes a topic compacted.
+pub fn is_compacted(policy: &str) -> bool {
+    elements(policy).contains(&"compact")
+}
+
 /// Whether clients may change `name` (AlterConfigs, IncrementalAlterConfigs).
 pub fn is_alterable(name: &str) -> bool {
     kind_of(name).is_some()
@@ -104,10 +114,10 @@ fn validate(name: &str, value: &str) -> Result<(), String> {
 /// (IncrementalAlterConfigs). APPEND and SUBTRACT start from the override or,
 /// without one, the default, as Kafka does.
 ///
-/// Overrides of configs this broker does not know (accepted by CreateTopics)
-/// may be deleted, and AlterConfigs may carry them over unchanged, which is
-/// what clients do when they resend a topic's overrides to keep them; any
-/// other change to them is refused.
+/// Overrides of configs this broker does not know (which CreateTopics
+/// accepted before it checked configs) may be deleted, and AlterConfigs may
+/// carry them over unchanged, which is what clients do when they resend a
+/// topic's overrides to keep them; any other change to them is refused.
 pub fn apply_changes(
     current: &BTreeMap<String, String>,
     replace: bool,

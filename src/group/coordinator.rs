@@ -95,6 +95,16 @@ struct Member {
     joined: bool,
 }
 
+/// How a JoinGroup is admitted.
+enum Admitted {
+    /// The member joins (or rejoins) the next generation under this id.
+    Member(String),
+    /// A static member came back to a stable group with the same protocols:
+    /// as in Kafka (KIP-345), it takes over its old entry and assignment in the
+    /// current generation, and the other members do not rebalance.
+    Current(JoinResult),
+}
+
 type JoinReply = oneshot::Sender<Result<JoinResult, BrokerError>>;
 type SyncReply = oneshot::Sender<Result<Bytes, BrokerError>>;
 
@@ -133,10 +143,33 @@ impl Group {
         }
     }
 
-    fn check_member(&self, member_id: &str, generation: i32) -> Result<(), BrokerError> {
+    /// The member id a static member (`group.instance.id`) holds now.
+    fn static_member(&self, instance: &str) -> Option<&String> {
+        self.members
+            .iter()
+            .find(|(_, m)| m.group_instance_id.as_deref() == Some(instance))
+            .map(|(id, _)| id)
+    }
+
+    /// Kafka's check of a request from a member: a static member's instance id
+    /// must still belong to the member id it sends, or an older copy of a
+    /// restarted member is fenced.
+    fn check_identity(&self, member_id: &str, instance: Option<&str>) -> Result<(), BrokerError> {
+        if let Some(instance) = instance {
+            match self.static_member(instance) {
+                None => return Err(BrokerError::UnknownMemberId),
+                Some(current) if current != member_id => return Err(BrokerError::FencedInstanceId),
+                Some(_) => {}
+            }
+        }
         if !self.members.contains_key(member_id) {
             return Err(BrokerError::UnknownMemberId);
         }
+        Ok(())
+    }
+
+    fn check_member(&self, member_id: &str, instance: Option<&str>, generation: i32) -> Result<(), BrokerError> {
+        self.check_identity(member_id, instance)?;
         if generation != self.generation {
             return Err(BrokerError::IllegalGeneration(generation));
         }
@@ -267,12 +300,43 @@ impl Group {
 
     fn remove_member(&mut self, member_id: &str) {
         self.members.remove(member_id);
+        self.answer_waiters(member_id, || BrokerError::UnknownMemberId);
+    }
+
+    /// Ends the JoinGroup and SyncGroup a member may be waiting in with `error`.
+    fn answer_waiters(&mut self, member_id: &str, error: impl Fn() -> BrokerError) {
         if let Some(waiter) = self.join_waiters.remove(member_id) {
-            let _ = waiter.send(Err(BrokerError::UnknownMemberId));
+            let _ = waiter.send(Err(error()));
         }
         if let Some(waiter) = self.sync_waiters.remove(member_id) {
-            let _ = waiter.send(Err(BrokerError::UnknownMemberId));
+            let _ = waiter.send(Err(error()));
         }
+    }
+
+    /// Moves the static member `old_id` to `new_id` for a restarted member
+    /// that joined again with its `group.instance.id` (KIP-345). A request
+    /// still pending under the old id is answered FENCED_INSTANCE_ID: it
+    /// comes from a copy that has been replaced.
+    fn replace_static_member(&mut self, old_id: &str, new_id: &str, request: &JoinRequest) -> Result<(), BrokerError> {
+        let mut member = self.members.remove(old_id).ok_or(BrokerError::UnknownMemberId)?;
+        self.answer_waiters(old_id, || BrokerError::FencedInstanceId);
+        if self.leader.as_deref() == Some(old_id) {
+            self.leader = Some(new_id.to_string());
+        }
+        member.client_id = request.client_id.clone();
+        member.client_host = request.client_host.clone();
+        member.session_timeout = Duration::from_millis(request.session_timeout_ms as u64);
+        member.rebalance_timeout = Duration::from_millis(request.rebalance_timeout_ms.max(0) as u64);
+        member.protocols = request.protocols.clone();
+        member.last_heartbeat = Instant::now();
+        self.members.insert(new_id.to_string(), member);
+        tracing::info!(
+            instance = request.group_instance_id.as_deref().unwrap_or_default(),
+            old_id,
+            new_id,
+            "static member rejoined"
+        );
+        Ok(())
     }
 
     fn describe(&self) -> GroupDescription {
@@ -449,7 +513,10 @@ impl GroupCoordinator {
             let group = groups
                 .entry(request.group_id.clone())
                 .or_insert_with(|| Group::new(generation));
-            let member_id = self.admit(group, &request)?;
+            let member_id = match self.admit(group, &request)? {
+                Admitted::Member(member_id) => member_id,
+                Admitted::Current(joined) => return Ok(joined),
+            };
             let (reply, receiver) = oneshot::channel();
             group.join_waiters.insert(member_id.clone(), reply);
             let member = Member {
@@ -474,25 +541,56 @@ impl GroupCoordinator {
         receiver.await.unwrap_or(Err(BrokerError::RebalanceInProgress))
     }
 
-    /// Checks that the joining member may join and returns its member id.
-    fn admit(&self, group: &mut Group, request: &JoinRequest) -> Result<String, BrokerError> {
+    /// Checks that the joining member may join and returns how it joins.
+    fn admit(&self, group: &mut Group, request: &JoinRequest) -> Result<Admitted, BrokerError> {
         if !group.members.is_empty() && group.protocol_type != request.protocol_type {
             return Err(BrokerError::InconsistentGroupProtocol);
         }
+        let new_id = || format!("{}-{}", request.client_id, uuid::Uuid::new_v4());
+        if let Some(instance) = &request.group_instance_id {
+            // Static members skip MEMBER_ID_REQUIRED (KIP-394 excludes them):
+            // their instance id already identifies them.
+            let current = group.static_member(instance).cloned();
+            return match current {
+                Some(current) if request.member_id.is_empty() => {
+                    let member_id = new_id();
+                    let leader = group.leader.clone().unwrap_or_default();
+                    group.replace_static_member(&current, &member_id, request)?;
+                    if group.state != GroupState::Stable || group.choose_protocol() != group.protocol {
+                        return Ok(Admitted::Member(member_id));
+                    }
+                    // The leader is named as it was before the replacement: a
+                    // restarted leader must not run an assignment that a stable
+                    // group would never hand out.
+                    Ok(Admitted::Current(JoinResult {
+                        generation: group.generation,
+                        protocol_type: group.protocol_type.clone(),
+                        protocol: group.protocol.clone(),
+                        leader,
+                        member_id,
+                        members: Vec::new(),
+                    }))
+                }
+                Some(current) if current != request.member_id => Err(BrokerError::FencedInstanceId),
+                Some(current) => Ok(Admitted::Member(current)),
+                None if request.member_id.is_empty() => Ok(Admitted::Member(new_id())),
+                None => Err(BrokerError::UnknownMemberId),
+            };
+        }
         if request.member_id.is_empty() {
-            let member_id = format!("{}-{}", request.client_id, uuid::Uuid::new_v4());
+            let member_id = new_id();
             if request.require_known_member_id {
                 group.pending_ids.push(member_id.clone());
                 return Err(BrokerError::MemberIdRequired(member_id));
             }
-            return Ok(member_id);
+            return Ok(Admitted::Member(member_id));
         }
         if let Some(position) = group.pending_ids.iter().position(|id| *id == request.member_id) {
             group.pending_ids.remove(position);
-            return Ok(request.member_id.clone());
+            return Ok(Admitted::Member(request.member_id.clone()));
         }
         if group.members.contains_key(&request.member_id) {
-            return Ok(request.member_id.clone());
+            return Ok(Admitted::Member(request.member_id.clone()));
         }
         Err(BrokerError::UnknownMemberId)
     }
@@ -502,13 +600,14 @@ impl GroupCoordinator {
         group_id: &str,
         generation: i32,
         member_id: &str,
+        instance: Option<&str>,
         assignments: Vec<(String, Bytes)>,
     ) -> Result<(String, String, Bytes), BrokerError> {
         self.ensure_coordinator(group_id).await?;
         let receiver = {
             let mut groups = self.lock();
             let group = groups.get_mut(group_id).ok_or(BrokerError::UnknownMemberId)?;
-            group.check_member(member_id, generation)?;
+            group.check_member(member_id, instance, generation)?;
             let answer =
                 |group: &Group, assignment: Bytes| (group.protocol_type.clone(), group.protocol.clone(), assignment);
             match group.state {
@@ -543,11 +642,17 @@ impl GroupCoordinator {
         Ok((group.protocol_type.clone(), group.protocol.clone(), assignment))
     }
 
-    pub async fn heartbeat(&self, group_id: &str, generation: i32, member_id: &str) -> Result<(), BrokerError> {
+    pub async fn heartbeat(
+        &self,
+        group_id: &str,
+        generation: i32,
+        member_id: &str,
+        instance: Option<&str>,
+    ) -> Result<(), BrokerError> {
         self.ensure_coordinator(group_id).await?;
         let mut groups = self.lock();
         let group = groups.get_mut(group_id).ok_or(BrokerError::UnknownMemberId)?;
-        group.check_member(member_id, generation)?;
+        group.check_member(member_id, instance, generation)?;
         if let Some(member) = group.members.get_mut(member_id) {
             member.last_heartbeat = Instant::now();
         }
@@ -557,27 +662,42 @@ impl GroupCoordinator {
         }
     }
 
-    /// Removes members; returns one result per member id, in order.
+    /// Removes members, each named by member id, or by instance id alone (an
+    /// admin removing a static member, KIP-345); returns one result per
+    /// member, in order.
     pub async fn leave(
         &self,
         group_id: &str,
-        member_ids: &[String],
+        members: &[(String, Option<String>)],
     ) -> Result<Vec<Result<(), BrokerError>>, BrokerError> {
         self.ensure_coordinator(group_id).await?;
         let mut groups = self.lock();
         let group = groups.get_mut(group_id).ok_or(BrokerError::UnknownMemberId)?;
-        let results: Vec<Result<(), BrokerError>> = member_ids
-            .iter()
-            .map(|id| {
-                if group.members.contains_key(id) {
-                    group.remove_member(id);
-                    Ok(())
-                } else {
-                    Err(BrokerError::UnknownMemberId)
-                }
-            })
-            .collect();
-        if results.iter().any(Result::is_ok) {
+        let mut left = false;
+        let mut leave_one = |id: &String, instance: &Option<String>| -> Result<(), BrokerError> {
+            // A member that only holds an id from MEMBER_ID_REQUIRED is not in
+            // the group yet: forgetting it changes nothing for the others.
+            if let Some(position) = group.pending_ids.iter().position(|pending| pending == id) {
+                group.pending_ids.remove(position);
+                return Ok(());
+            }
+            let current = if id.is_empty() {
+                let instance = instance.as_deref().ok_or(BrokerError::UnknownMemberId)?;
+                group
+                    .static_member(instance)
+                    .cloned()
+                    .ok_or(BrokerError::UnknownMemberId)?
+            } else {
+                group.check_identity(id, instance.as_deref())?;
+                id.clone()
+            };
+            group.remove_member(&current);
+            left = true;
+            Ok(())
+        };
+        let results: Vec<Result<(), BrokerError>> =
+            members.iter().map(|(id, instance)| leave_one(id, instance)).collect();
+        if left {
             tracing::info!(group = group_id, "member left; rebalancing");
             if group.members.is_empty() {
                 group.state = GroupState::Empty;
@@ -596,6 +716,7 @@ impl GroupCoordinator {
         group_id: &str,
         generation: i32,
         member_id: &str,
+        instance: Option<&str>,
         offsets: Vec<(String, i32, CommittedOffset)>,
     ) -> Result<(), BrokerError> {
         self.ensure_coordinator(group_id).await?;
@@ -604,7 +725,7 @@ impl GroupCoordinator {
             let standalone = generation < 0 && member_id.is_empty();
             match groups.get(group_id) {
                 Some(group) if !standalone => {
-                    group.check_member(member_id, generation)?;
+                    group.check_member(member_id, instance, generation)?;
                     // As in Kafka: members still on the current generation may commit
                     // while the group prepares a rebalance (the commit on revocation),
                     // but not between the join and the sync of a new generation.

@@ -180,6 +180,11 @@ mod tests {
                 ResponseKind::DeleteTopics(DeleteTopicsResponse::default()),
                 0..=0,
             ),
+            (
+                ApiKey::DescribeLogDirs,
+                ResponseKind::DescribeLogDirs(DescribeLogDirsResponse::default()),
+                0..=0,
+            ),
         ];
         for (api_key, response, versions) in cases {
             for version in versions {

@@ -14,6 +14,7 @@ pub async fn handle(groups: &GroupCoordinator, request: HeartbeatRequest) -> Hea
             request.group_id.0.as_str(),
             request.generation_id,
             request.member_id.as_str(),
+            request.group_instance_id.as_deref(),
         )
         .await;
     HeartbeatResponse::default().with_error_code(code_of(&result))

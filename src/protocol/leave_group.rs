@@ -1,4 +1,5 @@
-//! LeaveGroup: one member (v0-2) or a batch of members (v3+) leave at once.
+//! LeaveGroup: one member (v0-2) or a batch of members (v3+) leave at once;
+//! from v3 a static member may be named by its instance id alone.
 
 use kafka_protocol::messages::leave_group_response::MemberResponse;
 use kafka_protocol::messages::{LeaveGroupRequest, LeaveGroupResponse};
@@ -27,8 +28,7 @@ pub async fn handle(groups: &GroupCoordinator, version: i16, request: LeaveGroup
     } else {
         vec![(request.member_id.to_string(), None)]
     };
-    let ids: Vec<String> = leaving.iter().map(|(id, _)| id.clone()).collect();
-    match groups.leave(request.group_id.0.as_str(), &ids).await {
+    match groups.leave(request.group_id.0.as_str(), &leaving).await {
         Err(err) => LeaveGroupResponse::default().with_error_code(err.code()),
         Ok(results) if version < BATCHED_SINCE => {
             LeaveGroupResponse::default().with_error_code(results.first().map_or(0, code_of))

@@ -1,5 +1,6 @@
 //! Metadata: brokers, topics and each partition's Raft leader.
 
+use futures::future::join_all;
 use kafka_protocol::messages::metadata_response::{
     MetadataResponseBroker, MetadataResponsePartition, MetadataResponseTopic,
 };
@@ -37,10 +38,9 @@ pub async fn handle(cluster: &Cluster, version: i16, request: MetadataRequest) -
             .filter_map(|t| t.name.map(|n| n.0.to_string()))
             .collect(),
     };
-    let mut topics = Vec::with_capacity(names.len());
-    for name in names {
-        topics.push(describe_topic(cluster, &name, may_create).await);
-    }
+    // Unknown topics are created concurrently: each creation waits for its
+    // partitions' leaders, and one after another they would add up.
+    let topics = join_all(names.iter().map(|name| describe_topic(cluster, name, may_create))).await;
     MetadataResponse::default()
         .with_brokers(brokers)
         .with_cluster_id(Some(str_bytes(cluster.config().cluster_id.clone())))

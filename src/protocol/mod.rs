@@ -13,6 +13,7 @@ pub mod delete_topics;
 pub mod describe_cluster;
 pub mod describe_configs;
 pub mod describe_groups;
+pub mod describe_log_dirs;
 pub mod error_codes;
 pub mod fetch;
 pub mod find_coordinator;
@@ -75,6 +76,7 @@ pub const SUPPORTED_APIS: &[(ApiKey, VersionRange)] = &[
     (ApiKey::DescribeCluster, describe_cluster::VERSIONS),
     (ApiKey::DeleteRecords, delete_records::VERSIONS),
     (ApiKey::IncrementalAlterConfigs, incremental_alter_configs::VERSIONS),
+    (ApiKey::DescribeLogDirs, describe_log_dirs::VERSIONS),
 ];
 
 pub fn supported_versions(api_key: ApiKey) -> Option<VersionRange> {
@@ -141,6 +143,7 @@ pub async fn handle(broker: Arc<Broker>, peer: SocketAddr, request: Request) -> 
         RequestKind::IncrementalAlterConfigs(req) => {
             ResponseKind::IncrementalAlterConfigs(incremental_alter_configs::handle(cluster, req).await)
         }
+        RequestKind::DescribeLogDirs(req) => ResponseKind::DescribeLogDirs(describe_log_dirs::handle(cluster, req)),
         RequestKind::DescribeCluster(_) => ResponseKind::DescribeCluster(describe_cluster::handle(cluster)),
         RequestKind::FindCoordinator(req) => {
             ResponseKind::FindCoordinator(find_coordinator::handle(cluster, version, req).await)

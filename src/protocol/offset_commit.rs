@@ -53,6 +53,7 @@ pub async fn handle(
                 request.group_id.0.as_str(),
                 request.generation_id_or_member_epoch,
                 request.member_id.as_str(),
+                request.group_instance_id.as_deref(),
                 offsets,
             )
             .await

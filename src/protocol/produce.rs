@@ -6,16 +6,18 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures::future::join_all;
 use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
-use kafka_protocol::messages::produce_response::{PartitionProduceResponse, TopicProduceResponse};
+use kafka_protocol::messages::produce_response::{
+    BatchIndexAndErrorMessage, PartitionProduceResponse, TopicProduceResponse,
+};
 use kafka_protocol::messages::{ProduceRequest, ProduceResponse};
 use kafka_protocol::protocol::VersionRange;
 
-use super::error_message;
+use super::{error_message, str_bytes};
 use crate::cluster::Cluster;
 use crate::error::{code_of, BrokerError};
 use crate::metrics::METRICS;
 use crate::records::legacy;
-use crate::storage::batch::{stamp_log_append_time, validate_produce_records, BatchError};
+use crate::storage::batch::{stamp_log_append_time, validate_produce_records, BatchError, RecordError};
 
 pub const VERSIONS: VersionRange = VersionRange { min: 0, max: 9 };
 
@@ -110,6 +112,7 @@ async fn produce_partition(
         .with_index(data.index)
         .with_error_code(code_of(&result))
         .with_error_message(error_message(&result))
+        .with_record_errors(record_errors(&result))
         .with_base_offset(base_offset)
         .with_log_append_time_ms(log_append_time)
         .with_log_start_offset(log_start_offset);
@@ -130,7 +133,7 @@ async fn append(
         }
         other => other?,
     };
-    let mut batches = validate_produce_records(&records, cluster.config().message_max_bytes)?;
+    let mut batches = validate_produce_records(&records, &cluster.produce_rules(topic))?;
     // The leader's clock goes into the batches before they are proposed, so
     // every replica stores the same bytes; -1 answers "not LogAppendTime".
     let log_append_time = match cluster.uses_log_append_time(topic) {
@@ -143,6 +146,22 @@ async fn append(
     };
     let (base_offset, log_start_offset) = cluster.append(&handle, batches, timeout).await?;
     Ok((base_offset, log_start_offset, log_append_time))
+}
+
+/// The records a failed produce refused one by one (KIP-467, v8+; older
+/// versions carry the error code only).
+fn record_errors<T>(result: &Result<T, BrokerError>) -> Vec<BatchIndexAndErrorMessage> {
+    let Err(BrokerError::Batch(BatchError::InvalidRecords(errors))) = result else {
+        return Vec::new();
+    };
+    errors
+        .iter()
+        .map(|RecordError { index, message }| {
+            BatchIndexAndErrorMessage::default()
+                .with_batch_index(*index)
+                .with_batch_index_error_message(Some(str_bytes(message.clone())))
+        })
+        .collect()
 }
 
 /// The records of a Produce v0-v2 as one v2 batch; later versions carry v2

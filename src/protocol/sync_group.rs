@@ -19,6 +19,7 @@ pub async fn handle(groups: &GroupCoordinator, request: SyncGroupRequest) -> Syn
             request.group_id.0.as_str(),
             request.generation_id,
             request.member_id.as_str(),
+            request.group_instance_id.as_deref(),
             assignments,
         )
         .await;

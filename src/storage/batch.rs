@@ -40,6 +40,40 @@ pub enum BatchError {
     TooLarge { size: usize, max: usize },
     #[error("record batch magic {0} is not supported (only v2)")]
     UnsupportedMagic(i8),
+    /// Records refused one by one (KIP-467): the partition's whole produce
+    /// fails, and the response names each refused record. The message is Kafka's.
+    #[error(
+        "One or more records have been rejected due to {} record errors in total, and only showing the first three errors at most: {}",
+        .0.len(),
+        shown_record_errors(.0)
+    )]
+    InvalidRecords(Vec<RecordError>),
+}
+
+/// A record refused by validation: its index in its batch and why.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RecordError {
+    pub index: i32,
+    pub message: String,
+}
+
+fn shown_record_errors(errors: &[RecordError]) -> String {
+    let shown: Vec<String> = errors
+        .iter()
+        .take(3)
+        .map(|e| format!("RecordError(batchIndex={}, message='{}')", e.index, e.message))
+        .collect();
+    format!("[{}]", shown.join(", "))
+}
+
+/// What a topic requires of the batches produced to it.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ProduceRules {
+    /// The topic's `max.message.bytes`: the largest batch it takes.
+    pub max_batch_bytes: usize,
+    /// Compacted topics keep the newest record of each key, so, as in Kafka,
+    /// they refuse records without one.
+    pub require_keys: bool,
 }
 
 /// A batch that passed validation, ready to be proposed to its partition.
@@ -62,19 +96,20 @@ impl ValidatedBatch {
     }
 }
 
-/// Splits a Produce request's `records` into batches and validates each one.
-pub fn validate_produce_records(records: &Bytes, max_batch_bytes: usize) -> Result<Vec<ValidatedBatch>, BatchError> {
+/// Splits a Produce request's `records` into batches and validates each one
+/// against the topic's `rules`.
+pub fn validate_produce_records(records: &Bytes, rules: &ProduceRules) -> Result<Vec<ValidatedBatch>, BatchError> {
     let mut rest = records.clone();
     let mut batches = Vec::new();
     while rest.has_remaining() {
         let size = next_batch_size(&rest)?;
-        if size > max_batch_bytes {
+        if size > rules.max_batch_bytes {
             return Err(BatchError::TooLarge {
                 size,
-                max: max_batch_bytes,
+                max: rules.max_batch_bytes,
             });
         }
-        batches.push(validate_batch(rest.split_to(size))?);
+        batches.push(validate_batch(rest.split_to(size), rules)?);
     }
     if batches.is_empty() {
         return Err(BatchError::Corrupt("no record batch".into()));
@@ -105,7 +140,7 @@ fn next_batch_size(rest: &Bytes) -> Result<usize, BatchError> {
     Ok(size)
 }
 
-fn validate_batch(bytes: Bytes) -> Result<ValidatedBatch, BatchError> {
+fn validate_batch(bytes: Bytes, rules: &ProduceRules) -> Result<ValidatedBatch, BatchError> {
     let set = RecordBatchDecoder::decode_with_custom_compression(&mut bytes.clone(), Some(&checked_records))
         .map_err(|err| BatchError::Corrupt(err.to_string()))?;
     if set.records.is_empty() {
@@ -118,6 +153,19 @@ fn validate_batch(bytes: Bytes) -> Result<ValidatedBatch, BatchError> {
         }
         if record.control {
             return Err(BatchError::Corrupt("producers cannot write control batches".into()));
+        }
+    }
+    if rules.require_keys {
+        let keyless: Vec<RecordError> = (0..)
+            .zip(&set.records)
+            .filter(|(_, record)| record.key.is_none())
+            .map(|(index, _)| RecordError {
+                index,
+                message: "Compacted topic cannot accept message without key.".into(),
+            })
+            .collect();
+        if !keyless.is_empty() {
+            return Err(BatchError::InvalidRecords(keyless));
         }
     }
     let max_timestamp = set.records.iter().map(|r| r.timestamp).max().unwrap_or(-1);
@@ -259,6 +307,12 @@ pub(crate) mod tests {
     use bytes::BytesMut;
     use kafka_protocol::records::{Record, RecordBatchEncoder, RecordEncodeOptions, TimestampType};
 
+    /// Rules that take any batch the tests build.
+    pub const ANY: ProduceRules = ProduceRules {
+        max_batch_bytes: 1 << 20,
+        require_keys: false,
+    };
+
     pub fn encode_batch(values: &[&str], compression: Compression) -> Bytes {
         encode_producer_batch(values, compression, -1, -1, 0)
     }
@@ -309,7 +363,7 @@ pub(crate) mod tests {
             Compression::Zstd,
         ] {
             let batch = encode_batch(&["a", "b", "c"], codec);
-            let validated = validate_produce_records(&batch, 1 << 20).unwrap();
+            let validated = validate_produce_records(&batch, &ANY).unwrap();
             assert_eq!(validated.len(), 1);
             assert_eq!(validated[0].record_count, 3);
             assert_eq!(validated[0].max_timestamp, 1_700_000_000_002);
@@ -322,7 +376,7 @@ pub(crate) mod tests {
         let mut both = BytesMut::new();
         both.extend_from_slice(&encode_batch(&["a"], Compression::None));
         both.extend_from_slice(&encode_batch(&["b", "c"], Compression::Gzip));
-        let validated = validate_produce_records(&both.freeze(), 1 << 20).unwrap();
+        let validated = validate_produce_records(&both.freeze(), &ANY).unwrap();
         assert_eq!(validated.iter().map(|b| b.record_count).collect::<Vec<_>>(), vec![1, 2]);
     }
 
@@ -332,7 +386,7 @@ pub(crate) mod tests {
         let last = batch.len() - 1;
         batch[last] ^= 0xff;
         assert!(matches!(
-            validate_produce_records(&batch.freeze(), 1 << 20),
+            validate_produce_records(&batch.freeze(), &ANY),
             Err(BatchError::Corrupt(_))
         ));
     }
@@ -341,26 +395,80 @@ pub(crate) mod tests {
     fn rejects_oversized_truncated_and_old_batches() {
         let batch = encode_batch(&["a", "b"], Compression::None);
         assert!(matches!(
-            validate_produce_records(&batch, 10),
+            validate_produce_records(
+                &batch,
+                &ProduceRules {
+                    max_batch_bytes: 10,
+                    ..ANY
+                }
+            ),
             Err(BatchError::TooLarge { .. })
         ));
         let truncated = batch.slice(..batch.len() - 3);
         assert!(matches!(
-            validate_produce_records(&truncated, 1 << 20),
+            validate_produce_records(&truncated, &ANY),
             Err(BatchError::Corrupt(_))
         ));
         let mut old = BytesMut::from(&batch[..]);
         old[MAGIC_POS] = 1;
         assert_eq!(
-            validate_produce_records(&old.freeze(), 1 << 20),
+            validate_produce_records(&old.freeze(), &ANY),
             Err(BatchError::UnsupportedMagic(1))
         );
-        assert!(validate_produce_records(&Bytes::new(), 1 << 20).is_err());
+        assert!(validate_produce_records(&Bytes::new(), &ANY).is_err());
+    }
+
+    #[test]
+    fn records_without_keys_are_refused_by_index_where_keys_are_required() {
+        let records: Vec<Record> = [Some("k0"), None, Some("k2"), None]
+            .iter()
+            .enumerate()
+            .map(|(i, key)| Record {
+                transactional: false,
+                control: false,
+                delete_horizon: false,
+                partition_leader_epoch: -1,
+                producer_id: -1,
+                producer_epoch: -1,
+                timestamp_type: TimestampType::Creation,
+                offset: i as i64,
+                // Consecutive sequences keep the encoder to one batch.
+                sequence: i as i32,
+                timestamp: 1_700_000_000_000,
+                key: key.map(|k| Bytes::from_static(k.as_bytes())),
+                value: Some(Bytes::from_static(b"v")),
+                headers: Default::default(),
+            })
+            .collect();
+        let mut buf = BytesMut::new();
+        let options = RecordEncodeOptions {
+            version: 2,
+            compression: Compression::Lz4,
+        };
+        RecordBatchEncoder::encode(&mut buf, &records, &options).unwrap();
+        let batch = buf.freeze();
+        assert!(
+            validate_produce_records(&batch, &ANY).is_ok(),
+            "keys are optional elsewhere"
+        );
+        let compacted = ProduceRules {
+            require_keys: true,
+            ..ANY
+        };
+        let Err(BatchError::InvalidRecords(errors)) = validate_produce_records(&batch, &compacted) else {
+            panic!("keyless records accepted");
+        };
+        assert_eq!(errors.iter().map(|e| e.index).collect::<Vec<_>>(), vec![1, 3]);
+        let message = BatchError::InvalidRecords(errors).to_string();
+        assert!(
+            message.starts_with("One or more records have been rejected due to 2 record errors"),
+            "{message}"
+        );
     }
 
     #[test]
     fn a_log_append_time_stamp_keeps_the_batch_valid() {
-        let mut batch = validate_produce_records(&encode_batch(&["a", "b"], Compression::Gzip), 1 << 20)
+        let mut batch = validate_produce_records(&encode_batch(&["a", "b"], Compression::Gzip), &ANY)
             .unwrap()
             .remove(0);
         stamp_log_append_time(&mut batch, 1_800_000_000_123);
@@ -387,7 +495,7 @@ pub(crate) mod tests {
     #[test]
     fn validated_batches_are_appendable_and_forged_ones_are_refused() {
         let batch = encode_batch(&["a", "b", "c"], Compression::Gzip);
-        let good = validate_produce_records(&batch, 1 << 20).unwrap().remove(0);
+        let good = validate_produce_records(&batch, &ANY).unwrap().remove(0);
         assert_eq!(check_appendable(&good), Ok(()));
 
         let forged = |change: &dyn Fn(&mut ValidatedBatch)| {

@@ -33,6 +33,34 @@ impl From<bincode::Error> for StorageError {
     }
 }
 
+/// The size of a filesystem and the bytes an unprivileged writer may still use.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct VolumeSpace {
+    pub total_bytes: u64,
+    pub usable_bytes: u64,
+}
+
+/// The space of the filesystem holding `path`, or None if it cannot be asked.
+pub fn volume_space(path: &Path) -> Option<VolumeSpace> {
+    use std::os::unix::ffi::OsStrExt;
+    let path = std::ffi::CString::new(path.as_os_str().as_bytes()).ok()?;
+    let mut stats = std::mem::MaybeUninit::<libc::statvfs>::uninit();
+    // SAFETY: `path` is a NUL-terminated string and `stats` points to writable
+    // memory of the struct's size; it is read only when statvfs succeeded.
+    let stats = unsafe {
+        if libc::statvfs(path.as_ptr(), stats.as_mut_ptr()) != 0 {
+            return None;
+        }
+        stats.assume_init()
+    };
+    // The field types are platform aliases (u32 or u64): widened, never cut.
+    let block = stats.f_frsize as u64;
+    Some(VolumeSpace {
+        total_bytes: (stats.f_blocks as u64).saturating_mul(block),
+        usable_bytes: (stats.f_bavail as u64).saturating_mul(block),
+    })
+}
+
 /// Memory all column families' memtables may use before RocksDB flushes the largest.
 const MEMTABLE_BUDGET_BYTES: usize = 128 << 20;
 
@@ -266,5 +294,16 @@ mod tests {
         assert!(matches!(Store::open(dir.path()), Err(StorageError::Format(_))));
         std::fs::write(dir.path().join(FORMAT_FILE), "rafka-data 9\n").unwrap();
         assert!(matches!(Store::open(dir.path()), Err(StorageError::Format(_))));
+    }
+
+    #[test]
+    fn the_volume_of_a_dir_is_measured_and_a_missing_one_is_not() {
+        let dir = tempfile::tempdir().unwrap();
+        let space = volume_space(dir.path()).expect("a temporary dir's volume");
+        assert!(
+            space.total_bytes >= space.usable_bytes && space.total_bytes > 0,
+            "{space:?}"
+        );
+        assert_eq!(volume_space(&dir.path().join("missing")), None);
     }
 }

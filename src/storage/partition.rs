@@ -552,6 +552,7 @@ mod tests {
     use std::sync::Mutex;
 
     use super::*;
+    use crate::storage::batch::tests::ANY;
     use crate::storage::batch::tests::{encode_batch, encode_producer_batch};
     use crate::storage::batch::validate_produce_records;
     use kafka_protocol::records::Compression;
@@ -621,7 +622,7 @@ mod tests {
         }
 
         fn append_values(&mut self, log: &PartitionLog, offsets: &mut PartitionOffsets, values: &[&str]) -> i64 {
-            let batch = validate_produce_records(&encode_batch(values, Compression::None), 1 << 20).unwrap();
+            let batch = validate_produce_records(&encode_batch(values, Compression::None), &ANY).unwrap();
             self.append(log, offsets, &mut Producers::new(), &batch).unwrap()
         }
     }
@@ -642,7 +643,7 @@ mod tests {
         let mut producers = Producers::new();
         let idempotent = |base_sequence| {
             let bytes = encode_producer_batch(&["a", "b"], Compression::None, 11, 0, base_sequence);
-            validate_produce_records(&bytes, 1 << 20).unwrap()
+            validate_produce_records(&bytes, &ANY).unwrap()
         };
         let batch = idempotent(0);
         assert_eq!(fixture.append(&log, &mut offsets, &mut producers, &batch), Ok(0));
@@ -666,7 +667,7 @@ mod tests {
         let log = fixture.log(2);
         let mut offsets = PartitionOffsets::default();
         fixture.append_values(&log, &mut offsets, &["a"]);
-        let mut good = validate_produce_records(&encode_batch(&["b"], Compression::None), 1 << 20).unwrap();
+        let mut good = validate_produce_records(&encode_batch(&["b"], Compression::None), &ANY).unwrap();
         let mut short = good[0].clone();
         short.bytes = short.bytes.slice(..4);
         let mut huge = good[0].clone();
@@ -792,7 +793,7 @@ mod tests {
         let mut producers = Producers::new();
         for id in [21, 22] {
             let batch =
-                validate_produce_records(&encode_producer_batch(&["a"], Compression::None, id, 0, 0), 1 << 20).unwrap();
+                validate_produce_records(&encode_producer_batch(&["a"], Compression::None, id, 0, 0), &ANY).unwrap();
             fixture.append(&log, &mut offsets, &mut producers, &batch).unwrap();
         }
         producers.get_mut(&22).unwrap().last_timestamp = 1_900_000_000_000;
@@ -833,8 +834,7 @@ mod tests {
         let log = fixture.log(7);
         let mut offsets = PartitionOffsets::default();
         let mut producers = Producers::new();
-        let batch =
-            validate_produce_records(&encode_producer_batch(&["a"], Compression::None, 5, 0, 0), 1 << 20).unwrap();
+        let batch = validate_produce_records(&encode_producer_batch(&["a"], Compression::None, 5, 0, 0), &ANY).unwrap();
         fixture.append(&log, &mut offsets, &mut producers, &batch).unwrap();
         let checkpoint = Checkpoint {
             offsets,
