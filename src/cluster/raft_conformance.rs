@@ -2,7 +2,7 @@
 //! the log store and state machine every group runs on, with the controller's
 //! state: real RocksDB and segment files in a temporary directory per test.
 //!
-//! Eight of the suite's 37 tests are left out on purpose. They read a range
+//! Eight of the suite's 35 tests are left out on purpose. They read a range
 //! that starts below the first entry the store holds, after a purge
 //! (`purge_logs_upto_0`, `_5`, `_20`, `append_to_log`, `try_get_log_entry`)
 //! or over a log fed from index 1 without the initial entry 0 openraft always
