@@ -100,13 +100,15 @@ class Connection:
 
 
 def batch_epochs(records):
-    """[(base offset, partition leader epoch)] of the v2 batches in a Fetch response's record bytes."""
+    """[(base offset, last offset, partition leader epoch)] of the v2 batches in a Fetch
+    response's record bytes."""
     records = bytes(records or b"")
     found, pos = [], 0
-    while pos + 17 <= len(records):
+    while pos + 27 <= len(records):
         base_offset, length, epoch = struct.unpack_from(">qii", records, pos)
+        (last_offset_delta,) = struct.unpack_from(">i", records, pos + 23)
         if pos + 12 + length > len(records):
             break  # a partial batch at the end of the response
-        found.append((base_offset, epoch))
+        found.append((base_offset, base_offset + last_offset_delta, epoch))
         pos += 12 + length
     return found

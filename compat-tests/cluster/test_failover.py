@@ -932,15 +932,15 @@ def expect_epoch_answers(cluster, topic, state):
         latest = conn.list_offsets(topic, 0, kafka_wire.LATEST)
         expect_eq((latest.error_code, latest.offset, latest.leader_epoch), (0, end, phases[-1]["epoch"]),
                   "ListOffsets latest (error, offset, leader epoch)")
-        stamped = {}
+        stamped = {}  # base offset -> epoch of every batch
         offset = 0
         while offset < end:
             answer = conn.fetch(topic, 0, offset, current_leader_epoch=phases[-1]["epoch"])
             expect_eq(answer.error_code, 0, f"Fetch from {offset} error code")
             batches = kafka_wire.batch_epochs(answer.records)
             expect(batches, f"Fetch from {offset} returned no batch")
-            stamped.update(batches)
-            offset = max(stamped) + 1
+            stamped.update((base, epoch) for base, _last, epoch in batches)
+            offset = batches[-1][1] + 1
         for phase in phases:
             inside = {e for base, e in stamped.items() if phase["start"] <= base < phase["start"] + len(phase["values"])}
             expect_eq(inside, {phase["epoch"]}, f"epochs stamped in the batches of offsets from {phase['start']}")
@@ -968,8 +968,10 @@ def expect_epoch_fencing(cluster, topic, state):
                   (0, stale, first_end), "Fetch past its last epoch's end: (error, diverging epoch, end offset)")
         expect(not kafka_wire.batch_epochs(diverged.records), "a diverging fetch returned records")
         consistent = conn.fetch(topic, 0, first_end, current_leader_epoch=current, last_fetched_epoch=stale)
-        expect_eq((consistent.error_code, consistent.diverging_epoch.epoch), (0, -1),
+        # An absent tagged field decodes as None.
+        expect_eq((consistent.error_code, consistent.diverging_epoch), (0, None),
                   "Fetch at its last epoch's end: (error, diverging epoch)")
+        expect(kafka_wire.batch_epochs(consistent.records), "a fetch at its last epoch's end returned no records")
     follower = next(i for i in cluster.running_ids() if i != phases[-1]["leader"])
 
     def refused_by_follower():
