@@ -27,7 +27,9 @@ import re
 import signal
 import socket
 import sys
+import threading
 import time
+import urllib.request
 from collections import Counter
 from pathlib import Path
 from types import SimpleNamespace
@@ -798,7 +800,6 @@ class EpochConsumer:
         self.thread = None
 
     def start(self):
-        import threading
         self.consumer.assign([TopicPartition(self.topic, 0, 0)])
         self.running = True
         self.thread = threading.Thread(target=self._run, daemon=True)
@@ -901,7 +902,6 @@ def expect_consumed_in_epochs(cluster, consumer, state):
 
 
 def request_count(cluster, node_id, api):
-    import urllib.request
     with urllib.request.urlopen(f"http://{cluster.nodes[node_id].admin}/metrics", timeout=10) as answer:
         text = answer.read().decode()
     match = re.search(r'^rafka_requests_total\{api="%s"\} (\d+)' % api, text, re.MULTILINE)
@@ -942,7 +942,8 @@ def expect_epoch_answers(cluster, topic, state):
             stamped.update((base, epoch) for base, _last, epoch in batches)
             offset = batches[-1][1] + 1
         for phase in phases:
-            inside = {e for base, e in stamped.items() if phase["start"] <= base < phase["start"] + len(phase["values"])}
+            phase_end = phase["start"] + len(phase["values"])
+            inside = {e for base, e in stamped.items() if phase["start"] <= base < phase_end}
             expect_eq(inside, {phase["epoch"]}, f"epochs stamped in the batches of offsets from {phase['start']}")
 
 
