@@ -833,7 +833,8 @@ def leader_epochs(cluster, step):
         step("the consumer reads every record once, in order, each stamped with its leader's epoch; "
              "librdkafka validated its position with OffsetForLeaderEpoch",
              lambda: expect_consumed_in_epochs(cluster, consumer, state))
-        step("OffsetForLeaderEpoch answers where each epoch ended; Fetch, ListOffsets report the epochs",
+        step("every node reports the leader's epoch in Metadata; OffsetForLeaderEpoch answers where each epoch "
+             "ended; Fetch, ListOffsets report the epochs",
              lambda: expect_epoch_answers(cluster, topic, state))
         step("a stale current_leader_epoch is fenced and a newer one unknown in Fetch, ListOffsets and "
              "OffsetForLeaderEpoch; a fetch past its last epoch's end learns where the logs diverge",
@@ -918,6 +919,20 @@ def current_leader(cluster, topic, state):
 def expect_epoch_answers(cluster, topic, state):
     phases, end = state["phases"], state["end"]
     ends = [p["start"] + len(p["values"]) for p in phases]
+    # Followers report the leader's epoch from its announcements.
+    want = (0, phases[-1]["leader"], phases[-1]["epoch"])
+
+    def everyone_agrees():
+        views = {}
+        for node_id in cluster.running_ids():
+            with kafka_wire.Connection(cluster.nodes[node_id].bootstrap) as conn:
+                views[node_id] = conn.partition_metadata(topic, 0)
+        if any(view != want for view in views.values()):
+            raise NotYet(f"(error, leader, epoch) per node: {views}")
+        return True
+
+    wait_until(everyone_agrees, FAULT_DEADLINE, interval=0.1,
+               what=f"every running node to report (error, leader, epoch) {want} in Metadata")
     with current_leader(cluster, topic, state) as conn:
         for requested in range(phases[0]["epoch"], phases[-1]["epoch"] + 2):
             # The largest epoch with records at most the one asked, and where it ended.
