@@ -28,6 +28,10 @@ pub enum BrokerError {
     NotLeader,
     #[error("the partition leader has not heard from a majority of its replicas within its lease")]
     NotEnoughReplicas,
+    #[error("leader epoch {requested} is older than the partition's epoch {current}")]
+    FencedLeaderEpoch { requested: i32, current: i32 },
+    #[error("leader epoch {requested} is newer than this replica's epoch {current}")]
+    UnknownLeaderEpoch { requested: i32, current: i32 },
     #[error("no coordinator is available: {0}")]
     CoordinatorNotAvailable(String),
     #[error("this node is not the group's coordinator")]
@@ -104,6 +108,8 @@ impl BrokerError {
             BrokerError::InvalidRequest(_) => ResponseError::InvalidRequest,
             BrokerError::NotLeader => ResponseError::NotLeaderOrFollower,
             BrokerError::NotEnoughReplicas => ResponseError::NotEnoughReplicas,
+            BrokerError::FencedLeaderEpoch { .. } => ResponseError::FencedLeaderEpoch,
+            BrokerError::UnknownLeaderEpoch { .. } => ResponseError::UnknownLeaderEpoch,
             BrokerError::NotController => ResponseError::NotController,
             BrokerError::NotCoordinator => ResponseError::NotCoordinator,
             BrokerError::CoordinatorNotAvailable(_) => ResponseError::CoordinatorNotAvailable,
@@ -167,6 +173,20 @@ mod tests {
             (BrokerError::Batch(BatchError::TooLarge { size: 2, max: 1 }), 10),
             (BrokerError::InvalidTopic("a b".into()), 17),
             (BrokerError::NotEnoughReplicas, 19),
+            (
+                BrokerError::FencedLeaderEpoch {
+                    requested: 1,
+                    current: 2,
+                },
+                74,
+            ),
+            (
+                BrokerError::UnknownLeaderEpoch {
+                    requested: 3,
+                    current: 2,
+                },
+                75,
+            ),
             (BrokerError::NotController, 41),
             (BrokerError::InvalidRequest("x".into()), 42),
             (BrokerError::Batch(BatchError::UnsupportedMagic(1)), 43),

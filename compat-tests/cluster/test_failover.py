@@ -13,6 +13,9 @@ Scenarios, each on a fresh cluster of three nodes (see README.md for what each o
   peer-auth      a third node with the wrong cluster secret, and garbage on the Raft port: refused
   quorum-loss    pause both followers: the leader refuses a produce with NOT_ENOUGH_REPLICAS before
                  proposing it; resume them: writes are acknowledged again
+  epochs         records produced under three leaders (two kill -9s) while a consumer reads: the
+                 leader epoch grows in Metadata, is stamped in every batch, OffsetForLeaderEpoch
+                 places each epoch, stale and future epochs are refused in requests
 
     python3 compat-tests/cluster/test_failover.py [--repeat N] [--only leader-kill,wipe]
 
@@ -24,7 +27,9 @@ import re
 import signal
 import socket
 import sys
+import threading
 import time
+import urllib.request
 from collections import Counter
 from pathlib import Path
 from types import SimpleNamespace
@@ -37,7 +42,8 @@ from cluster import READY_TIMEOUT, Cluster, NodeDied, NotYet, ReplicasDiverged, 
 from workload import Workload, offset_mismatches, stray_records, verify_read_back  # noqa: E402
 
 import checker  # noqa: E402  (durability/checker.py)
-from confluent_kafka import KafkaError, Producer  # noqa: E402
+import kafka_wire  # noqa: E402
+from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition  # noqa: E402
 
 SUITE = "cluster"
 RATE = 150  # values/s per producer thread: steady, and light enough for a loaded 2-core machine
@@ -775,6 +781,227 @@ def expect_log_values(cluster, topic, present, absent):
         expect(value not in values, f"{value!r} is in {topic}/0 although it was refused: {values}")
 
 
+# -- h. leader epochs ----------------------------------------------------------------------------
+EPOCH_PHASE_RECORDS = 200  # records produced under each leader
+EPOCH_PHASES = 3  # leaders: two kill -9s between them
+NOT_LEADER_OR_FOLLOWER = 6
+
+
+class EpochConsumer:
+    """A librdkafka consumer reading partition 0 from offset 0 in its own thread, keeping
+    (offset, value, leader epoch) of every record and any error it reports."""
+
+    def __init__(self, bootstrap, topic):
+        self.consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "epochs", "log_level": 0,
+                                  "enable.auto.commit": False, "topic.metadata.refresh.interval.ms": 1000})
+        self.topic = topic
+        self.records, self.errors = [], []
+        self.running = False
+        self.thread = None
+
+    def start(self):
+        self.consumer.assign([TopicPartition(self.topic, 0, 0)])
+        self.running = True
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self):
+        while self.running:
+            message = self.consumer.poll(0.2)
+            if message is None:
+                continue
+            if message.error():
+                self.errors.append(message.error())
+            else:
+                self.records.append((message.offset(), message.value(), message.leader_epoch()))
+
+    def close(self):
+        self.running = False
+        if self.thread is not None:
+            self.thread.join(10)
+        self.consumer.close()
+
+
+def leader_epochs(cluster, step):
+    topic, state = "epochs", {"phases": [], "killed": []}
+    consumer = EpochConsumer(cluster.bootstrap(), topic)
+    try:
+        step("topic with 1 partition, RF 3, hosted on every node", lambda: cluster.create_topic(topic, 1))
+        step("records produced under three leaders, two of them killed with -9, while a consumer reads: "
+             "each new leader reports a larger epoch in Metadata",
+             lambda: produce_under_three_leaders(cluster, consumer, topic, state), timeout=400)
+        step("the consumer reads every record once, in order, each stamped with its leader's epoch; "
+             "librdkafka validated its position with OffsetForLeaderEpoch",
+             lambda: expect_consumed_in_epochs(cluster, consumer, state))
+        step("every node reports the leader's epoch in Metadata; OffsetForLeaderEpoch answers where each epoch "
+             "ended; Fetch, ListOffsets report the epochs",
+             lambda: expect_epoch_answers(cluster, topic, state))
+        step("a stale current_leader_epoch is fenced and a newer one unknown in Fetch, ListOffsets and "
+             "OffsetForLeaderEpoch; a fetch past its last epoch's end learns where the logs diverge",
+             lambda: expect_epoch_fencing(cluster, topic, state))
+    finally:
+        consumer.close()
+
+
+def epoch_of(cluster, topic, node_id):
+    """The leader epoch `node_id` reports for topic/0 when it reports itself leader."""
+    with kafka_wire.Connection(cluster.nodes[node_id].bootstrap) as conn:
+        error, leader, epoch = conn.partition_metadata(topic, 0)
+    expect_eq((error, leader), (0, node_id), f"node {node_id}'s Metadata for {topic}/0 (error, leader)")
+    return epoch
+
+
+def produce_under_three_leaders(cluster, consumer, topic, state):
+    consumer.start()
+    next_offset = 0
+    for phase in range(EPOCH_PHASES):
+        leader = cluster.wait_new_leader(topic, 0, excluded=set(state["killed"]), timeout=FAULT_DEADLINE)
+        epoch = epoch_of(cluster, topic, leader)
+        values = [f"epoch-phase{phase}-{i}".encode() for i in range(EPOCH_PHASE_RECORDS)]
+        reports = []
+        producer = Producer(producer_conf(cluster.bootstrap(cluster.running_ids())))
+        for value in values:
+            producer.produce(topic, value, partition=0,
+                             on_delivery=lambda err, msg: reports.append((err, msg.offset())))
+        producer.flush(DELIVERY_TIMEOUT + 5)
+        expect_eq([err for err, _ in reports if err is not None], [], f"delivery errors in phase {phase}")
+        expect_eq(sorted(offset for _, offset in reports),
+                  list(range(next_offset, next_offset + len(values))), f"offsets acknowledged in phase {phase}")
+        expect_eq(epoch_of(cluster, topic, leader), epoch, f"node {leader}'s epoch after phase {phase}")
+        state["phases"].append({"leader": leader, "epoch": epoch, "start": next_offset, "values": values})
+        print(f"  phase {phase}: node {leader} leads in epoch {epoch}, offsets "
+              f"{next_offset}..{next_offset + len(values) - 1}", flush=True)
+        next_offset += len(values)
+        if phase + 1 == EPOCH_PHASES:
+            break
+        if state["killed"]:
+            # Bring the first victim back so that the second kill leaves a majority.
+            cluster.start(state["killed"].pop())
+            cluster.wait_replicas_agree(topic, timeout=FAULT_DEADLINE)
+        # The consumer is past this phase's records before their leader dies: it will
+        # validate a position whose last epoch is this leader's.
+        wait_until(lambda: len(consumer.records) >= next_offset, FAULT_DEADLINE, interval=0.1,
+                   what=f"the consumer to read the {next_offset} records of phases 0..{phase}")
+        print(f"  kill -9 node {leader}", flush=True)
+        cluster.kill9(leader)
+        state["killed"].append(leader)
+    epochs = [p["epoch"] for p in state["phases"]]
+    expect(all(a < b for a, b in zip(epochs, epochs[1:])), f"epochs of the three leaders do not grow: {epochs}")
+    state["end"] = next_offset
+
+
+def expect_consumed_in_epochs(cluster, consumer, state):
+    wait_until(lambda: len(consumer.records) >= state["end"], FAULT_DEADLINE, interval=0.1,
+               what=f"the consumer to read {state['end']} records")
+    expected = [(p["start"] + i, value, p["epoch"]) for p in state["phases"] for i, value in enumerate(p["values"])]
+    expect_eq(consumer.records, expected, "(offset, value, leader epoch) of every record consumed")
+    fatal = [err for err in consumer.errors if err.fatal() or err.code() == KafkaError._LOG_TRUNCATION]
+    expect_eq(fatal, [], "fatal or truncation errors the consumer reported")
+    validations = sum(request_count(cluster, node_id, "OffsetForLeaderEpoch") for node_id in cluster.running_ids())
+    print(f"  OffsetForLeaderEpoch requests answered by the running nodes: {validations}", flush=True)
+    expect(validations > 0, "librdkafka sent no OffsetForLeaderEpoch to the running nodes")
+
+
+def request_count(cluster, node_id, api):
+    with urllib.request.urlopen(f"http://{cluster.nodes[node_id].admin}/metrics", timeout=10) as answer:
+        text = answer.read().decode()
+    match = re.search(r'^rafka_requests_total\{api="%s"\} (\d+)' % api, text, re.MULTILINE)
+    return int(match.group(1)) if match else 0
+
+
+def current_leader(cluster, topic, state):
+    """A connection to the last phase's leader, which still leads in the same epoch."""
+    leader = state["phases"][-1]["leader"]
+    expect_eq(epoch_of(cluster, topic, leader), state["phases"][-1]["epoch"], f"node {leader}'s epoch")
+    return kafka_wire.Connection(cluster.nodes[leader].bootstrap)
+
+
+def expect_epoch_answers(cluster, topic, state):
+    phases, end = state["phases"], state["end"]
+    ends = [p["start"] + len(p["values"]) for p in phases]
+    # Followers report the leader's epoch from its announcements.
+    want = (0, phases[-1]["leader"], phases[-1]["epoch"])
+
+    def everyone_agrees():
+        views = {}
+        for node_id in cluster.running_ids():
+            with kafka_wire.Connection(cluster.nodes[node_id].bootstrap) as conn:
+                views[node_id] = conn.partition_metadata(topic, 0)
+        if any(view != want for view in views.values()):
+            raise NotYet(f"(error, leader, epoch) per node: {views}")
+        return True
+
+    wait_until(everyone_agrees, FAULT_DEADLINE, interval=0.1,
+               what=f"every running node to report (error, leader, epoch) {want} in Metadata")
+    with current_leader(cluster, topic, state) as conn:
+        for requested in range(phases[0]["epoch"], phases[-1]["epoch"] + 2):
+            # The largest epoch with records at most the one asked, and where it ended.
+            owners = [i for i, p in enumerate(phases) if p["epoch"] <= requested]
+            if requested > phases[-1]["epoch"]:
+                want = (0, -1, -1)
+            else:
+                want = (0, phases[owners[-1]]["epoch"], ends[owners[-1]])
+            answer = conn.offset_for_leader_epoch(topic, 0, requested)
+            expect_eq((answer.error_code, answer.leader_epoch, answer.end_offset), want,
+                      f"OffsetForLeaderEpoch for epoch {requested} (error, epoch, end offset)")
+        latest = conn.list_offsets(topic, 0, kafka_wire.LATEST)
+        expect_eq((latest.error_code, latest.offset, latest.leader_epoch), (0, end, phases[-1]["epoch"]),
+                  "ListOffsets latest (error, offset, leader epoch)")
+        stamped = {}  # base offset -> epoch of every batch
+        offset = 0
+        while offset < end:
+            answer = conn.fetch(topic, 0, offset, current_leader_epoch=phases[-1]["epoch"])
+            expect_eq(answer.error_code, 0, f"Fetch from {offset} error code")
+            batches = kafka_wire.batch_epochs(answer.records)
+            expect(batches, f"Fetch from {offset} returned no batch")
+            stamped.update((base, epoch) for base, _last, epoch in batches)
+            offset = batches[-1][1] + 1
+        for phase in phases:
+            phase_end = phase["start"] + len(phase["values"])
+            inside = {e for base, e in stamped.items() if phase["start"] <= base < phase_end}
+            expect_eq(inside, {phase["epoch"]}, f"epochs stamped in the batches of offsets from {phase['start']}")
+
+
+def expect_epoch_fencing(cluster, topic, state):
+    phases = state["phases"]
+    current, stale, newer = phases[-1]["epoch"], phases[0]["epoch"], phases[-1]["epoch"] + 1
+    with current_leader(cluster, topic, state) as conn:
+        for requested, code in [(stale, kafka_wire.FENCED_LEADER_EPOCH), (newer, kafka_wire.UNKNOWN_LEADER_EPOCH),
+                                (current, 0), (kafka_wire.NO_EPOCH, 0)]:
+            fetched = conn.fetch(topic, 0, 0, current_leader_epoch=requested)
+            listed = conn.list_offsets(topic, 0, kafka_wire.LATEST, current_leader_epoch=requested)
+            placed = conn.offset_for_leader_epoch(topic, 0, current, current_leader_epoch=requested)
+            expect_eq((fetched.error_code, listed.error_code, placed.error_code), (code, code, code),
+                      f"current_leader_epoch {requested} (the partition's is {current}): error codes of "
+                      "Fetch, ListOffsets, OffsetForLeaderEpoch")
+        fenced = conn.fetch(topic, 0, 0, current_leader_epoch=stale)
+        expect_eq((fenced.current_leader.leader_id, fenced.current_leader.leader_epoch),
+                  (phases[-1]["leader"], current), "the fenced Fetch's current leader (id, epoch)")
+        # A fetcher that believes epoch 0's leader wrote past where it really ended.
+        first_end = phases[0]["start"] + len(phases[0]["values"])
+        diverged = conn.fetch(topic, 0, first_end + 5, current_leader_epoch=current, last_fetched_epoch=stale)
+        expect_eq((diverged.error_code, diverged.diverging_epoch.epoch, diverged.diverging_epoch.end_offset),
+                  (0, stale, first_end), "Fetch past its last epoch's end: (error, diverging epoch, end offset)")
+        expect(not kafka_wire.batch_epochs(diverged.records), "a diverging fetch returned records")
+        consistent = conn.fetch(topic, 0, first_end, current_leader_epoch=current, last_fetched_epoch=stale)
+        # An absent tagged field decodes as None.
+        expect_eq((consistent.error_code, consistent.diverging_epoch), (0, None),
+                  "Fetch at its last epoch's end: (error, diverging epoch)")
+        expect(kafka_wire.batch_epochs(consistent.records), "a fetch at its last epoch's end returned no records")
+    follower = next(i for i in cluster.running_ids() if i != phases[-1]["leader"])
+
+    def refused_by_follower():
+        # UNKNOWN_LEADER_EPOCH until the follower has applied the leader's first entry.
+        with kafka_wire.Connection(cluster.nodes[follower].bootstrap) as conn:
+            code = conn.offset_for_leader_epoch(topic, 0, current, current_leader_epoch=current).error_code
+        if code != NOT_LEADER_OR_FOLLOWER:
+            raise NotYet(f"error code {code}")
+        return True
+
+    wait_until(refused_by_follower, FAULT_DEADLINE, interval=0.1,
+               what=f"OffsetForLeaderEpoch on follower {follower} to answer NOT_LEADER_OR_FOLLOWER")
+
+
 # -- the suite ---------------------------------------------------------------------------
 SCENARIOS = {
     "leader-kill": (leader_kill, {}),
@@ -784,6 +1011,7 @@ SCENARIOS = {
     "wipe-purged": (wiped_caught_up_follower, {"snapshot_entries": WIPE_SNAPSHOT_ENTRIES}),
     "wipe-rejoin": (wiped_rejoin_leader_kill, {"proxies": True}),
     "quorum-loss": (quorum_loss, {}),
+    "epochs": (leader_epochs, {}),
     "peer-auth": (peer_auth, {"secret": SECRET, "node_settings": {IMPOSTOR: {"cluster_secret": "a-guess"}},
                               "form": form_without_impostor}),
 }

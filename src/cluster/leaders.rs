@@ -38,6 +38,8 @@ struct Heard {
 pub struct LeaderView {
     pub leader: NodeId,
     pub term: u64,
+    /// The partition's leader epoch under this leader; -1 when not known.
+    pub leader_epoch: i32,
     pub in_sync: Vec<NodeId>,
 }
 
@@ -106,6 +108,7 @@ impl LeaderBoard {
             .map(|(node, claim)| LeaderView {
                 leader: node,
                 term: claim.term,
+                leader_epoch: claim.leader_epoch,
                 in_sync: claim.in_sync.clone(),
             })
     }
@@ -124,6 +127,7 @@ mod tests {
                 .map(|(group, term)| LeaderClaim {
                     group: *group,
                     term: *term,
+                    leader_epoch: *term as i32,
                     in_sync: vec![node],
                 })
                 .collect(),

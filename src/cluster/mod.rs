@@ -10,6 +10,8 @@ pub mod metadata;
 pub mod partition_state;
 pub mod peer_service;
 pub mod quiesce;
+#[cfg(test)]
+mod raft_conformance;
 pub mod rejoin;
 pub mod retention;
 pub mod topic_configs;
@@ -41,6 +43,7 @@ use crate::raft::state_machine::ReplicatedState;
 use crate::raft::wire::{Announcement, LeaderClaim, PartitionChecksum, PeerRequest, PeerResponse, ProposeError};
 use crate::raft::{GroupId, NodeId, Raft, CONTROLLER_GROUP};
 use crate::storage::batch::{ProduceRules, ValidatedBatch};
+use crate::storage::epochs::NO_EPOCH;
 use crate::storage::keys::ALL_CFS;
 use crate::storage::partition::{PartitionLog, PartitionOffsets};
 use crate::storage::segments::{RollPolicy, SegmentLog};
@@ -50,7 +53,7 @@ use controller_state::ControllerState;
 use identity::{Identity, IdentityError};
 use leaders::{LeaderBoard, LeaderView, ALIVE_WITHIN, ANNOUNCE_INTERVAL};
 use metadata::{ClusterState, TopicState};
-use partition_state::PartitionState;
+use partition_state::{AppliedPartition, PartitionState};
 use quiesce::Quiet;
 use rejoin::{LeaderCommit, NodeState, VoteGate};
 
@@ -77,7 +80,7 @@ pub struct PartitionHandle {
     pub group: GroupId,
     pub raft: Raft,
     pub log: PartitionLog,
-    pub offsets: watch::Receiver<PartitionOffsets>,
+    pub applied: watch::Receiver<AppliedPartition>,
     /// Set for `__consumer_offsets` partitions: the consumer groups they store.
     pub consumer_groups: Option<SharedGroups>,
     /// How long a leader may go without a majority's acknowledgement and still act as leader.
@@ -111,7 +114,31 @@ impl PartitionHandle {
     }
 
     pub fn offsets(&self) -> PartitionOffsets {
-        *self.offsets.borrow()
+        self.applied.borrow().offsets
+    }
+
+    /// The offsets and the leader epochs as of the same applied entry.
+    pub fn applied(&self) -> AppliedPartition {
+        self.applied.borrow().clone()
+    }
+
+    /// The epoch this replica has applied: its own once it leads.
+    pub fn leader_epoch(&self) -> i32 {
+        self.applied.borrow().epochs.current()
+    }
+
+    /// A request's `current_leader_epoch` against this replica's epoch, as
+    /// Kafka checks it before anything else: -1 asks for no check, an older
+    /// epoch is fenced, a newer one is not known here yet (the client's
+    /// metadata is ahead of this replica; it retries).
+    pub fn check_leader_epoch(&self, requested: i32) -> Result<(), BrokerError> {
+        let current = self.leader_epoch();
+        match requested {
+            NO_EPOCH => Ok(()),
+            older if older < current => Err(BrokerError::FencedLeaderEpoch { requested, current }),
+            newer if newer > current => Err(BrokerError::UnknownLeaderEpoch { requested, current }),
+            _ => Ok(()),
+        }
     }
 
     /// Bytes this replica's log files take on disk (the partition size that
@@ -265,10 +292,13 @@ impl Cluster {
                 .partition_by_group(group)
                 .is_some_and(|handle| handle.quiet.announced_quorum());
             match effective_leader(&metrics, self.lease(), announced_quorum) {
+                // An effective leader has applied its own first entry, so its
+                // applied epoch is its own.
                 Some(leader) if leader == self.node_id() => {
                     return Some(LeaderView {
                         leader,
                         term: metrics.current_term,
+                        leader_epoch: self.applied_epoch(group),
                         in_sync: self.in_sync(&metrics),
                     })
                 }
@@ -276,9 +306,19 @@ impl Cluster {
                 Some(leader) => {
                     let voters = metrics.membership_config.membership().voter_ids().collect();
                     let announced = self.board.leader_of(group).filter(|view| view.leader == leader);
+                    // Without the leader's own claim, this replica's epoch is the
+                    // leader's only once it has applied an entry of that leader.
+                    let applied_from_leader = metrics
+                        .last_applied
+                        .is_some_and(|applied| applied.leader_id == *metrics.vote.leader_id());
                     return Some(announced.unwrap_or(LeaderView {
                         leader,
                         term: metrics.current_term,
+                        leader_epoch: if applied_from_leader {
+                            self.applied_epoch(group)
+                        } else {
+                            NO_EPOCH
+                        },
                         in_sync: voters,
                     }));
                 }
@@ -288,6 +328,13 @@ impl Cluster {
         self.board
             .leader_of(group)
             .filter(|view| !self.presumed_dead(view.leader))
+    }
+
+    /// The leader epoch a partition replica on this node has applied; none for
+    /// the controller, consumer-offsets partitions and groups not hosted here.
+    fn applied_epoch(&self, group: GroupId) -> i32 {
+        self.partition_by_group(group)
+            .map_or(NO_EPOCH, |handle| handle.leader_epoch())
     }
 
     /// The leader Metadata reports for `group`: the current one if known,
@@ -404,6 +451,7 @@ impl Cluster {
                 Some(LeaderClaim {
                     group,
                     term: view.term,
+                    leader_epoch: view.leader_epoch,
                     in_sync: view.in_sync,
                 })
             })
@@ -680,11 +728,34 @@ impl Cluster {
 
     /// The local handle of a partition this node leads; reads and writes go only to leaders.
     pub fn led_partition(&self, topic: &str, index: i32) -> Result<Arc<PartitionHandle>, BrokerError> {
+        self.led_partition_at(topic, index, NO_EPOCH)
+    }
+
+    /// As [`Self::led_partition`], for a request that names the leader epoch
+    /// it expects (-1: any), checked first as Kafka does.
+    pub fn led_partition_at(
+        &self,
+        topic: &str,
+        index: i32,
+        current_leader_epoch: i32,
+    ) -> Result<Arc<PartitionHandle>, BrokerError> {
         let handle = self.partition(topic, index)?;
+        handle.check_leader_epoch(current_leader_epoch)?;
         if handle.leader() != Some(self.cfg.node_id) {
             return Err(BrokerError::NotLeader);
         }
         Ok(handle)
+    }
+
+    /// The leader and epoch Metadata would report for `topic`'s partition `index`.
+    pub fn partition_leader(&self, topic: &str, index: i32) -> Option<LeaderView> {
+        let metadata = self.metadata();
+        let assignment = metadata
+            .topics
+            .get(topic)?
+            .partitions
+            .get(usize::try_from(index).ok()?)?;
+        self.reported_leader(assignment.group)
     }
 
     /// The local handle of a partition to append to: as [`Self::led_partition`],
@@ -817,7 +888,7 @@ impl Cluster {
         let log_store = GroupLogStore::open(group, self.store.clone(), &self.cfg.data_dir, roll)?;
         let segments = log_store.segments();
         let log = PartitionLog::new(group, self.store.clone(), Arc::new(EntryBatches(Arc::clone(&segments))));
-        let (published, offsets) = watch::channel(PartitionOffsets::default());
+        let (published, applied) = watch::channel(AppliedPartition::default());
         let consumer_groups = stores_offsets.then(SharedGroups::default);
         let state: Box<dyn ReplicatedState> = match &consumer_groups {
             Some(groups) => Box::new(OffsetsState::new(groups.clone())),
@@ -838,7 +909,7 @@ impl Cluster {
             group,
             raft,
             log,
-            offsets,
+            applied,
             consumer_groups,
             lease: self.lease(),
             segments,

@@ -161,6 +161,7 @@ mod tests {
             offsets,
             producers: Default::default(),
             replication: Vec::new(),
+            epochs: Default::default(),
         };
         (next_offset as u64, checkpoint)
     }

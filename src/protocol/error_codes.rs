@@ -91,6 +91,11 @@ pub fn for_each_error_code(response: &ResponseKind, mut found: impl FnMut(i16)) 
             code(r.error_code);
             r.results.iter().for_each(|d| code(d.error_code));
         }
+        ResponseKind::OffsetForLeaderEpoch(r) => r
+            .topics
+            .iter()
+            .flat_map(|t| &t.partitions)
+            .for_each(|p| code(p.error_code)),
         // Every API of SUPPORTED_APIS is listed above; others are never answered.
         _ => {}
     }

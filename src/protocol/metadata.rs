@@ -1,4 +1,4 @@
-//! Metadata: brokers, topics and each partition's Raft leader.
+//! Metadata: brokers, topics and each partition's Raft leader and leader epoch (v7+).
 
 use futures::future::join_all;
 use kafka_protocol::messages::metadata_response::{
@@ -84,6 +84,7 @@ fn describe_partitions(cluster: &Cluster, topic: &TopicState) -> Vec<MetadataRes
             match cluster.reported_leader(assignment.group) {
                 Some(view) => partition
                     .with_leader_id(broker_id(view.leader))
+                    .with_leader_epoch(view.leader_epoch)
                     .with_isr_nodes(view.in_sync.into_iter().map(broker_id).collect()),
                 None => partition
                     .with_leader_id(BrokerId(-1))

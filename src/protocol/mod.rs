@@ -28,6 +28,7 @@ pub mod metadata;
 pub mod offset_commit;
 pub mod offset_delete;
 pub mod offset_fetch;
+pub mod offset_for_leader_epoch;
 pub mod produce;
 pub mod sync_group;
 
@@ -77,6 +78,7 @@ pub const SUPPORTED_APIS: &[(ApiKey, VersionRange)] = &[
     (ApiKey::DeleteRecords, delete_records::VERSIONS),
     (ApiKey::IncrementalAlterConfigs, incremental_alter_configs::VERSIONS),
     (ApiKey::DescribeLogDirs, describe_log_dirs::VERSIONS),
+    (ApiKey::OffsetForLeaderEpoch, offset_for_leader_epoch::VERSIONS),
 ];
 
 pub fn supported_versions(api_key: ApiKey) -> Option<VersionRange> {
@@ -131,7 +133,10 @@ pub async fn handle(broker: Arc<Broker>, peer: SocketAddr, request: Request) -> 
             }
         }
         RequestKind::Fetch(req) => ResponseKind::Fetch(fetch::handle(cluster, version, req).await),
-        RequestKind::ListOffsets(req) => ResponseKind::ListOffsets(list_offsets::handle(cluster, req)),
+        RequestKind::ListOffsets(req) => ResponseKind::ListOffsets(list_offsets::handle(cluster, version, req)),
+        RequestKind::OffsetForLeaderEpoch(req) => {
+            ResponseKind::OffsetForLeaderEpoch(offset_for_leader_epoch::handle(cluster, req))
+        }
         RequestKind::CreateTopics(req) => ResponseKind::CreateTopics(create_topics::handle(cluster, req).await),
         RequestKind::DeleteTopics(req) => ResponseKind::DeleteTopics(delete_topics::handle(cluster, req).await),
         RequestKind::CreatePartitions(req) => {

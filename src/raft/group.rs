@@ -170,9 +170,11 @@ async fn bootstrap(raft: Raft, peers: Arc<Peers>, group: GroupId, members: Vec<(
 /// the new leader instead of writing to one that cannot commit. A group whose
 /// heartbeats are off while it is idle counts `announced_quorum` (a majority
 /// of its nodes announced themselves lately, see `cluster::quiesce`) instead.
-/// A new leader also waits until it has applied an entry of its own term:
-/// before that its state machine may lag what the previous leader served, and
-/// a consumer would see its position as out of range.
+/// A new leader also waits until it has applied an entry of its own: before
+/// that its state machine may lag what the previous leader served, and a
+/// consumer would see its position as out of range; and its state would not
+/// yet count it as a new leader (`ReplicatedState::leader_changed`), so it
+/// would report the previous leader's epoch as its own.
 pub fn effective_leader(
     metrics: &RaftMetrics<NodeId, BasicNode>,
     lease: Duration,
@@ -211,8 +213,9 @@ fn quorum_within(metrics: &RaftMetrics<NodeId, BasicNode>, lease: Duration) -> b
             .is_some_and(|millis| u128::from(millis) < lease.as_millis())
 }
 
+/// The whole leader id, not only the term: the state counts leaders by id.
 fn caught_up(metrics: &RaftMetrics<NodeId, BasicNode>) -> bool {
     metrics
         .last_applied
-        .is_some_and(|applied| applied.leader_id.get_term() == metrics.current_term)
+        .is_some_and(|applied| applied.leader_id == *metrics.vote.leader_id())
 }

@@ -21,8 +21,10 @@ use sha2::Sha256;
 
 use super::NodeId;
 
-/// The version of the exchange this release speaks.
-pub const HANDSHAKE_VERSION: u16 = 1;
+/// The version of the exchange, and of the peer messages that follow it
+/// (`wire.rs`), this release speaks. Version 2: leader claims carry the
+/// partition's leader epoch.
+pub const HANDSHAKE_VERSION: u16 = 2;
 /// Handshake frames are tiny; a larger length prefix is garbage, not a peer.
 pub const MAX_HANDSHAKE_FRAME: usize = 4096;
 const NONCE_BYTES: usize = 32;
@@ -193,8 +195,11 @@ mod tests {
         renamed.node_id = 3;
         assert_eq!(ours.check(&challenge, &renamed), Err(HandshakeError::Mac(3)));
         let mut future = ours.hello(2, &challenge).unwrap();
-        future.version = 2;
-        assert_eq!(ours.check(&challenge, &future), Err(HandshakeError::Version(2)));
+        future.version = HANDSHAKE_VERSION + 1;
+        assert_eq!(
+            ours.check(&challenge, &future),
+            Err(HandshakeError::Version(HANDSHAKE_VERSION + 1))
+        );
     }
 
     #[test]

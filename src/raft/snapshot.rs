@@ -564,6 +564,7 @@ mod tests {
             offsets: Default::default(),
             producers: Default::default(),
             replication: bincode::serialize(&applied).unwrap(),
+            epochs: Default::default(),
         };
         let path = dir.path().join("checkpoint.snap");
         assert_eq!(write_checkpoint(&path, &checkpoint).unwrap(), applied);

@@ -50,6 +50,18 @@ pub trait ReplicatedState: Send + Sync + 'static {
         entry: &Applying<'_>,
     ) -> Result<CommandResponse, StorageError>;
 
+    /// Called before applying an entry whose leader differs from the previous
+    /// applied entry's, whatever the entry holds. Every replica applies the
+    /// same entries in the same order, so every replica calls this at the same
+    /// entries: a count of these calls numbers the group's leaders alike
+    /// everywhere. openraft commits a blank entry at each election, so a
+    /// leader passes here before its first command, and once its own entry is
+    /// applied the state reflects its leadership. Like `apply`, only a storage
+    /// failure is an error.
+    fn leader_changed(&mut self, _write: &mut WriteBatch, _entry: &Applying<'_>) -> Result<(), StorageError> {
+        Ok(())
+    }
+
     /// Adds to `write` the state that is not already staged by `apply`.
     fn stage(&self, _write: &mut WriteBatch, _store: &Store, _group: GroupId) -> Result<(), StorageError> {
         Ok(())
@@ -178,7 +190,22 @@ impl GroupStateMachine {
         let mut write = WriteBatch::default();
         let mut responses = Vec::new();
         for entry in entries {
+            // The leader id is (term, node): a new one at every election. The
+            // previous applied id is the same on every replica, also after a
+            // restart or a snapshot install (both restore it). Term 0 is the
+            // initial membership, which no leader wrote.
+            let new_leader = entry.log_id.leader_id.get_term() > 0
+                && self.applied.map(|id| id.leader_id) != Some(entry.log_id.leader_id);
             self.applied = Some(entry.log_id);
+            if new_leader {
+                let applying = Applying {
+                    index: entry.log_id.index,
+                    store: &self.store,
+                    group: self.group,
+                    membership: &self.membership,
+                };
+                self.state.leader_changed(&mut write, &applying)?;
+            }
             let response = match entry.payload {
                 EntryPayload::Blank => CommandResponse::Empty,
                 EntryPayload::Normal(command) => {
@@ -367,5 +394,78 @@ impl RaftStateMachine<TypeConfig> for GroupStateMachine {
                 Ok(Some(snapshot_of(meta, file)).filter(|snapshot| snapshot.meta.last_log_id.is_some()))
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+    use std::time::Duration;
+
+    use openraft::CommittedLeaderId;
+
+    use super::*;
+    use crate::storage::segments::RollPolicy;
+
+    /// Remembers the entries at which it was told of a new leader.
+    struct Leaders(Arc<Mutex<Vec<u64>>>);
+
+    impl ReplicatedState for Leaders {
+        fn apply(
+            &mut self,
+            _write: &mut WriteBatch,
+            _command: &Command,
+            _entry: &Applying<'_>,
+        ) -> Result<CommandResponse, StorageError> {
+            Ok(CommandResponse::Empty)
+        }
+
+        fn leader_changed(&mut self, _write: &mut WriteBatch, entry: &Applying<'_>) -> Result<(), StorageError> {
+            self.0.lock().unwrap().push(entry.index);
+            Ok(())
+        }
+
+        fn reload(&mut self, _store: &Store, _group: GroupId) -> Result<(), StorageError> {
+            Ok(())
+        }
+
+        fn publish(&self) {}
+    }
+
+    fn blank(term: u64, leader: NodeId, index: u64) -> Entry {
+        Entry {
+            log_id: LogId::new(CommittedLeaderId::new(term, leader), index),
+            payload: EntryPayload::Blank,
+        }
+    }
+
+    /// The rule leader epochs are built on: a leader is new at its first
+    /// entry, term 0 (initialisation) is none, and the previous leader is
+    /// remembered across a restart (a real RocksDB and log directory).
+    #[test]
+    fn a_new_leader_is_seen_at_its_first_entry_also_after_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let roll = RollPolicy {
+            max_bytes: 1 << 20,
+            max_age: Duration::from_secs(3600),
+        };
+        let open = |store: &Store| {
+            let segments = Arc::new(SegmentLog::open(&dir.path().join("log"), roll).unwrap());
+            let state = Box::new(Leaders(Arc::clone(&seen)));
+            GroupStateMachine::open(5, store.clone(), state, &dir.path().join("snapshots"), segments).unwrap()
+        };
+        {
+            let store = Store::open(&dir.path().join("db")).unwrap();
+            let mut machine = open(&store);
+            let entries = [blank(0, 0, 0), blank(1, 1, 1), blank(1, 1, 2), blank(2, 2, 3)];
+            machine.apply_entries(entries.into_iter()).unwrap();
+        }
+        let store = Store::open(&dir.path().join("db")).unwrap();
+        let mut machine = open(&store);
+        machine
+            .apply_entries([blank(2, 2, 4), blank(3, 1, 5), blank(3, 1, 6)].into_iter())
+            .unwrap();
+        assert_eq!(*seen.lock().unwrap(), vec![1, 3, 5]);
     }
 }

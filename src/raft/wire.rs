@@ -121,11 +121,13 @@ pub struct Announcement {
     pub leading: Vec<LeaderClaim>,
 }
 
-/// "I lead `group` in `term`, and these replicas are caught up."
+/// "I lead `group` in `term`, with this leader epoch (-1 for groups that
+/// keep none), and these replicas are caught up."
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct LeaderClaim {
     pub group: GroupId,
     pub term: u64,
+    pub leader_epoch: i32,
     pub in_sync: Vec<NodeId>,
 }
 

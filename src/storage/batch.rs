@@ -17,6 +17,8 @@ const BASE_OFFSET_LEN: usize = 8;
 const LENGTH_PREFIX_LEN: usize = 12;
 /// Position of the magic byte.
 const MAGIC_POS: usize = 16;
+/// The partition leader epoch: after the length, before the CRC-covered part.
+const PARTITION_LEADER_EPOCH_POS: usize = 12;
 /// The fixed v2 batch header; a batch is never shorter.
 pub const BATCH_HEADER_LEN: usize = 61;
 /// Position of the CRC-32C, which covers everything after it.
@@ -301,6 +303,14 @@ pub fn set_base_offset(batch: &mut [u8], base_offset: i64) {
     }
 }
 
+/// Sets the partition leader epoch of a batch in place (as served: the epoch
+/// its records were applied in). The CRC does not cover it either.
+pub fn set_partition_leader_epoch(batch: &mut [u8], epoch: i32) {
+    if let Some(field) = batch.get_mut(PARTITION_LEADER_EPOCH_POS..PARTITION_LEADER_EPOCH_POS + 4) {
+        field.copy_from_slice(&epoch.to_be_bytes());
+    }
+}
+
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
@@ -490,6 +500,16 @@ pub(crate) mod tests {
         let set = RecordBatchDecoder::decode(&mut stored.clone()).unwrap();
         assert_eq!(set.records[0].offset, 4242);
         assert_eq!(set.records[1].offset, 4243);
+    }
+
+    #[test]
+    fn leader_epoch_rewrite_keeps_the_batch_valid() {
+        let mut stored = encode_batch(&["a", "b"], Compression::Gzip).to_vec();
+        set_partition_leader_epoch(&mut stored, 7);
+        assert_eq!(&stored[12..16], &7i32.to_be_bytes());
+        let set = RecordBatchDecoder::decode(&mut Bytes::from(stored)).unwrap();
+        assert_eq!(set.records.len(), 2, "the CRC still matches");
+        assert!(set.records.iter().all(|r| r.partition_leader_epoch == 7));
     }
 
     #[test]

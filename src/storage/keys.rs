@@ -32,6 +32,8 @@ pub const TAG_CONSUMER_GROUP: u8 = 14;
 pub const TAG_PRODUCER: u8 = 15;
 /// Followed by a log index, big-endian: a partition's state after that entry.
 pub const TAG_CHECKPOINT: u8 = 16;
+/// A partition's leader epoch history.
+pub const TAG_LEADER_EPOCHS: u8 = 17;
 
 pub fn group_u64_key(group: u64, value: u64) -> [u8; 16] {
     let mut key = [0u8; 16];

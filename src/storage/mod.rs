@@ -2,6 +2,7 @@
 
 pub mod batch;
 pub mod decompress;
+pub mod epochs;
 pub mod keys;
 pub mod partition;
 pub mod producers;

@@ -3,7 +3,11 @@
 //! bytes themselves are never copied out of that entry: the log is the
 //! partition's only copy of its records.
 //!
-//! Checkpoints of the state (small: offsets and producers, never records) are
+//! Each batch's leader epoch is assigned at apply and kept in its index entry;
+//! it is stamped into the batch header as the batch is read, as its base
+//! offset is.
+//!
+//! Checkpoints of the state (small: offsets, producers and leader epochs, never records) are
 //! kept at the points where the log can be freed, so that a snapshot of the
 //! partition is one checkpoint and a replica that receives it gets the records
 //! after it by ordinary log replication.
@@ -15,14 +19,26 @@ use kafka_protocol::records::RecordBatchDecoder;
 use rocksdb::WriteBatch;
 use serde::{Deserialize, Serialize};
 
-use super::batch::{check_appendable, set_base_offset, ValidatedBatch};
-use super::keys::{self, CF_BATCH_INDEX, CF_SM_STATE, CF_TIME_INDEX, TAG_CHECKPOINT, TAG_PARTITION, TAG_PRODUCER};
+use super::batch::{check_appendable, set_base_offset, set_partition_leader_epoch, ValidatedBatch};
+use super::epochs::{LeaderEpochs, NO_EPOCH};
+use super::keys::{
+    self, CF_BATCH_INDEX, CF_SM_STATE, CF_TIME_INDEX, TAG_CHECKPOINT, TAG_LEADER_EPOCHS, TAG_PARTITION, TAG_PRODUCER,
+};
 use super::producers::{check, expired, record, Producers, SequenceCheck};
 use super::{StorageError, Store};
 use crate::raft::command::ProduceRefusal;
 
-/// Version tag of batch index values and checkpoints.
-const FORMAT_VERSION: u8 = 1;
+/// Version tag of batch index values. Version 2 added the leader epoch;
+/// version 1 entries are read with none ([`NO_EPOCH`], as Kafka marks batches
+/// written before it kept epochs).
+const BATCH_INDEX_VERSION: u8 = 2;
+const BATCH_INDEX_V1: u8 = 1;
+/// Version tag of checkpoints. Version 2 added the leader epochs; version 1
+/// checkpoints are read with an empty history.
+const CHECKPOINT_VERSION: u8 = 2;
+const CHECKPOINT_V1: u8 = 1;
+/// Version tag of the stored leader epoch history.
+const EPOCHS_VERSION: u8 = 1;
 
 /// Where a partition stands. Everything below `next_offset` is committed and
 /// applied, so `next_offset` is the high watermark Fetch and ListOffsets report.
@@ -70,30 +86,37 @@ struct BatchLocation {
     /// The log entry that carried the batch, and its position among the entry's batches.
     entry: u64,
     ordinal: u32,
+    /// The leader epoch the batch was applied in.
+    leader_epoch: i32,
 }
 
 impl BatchLocation {
-    const ENCODED_LEN: usize = 29;
+    const V1_LEN: usize = 29;
+    const ENCODED_LEN: usize = 33;
 
     fn encode(&self) -> [u8; Self::ENCODED_LEN] {
         let mut out = [0u8; Self::ENCODED_LEN];
-        out[0] = FORMAT_VERSION;
+        out[0] = BATCH_INDEX_VERSION;
         out[1..9].copy_from_slice(&self.last_offset.to_be_bytes());
         out[9..17].copy_from_slice(&self.max_timestamp.to_be_bytes());
         out[17..25].copy_from_slice(&self.entry.to_be_bytes());
         out[25..29].copy_from_slice(&self.ordinal.to_be_bytes());
+        out[29..33].copy_from_slice(&self.leader_epoch.to_be_bytes());
         out
     }
 
     fn decode(raw: &[u8]) -> Option<Self> {
-        if raw.len() != Self::ENCODED_LEN || raw[0] != FORMAT_VERSION {
-            return None;
-        }
+        let leader_epoch = match (raw.first()?, raw.len()) {
+            (&BATCH_INDEX_VERSION, Self::ENCODED_LEN) => i32::from_be_bytes(raw[29..33].try_into().ok()?),
+            (&BATCH_INDEX_V1, Self::V1_LEN) => NO_EPOCH,
+            _ => return None,
+        };
         Some(BatchLocation {
             last_offset: i64::from_be_bytes(raw[1..9].try_into().ok()?),
             max_timestamp: i64::from_be_bytes(raw[9..17].try_into().ok()?),
             entry: u64::from_be_bytes(raw[17..25].try_into().ok()?),
             ordinal: u32::from_be_bytes(raw[25..29].try_into().ok()?),
+            leader_epoch,
         })
     }
 }
@@ -105,19 +128,38 @@ pub struct Checkpoint {
     pub offsets: PartitionOffsets,
     pub producers: Producers,
     pub replication: Vec<u8>,
+    pub epochs: LeaderEpochs,
+}
+
+/// A checkpoint as version 1 wrote it, before leader epochs.
+#[derive(Deserialize)]
+struct CheckpointV1 {
+    offsets: PartitionOffsets,
+    producers: Producers,
+    replication: Vec<u8>,
 }
 
 impl Checkpoint {
     pub fn encode(&self) -> Result<Vec<u8>, StorageError> {
-        let mut out = vec![FORMAT_VERSION];
+        let mut out = vec![CHECKPOINT_VERSION];
         bincode::serialize_into(&mut out, self)?;
         Ok(out)
     }
 
     pub fn decode(raw: &[u8]) -> Result<Self, StorageError> {
         match raw.split_first() {
-            Some((&FORMAT_VERSION, body)) => Ok(bincode::deserialize(body)?),
-            _ => Err(StorageError::Encoding("unknown checkpoint format".into())),
+            Some((&CHECKPOINT_VERSION, body)) => Ok(bincode::deserialize(body)?),
+            Some((&CHECKPOINT_V1, body)) => {
+                let old: CheckpointV1 = bincode::deserialize(body)?;
+                Ok(Checkpoint {
+                    offsets: old.offsets,
+                    producers: old.producers,
+                    replication: old.replication,
+                    epochs: LeaderEpochs::default(),
+                })
+            }
+            Some((version, _)) => Err(StorageError::Encoding(format!("unknown checkpoint format {version}"))),
+            None => Err(StorageError::Encoding("empty checkpoint".into())),
         }
     }
 }
@@ -160,6 +202,28 @@ impl PartitionLog {
         Ok(producers)
     }
 
+    pub fn load_epochs(&self) -> Result<LeaderEpochs, StorageError> {
+        let key = keys::group_tag_key(self.group, TAG_LEADER_EPOCHS);
+        match self.store.get(CF_SM_STATE, &key)? {
+            None => Ok(LeaderEpochs::default()),
+            Some(raw) => match raw.split_first() {
+                Some((&EPOCHS_VERSION, body)) => Ok(bincode::deserialize(body)?),
+                _ => Err(self.corrupt("unknown leader epochs format".into())),
+            },
+        }
+    }
+
+    pub fn stage_epochs(&self, write: &mut WriteBatch, epochs: &LeaderEpochs) -> Result<(), StorageError> {
+        let mut value = vec![EPOCHS_VERSION];
+        bincode::serialize_into(&mut value, epochs)?;
+        write.put_cf(
+            self.store.cf(CF_SM_STATE),
+            keys::group_tag_key(self.group, TAG_LEADER_EPOCHS),
+            value,
+        );
+        Ok(())
+    }
+
     /// Indexes `batches`, carried by the log entry `place` names, at the next
     /// offsets and returns the base offset to answer with. Every batch's form and idempotent
     /// producers' sequences are checked first, so a refused batch leaves the
@@ -171,6 +235,7 @@ impl PartitionLog {
         producers: &mut Producers,
         batches: &[ValidatedBatch],
         place: BatchPlace,
+        leader_epoch: i32,
     ) -> Result<Result<i64, ProduceRefusal>, StorageError> {
         if batches.iter().any(|batch| check_appendable(batch).is_err()) {
             return Ok(Err(ProduceRefusal::InvalidBatch));
@@ -202,7 +267,14 @@ impl PartitionLog {
         let answer = duplicates.first().copied().flatten().unwrap_or(offsets.next_offset);
         for (ordinal, (batch, duplicate)) in batches.iter().zip(duplicates).enumerate() {
             if duplicate.is_none() {
-                self.stage_batch(write, offsets, batch, place.entry, place.first_ordinal + ordinal as u32);
+                self.stage_batch(
+                    write,
+                    offsets,
+                    batch,
+                    place.entry,
+                    place.first_ordinal + ordinal as u32,
+                    leader_epoch,
+                );
             }
         }
         for (id, state) in touched {
@@ -239,6 +311,7 @@ impl PartitionLog {
         batch: &ValidatedBatch,
         entry: u64,
         ordinal: u32,
+        leader_epoch: i32,
     ) {
         let base = offsets.next_offset;
         let location = BatchLocation {
@@ -246,6 +319,7 @@ impl PartitionLog {
             max_timestamp: batch.max_timestamp,
             entry,
             ordinal,
+            leader_epoch,
         };
         write.put_cf(
             self.store.cf(CF_BATCH_INDEX),
@@ -265,17 +339,20 @@ impl PartitionLog {
     }
 
     /// Moves the log start forward to `requested` (never back, never past the
-    /// high watermark) and drops the index entries of batches wholly below it.
-    /// Returns the new log start.
+    /// high watermark) and drops the index entries of batches wholly below it,
+    /// and the epochs that held only them. Returns the new log start.
     pub fn stage_advance_start(
         &self,
         write: &mut WriteBatch,
         offsets: &mut PartitionOffsets,
+        epochs: &mut LeaderEpochs,
         requested: i64,
     ) -> Result<i64, StorageError> {
         let start = requested.clamp(offsets.log_start_offset, offsets.next_offset);
         if start > offsets.log_start_offset {
             offsets.log_start_offset = start;
+            epochs.truncate_from_start(start);
+            self.stage_epochs(write, epochs)?;
             let first_kept = self.batch_start_for(start)?;
             write.delete_range_cf(
                 self.store.cf(CF_BATCH_INDEX),
@@ -385,11 +462,13 @@ impl PartitionLog {
             keys::group_tag_key(self.group, TAG_CHECKPOINT + 1).to_vec(),
         );
         self.stage_checkpoint(write, index, checkpoint)?;
+        self.stage_epochs(write, &checkpoint.epochs)?;
         self.stage_offsets(write, &checkpoint.offsets)
     }
 
     /// Reads whole batches starting with the one that holds `from`, stopping before
-    /// `high_watermark` and once `max_bytes` is reached. The first batch is returned
+    /// `high_watermark` and once `max_bytes` is reached, each with its offset
+    /// and leader epoch in its header. The first batch is returned
     /// even when it alone is larger than `max_bytes`, so a consumer always progresses.
     pub fn read(&self, from: i64, high_watermark: i64, max_bytes: usize) -> Result<Bytes, StorageError> {
         let mut out = BytesMut::new();
@@ -412,6 +491,7 @@ impl PartitionLog {
             let at = out.len();
             out.extend_from_slice(&batch);
             set_base_offset(&mut out[at..], base);
+            set_partition_leader_epoch(&mut out[at..], location.leader_epoch);
             if out.len() >= max_bytes {
                 break;
             }
@@ -531,6 +611,7 @@ impl PartitionLog {
         }
         hasher.update(&bincode::serialize(&self.load_offsets()?)?);
         hasher.update(&bincode::serialize(&self.load_producers()?)?);
+        hasher.update(&bincode::serialize(&self.load_epochs()?)?);
         Ok((hasher.finalize(), batches))
     }
 
@@ -555,6 +636,7 @@ mod tests {
     use crate::storage::batch::tests::ANY;
     use crate::storage::batch::tests::{encode_batch, encode_producer_batch};
     use crate::storage::batch::validate_produce_records;
+    use crate::storage::epochs::EpochStart;
     use kafka_protocol::records::Compression;
 
     /// Log entries held in memory, as the replication layer would hold them.
@@ -615,6 +697,7 @@ mod tests {
                         entry,
                         first_ordinal: 0,
                     },
+                    4,
                 )
                 .unwrap();
             self.store.write_buffered(write).unwrap();
@@ -685,6 +768,7 @@ mod tests {
                         entry: 9,
                         first_ordinal: 0,
                     },
+                    0,
                 )
                 .unwrap();
             assert_eq!(answer, Err(ProduceRefusal::InvalidBatch));
@@ -701,7 +785,7 @@ mod tests {
         let mut offsets = PartitionOffsets::default();
         let requests: Vec<Vec<ValidatedBatch>> = [&["a", "b"][..], &["c"], &["d", "e", "f"]]
             .iter()
-            .map(|values| validate_produce_records(&encode_batch(values, Compression::None), 1 << 20).unwrap())
+            .map(|values| validate_produce_records(&encode_batch(values, Compression::None), &ANY).unwrap())
             .collect();
         let entry = 4;
         let carried = requests.iter().flatten().map(|b| b.bytes.clone()).collect();
@@ -712,7 +796,7 @@ mod tests {
         for batches in &requests {
             let place = BatchPlace { entry, first_ordinal };
             bases.push(
-                log.stage_append(&mut write, &mut offsets, &mut Producers::new(), batches, place)
+                log.stage_append(&mut write, &mut offsets, &mut Producers::new(), batches, place, 0)
                     .unwrap()
                     .unwrap(),
             );
@@ -760,10 +844,18 @@ mod tests {
         for values in [["a", "b"], ["c", "d"], ["e", "f"]] {
             fixture.append_values(&log, &mut offsets, &values);
         }
+        let mut epochs = LeaderEpochs::default();
+        epochs.begin(0);
+        epochs.begin(4);
         let mut write = WriteBatch::default();
-        assert_eq!(log.stage_advance_start(&mut write, &mut offsets, 3).unwrap(), 3);
         assert_eq!(
-            log.stage_advance_start(&mut write, &mut offsets, 1).unwrap(),
+            log.stage_advance_start(&mut write, &mut offsets, &mut epochs, 3)
+                .unwrap(),
+            3
+        );
+        assert_eq!(
+            log.stage_advance_start(&mut write, &mut offsets, &mut epochs, 1)
+                .unwrap(),
             3,
             "never back"
         );
@@ -776,13 +868,108 @@ mod tests {
         );
         let mut write = WriteBatch::default();
         assert_eq!(
-            log.stage_advance_start(&mut write, &mut offsets, 99).unwrap(),
+            log.stage_advance_start(&mut write, &mut offsets, &mut epochs, 99)
+                .unwrap(),
             6,
             "not past the end"
         );
         fixture.store.write_buffered(write).unwrap();
         assert!(log.read(0, 6, 1 << 20).unwrap().is_empty());
         assert_eq!(log.load_offsets().unwrap().log_start_offset, 6);
+        assert_eq!(
+            log.load_epochs().unwrap().entries(),
+            &[EpochStart {
+                epoch: 1,
+                start_offset: 6
+            }],
+            "the epochs below the log start are forgotten"
+        );
+    }
+
+    /// Leader epochs of each batch and the history, written as apply writes
+    /// them, read back after the database is closed and opened again; the
+    /// formats before epochs still read.
+    #[test]
+    fn leader_epochs_are_stamped_on_read_and_survive_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let entries: Arc<Entries> = Arc::default();
+        let mut epochs = LeaderEpochs::default();
+        {
+            let store = Store::open(dir.path()).unwrap();
+            let log = PartitionLog::new(9, store.clone(), entries.clone());
+            let mut offsets = PartitionOffsets::default();
+            for (entry, (values, leader_offset)) in [(&["a", "b"][..], 0), (&["c"][..], 2), (&["d", "e"][..], 2)]
+                .into_iter()
+                .enumerate()
+            {
+                let mut write = WriteBatch::default();
+                if entry != 2 {
+                    epochs.begin(leader_offset);
+                    log.stage_epochs(&mut write, &epochs).unwrap();
+                }
+                let batch = validate_produce_records(&encode_batch(values, Compression::None), &ANY).unwrap();
+                let entry = entry as u64 + 1;
+                entries
+                    .0
+                    .lock()
+                    .unwrap()
+                    .insert(entry, batch.iter().map(|b| b.bytes.clone()).collect());
+                log.stage_append(
+                    &mut write,
+                    &mut offsets,
+                    &mut Producers::new(),
+                    &batch,
+                    BatchPlace {
+                        entry,
+                        first_ordinal: 0,
+                    },
+                    epochs.current(),
+                )
+                .unwrap()
+                .unwrap();
+                store.write_durable(write).unwrap();
+            }
+        }
+        let store = Store::open(dir.path()).unwrap();
+        let log = PartitionLog::new(9, store, entries);
+        assert_eq!(log.load_epochs().unwrap(), epochs);
+        assert_eq!(epochs.current(), 1);
+        let read = log.read(0, 5, 1 << 20).unwrap();
+        let stamped: Vec<(i64, i32)> = RecordBatchDecoder::decode_all(&mut read.clone())
+            .unwrap()
+            .iter()
+            .flat_map(|set| set.records.iter().map(|r| (r.offset, r.partition_leader_epoch)))
+            .collect();
+        assert_eq!(stamped, vec![(0, 0), (1, 0), (2, 1), (3, 1), (4, 1)]);
+
+        let old_location = &BatchLocation {
+            last_offset: 3,
+            max_timestamp: 7,
+            entry: 2,
+            ordinal: 0,
+            leader_epoch: 5,
+        }
+        .encode()[..BatchLocation::V1_LEN];
+        let mut old_location = old_location.to_vec();
+        old_location[0] = BATCH_INDEX_V1;
+        assert_eq!(
+            BatchLocation::decode(&old_location).map(|l| (l.last_offset, l.leader_epoch)),
+            Some((3, NO_EPOCH))
+        );
+        #[derive(Serialize)]
+        struct V1<'a>(&'a PartitionOffsets, &'a Producers, &'a [u8]);
+        let mut old_checkpoint = vec![CHECKPOINT_V1];
+        bincode::serialize_into(
+            &mut old_checkpoint,
+            &V1(&log.load_offsets().unwrap(), &Producers::new(), b"r"),
+        )
+        .unwrap();
+        let decoded = Checkpoint::decode(&old_checkpoint).unwrap();
+        assert_eq!(
+            (decoded.offsets.next_offset, decoded.epochs),
+            (5, LeaderEpochs::default())
+        );
+        assert!(Checkpoint::decode(&[9, 0]).is_err(), "a future version is refused");
     }
 
     #[test]
@@ -836,10 +1023,13 @@ mod tests {
         let mut producers = Producers::new();
         let batch = validate_produce_records(&encode_producer_batch(&["a"], Compression::None, 5, 0, 0), &ANY).unwrap();
         fixture.append(&log, &mut offsets, &mut producers, &batch).unwrap();
+        let mut epochs = LeaderEpochs::default();
+        epochs.begin(0);
         let checkpoint = Checkpoint {
             offsets,
             producers: producers.clone(),
             replication: b"raft".to_vec(),
+            epochs: epochs.clone(),
         };
         let mut write = WriteBatch::default();
         log.stage_checkpoint(&mut write, 1, &checkpoint).unwrap();
@@ -853,6 +1043,7 @@ mod tests {
         assert_eq!(log.load_offsets().unwrap(), checkpoint.offsets);
         assert_eq!(log.load_producers().unwrap(), producers);
         assert_eq!(offsets_in(log.read(0, 3, 1 << 20).unwrap()), vec![0]);
+        assert_eq!(log.load_epochs().unwrap(), epochs);
         assert_eq!(log.checkpoints().unwrap(), vec![(1, checkpoint)]);
         assert_ne!(log.checksum(0).unwrap().0, before);
         assert_eq!(log.checksum(0).unwrap().1, 1);
