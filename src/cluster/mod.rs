@@ -385,13 +385,8 @@ impl Cluster {
 
     /// Tells every peer, a few times a second, where clients reach this node and which groups it leads.
     async fn announce(self: Arc<Self>, shutdown: CancellationToken) {
-        let mut ticker = tokio::time::interval(ANNOUNCE_INTERVAL);
-        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
-        loop {
-            tokio::select! {
-                _ = shutdown.cancelled() => return,
-                _ = ticker.tick() => {}
-            }
+        let mut ticker = skipping_interval(ANNOUNCE_INTERVAL);
+        while next_tick(&mut ticker, &shutdown).await {
             let announcement = self.announcement();
             for peer in self.members.keys().copied().filter(|id| *id != self.node_id()) {
                 let peers = Arc::clone(&self.peers);
@@ -407,13 +402,8 @@ impl Cluster {
     /// follows campaign only when their leader is gone (see `quiesce`).
     async fn watch_quiet_partitions(self: Arc<Self>, shutdown: CancellationToken) {
         let started = Instant::now();
-        let mut ticker = tokio::time::interval(ANNOUNCE_INTERVAL);
-        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
-        loop {
-            tokio::select! {
-                _ = shutdown.cancelled() => return,
-                _ = ticker.tick() => {}
-            }
+        let mut ticker = skipping_interval(ANNOUNCE_INTERVAL);
+        while next_tick(&mut ticker, &shutdown).await {
             // Right after start, peers' claims have not been heard yet: a live
             // leader is not yet known to be one.
             let settling = started.elapsed() < ALIVE_WITHIN;
@@ -804,8 +794,7 @@ impl Cluster {
     /// whose Raft core stopped on an error, is tried again.
     async fn follow_metadata(self: Arc<Self>, shutdown: CancellationToken) {
         let mut metadata = self.metadata.clone();
-        let mut retry = tokio::time::interval(GROUP_RETRY_INTERVAL);
-        retry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+        let mut retry = skipping_interval(GROUP_RETRY_INTERVAL);
         loop {
             tokio::select! {
                 _ = shutdown.cancelled() => return,
@@ -1362,6 +1351,21 @@ impl Cluster {
         let appended = answer.map_err(|_| BrokerError::LeaderNotAvailable("the partition stopped".into()))??;
         METRICS.raft_committed(proposed.elapsed());
         Ok((appended.base_offset, appended.log_start_offset))
+    }
+}
+
+/// A ticker for periodic node work: a tick missed while the runtime was busy is skipped, not made up.
+fn skipping_interval(period: Duration) -> tokio::time::Interval {
+    let mut ticker = tokio::time::interval(period);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    ticker
+}
+
+/// Waits for the next tick; false once `shutdown` fires.
+async fn next_tick(ticker: &mut tokio::time::Interval, shutdown: &CancellationToken) -> bool {
+    tokio::select! {
+        _ = shutdown.cancelled() => false,
+        _ = ticker.tick() => true,
     }
 }
 
