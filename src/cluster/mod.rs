@@ -404,9 +404,10 @@ impl Cluster {
         let started = Instant::now();
         let mut ticker = skipping_interval(ANNOUNCE_INTERVAL);
         while next_tick(&mut ticker, &shutdown).await {
-            // Right after start, peers' claims have not been heard yet: a live
-            // leader is not yet known to be one.
-            let settling = started.elapsed() < ALIVE_WITHIN;
+            // Right after start, until every peer has announced itself (or for
+            // as long as a claim stays fresh), a live leader is not yet known
+            // to be one.
+            let settling = started.elapsed() < ALIVE_WITHIN && !self.heard_every_peer_since(started);
             for handle in self.hosted_partitions() {
                 let metrics = handle.raft.metrics().borrow().clone();
                 if metrics.current_leader == Some(self.node_id()) {
@@ -421,6 +422,13 @@ impl Cluster {
                 handle.quiet.follow(&handle.raft, may_campaign);
             }
         }
+    }
+
+    fn heard_every_peer_since(&self, started: Instant) -> bool {
+        self.members
+            .keys()
+            .filter(|peer| **peer != self.node_id())
+            .all(|peer| self.board.heard_within(*peer, started.elapsed()))
     }
 
     /// A peer heard from lately that this node can connect to.
