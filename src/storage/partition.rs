@@ -12,7 +12,7 @@
 //! partition is one checkpoint and a replica that receives it gets the records
 //! after it by ordinary log replication.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use bytes::{Bytes, BytesMut};
 use kafka_protocol::records::RecordBatchDecoder;
@@ -164,16 +164,29 @@ impl Checkpoint {
     }
 }
 
+/// A log entry's batches, decoded, by entry index.
+type DecodedEntry = (u64, Arc<Vec<Bytes>>);
+
 #[derive(Clone)]
 pub struct PartitionLog {
     group: u64,
     store: Store,
     source: Arc<dyn BatchSource>,
+    /// The entry the last read stopped inside of, decoded: a consumer reading
+    /// on from there (the next fetch) does not decode it again. An entry holds
+    /// up to a few MiB of batches and a fetch takes about 1 MiB of them. At
+    /// most one entry per partition, and only while a reader is inside it.
+    resume: Arc<Mutex<Option<DecodedEntry>>>,
 }
 
 impl PartitionLog {
     pub fn new(group: u64, store: Store, source: Arc<dyn BatchSource>) -> Self {
-        PartitionLog { group, store, source }
+        PartitionLog {
+            group,
+            store,
+            source,
+            resume: Arc::default(),
+        }
     }
 
     pub fn load_offsets(&self) -> Result<PartitionOffsets, StorageError> {
@@ -473,7 +486,13 @@ impl PartitionLog {
     pub fn read(&self, from: i64, high_watermark: i64, max_bytes: usize) -> Result<Bytes, StorageError> {
         let mut out = BytesMut::new();
         let start = self.batch_start_for(from)?;
-        let mut entry_batches: Option<(u64, Vec<Bytes>)> = None;
+        let mut entry_batches = self
+            .resume
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .take();
+        // The entry and ordinal of the last batch returned.
+        let mut returned: Option<(u64, u32)> = None;
         for item in self
             .store
             .scan_group(CF_BATCH_INDEX, self.group, &keys::offset_key(self.group, start))
@@ -492,17 +511,23 @@ impl PartitionLog {
             out.extend_from_slice(&batch);
             set_base_offset(&mut out[at..], base);
             set_partition_leader_epoch(&mut out[at..], location.leader_epoch);
+            returned = Some((location.entry, location.ordinal));
             if out.len() >= max_bytes {
                 break;
             }
         }
+        let unfinished = entry_batches.filter(|(entry, batches)| match returned {
+            Some((last_entry, ordinal)) if last_entry == *entry => ordinal as usize + 1 < batches.len(),
+            _ => true,
+        });
+        *self.resume.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) = unfinished;
         Ok(out.freeze())
     }
 
     /// The batch `location` points at, reading its entry unless `cached` holds it.
     fn batch_at(
         &self,
-        cached: &mut Option<(u64, Vec<Bytes>)>,
+        cached: &mut Option<DecodedEntry>,
         base: i64,
         location: &BatchLocation,
     ) -> Result<Bytes, StorageError> {
@@ -511,7 +536,7 @@ impl PartitionLog {
                 .source
                 .batches(location.entry)?
                 .ok_or_else(|| self.corrupt(format!("the log no longer holds the batch at offset {base}")))?;
-            *cached = Some((location.entry, batches));
+            *cached = Some((location.entry, Arc::new(batches)));
         }
         cached
             .as_ref()
@@ -806,6 +831,12 @@ mod tests {
         assert_eq!(bases, vec![0, 2, 3]);
         assert_eq!(offsets_in(log.read(0, 6, 1 << 20).unwrap()), vec![0, 1, 2, 3, 4, 5]);
         assert_eq!(offsets_in(log.read(3, 6, 1 << 20).unwrap()), vec![3, 4, 5]);
+        // Reading on in small steps resumes inside the entry the last read stopped in.
+        assert_eq!(offsets_in(log.read(0, 6, 1).unwrap()), vec![0, 1]);
+        fixture.entries.0.lock().unwrap().remove(&entry);
+        assert_eq!(offsets_in(log.read(2, 6, 1).unwrap()), vec![2]);
+        assert_eq!(offsets_in(log.read(3, 6, 1).unwrap()), vec![3, 4, 5]);
+        assert!(log.read(0, 6, 1).is_err(), "a finished entry is not kept");
     }
 
     #[test]
