@@ -409,8 +409,10 @@ impl Cluster {
             // to be one.
             let settling = started.elapsed() < ALIVE_WITHIN && !self.heard_every_peer_since(started);
             for handle in self.hosted_partitions() {
-                let metrics = handle.raft.metrics().borrow().clone();
-                if metrics.current_leader == Some(self.node_id()) {
+                let leads = handle.raft.metrics().borrow().current_leader == Some(self.node_id());
+                if leads {
+                    // Cloned: the borrow cannot be held across the final heartbeat's await.
+                    let metrics = handle.raft.metrics().borrow().clone();
                     handle.quiet.lead(&handle.raft, &metrics, |node| self.alive(node)).await;
                     continue;
                 }
