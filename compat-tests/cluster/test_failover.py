@@ -737,9 +737,50 @@ def quorum_loss(cluster, step):
         step("the refused record is not in the log, the acknowledged ones are",
              lambda: expect_log_values(cluster, topic, present=[b"before-pause", b"after-resume"],
                                        absent=[b"refused"]))
+        step(f"idempotent acks=all load through a quorum loss of {QUORUM_LOSS_S} s, longer than the "
+             f"producers' request.timeout.ms ({QUORUM_LOSS_REQUEST_TIMEOUT_MS} ms): after the resume every "
+             "acknowledged record is read back once, none duplicated",
+             lambda: idempotent_through_quorum_loss(cluster, state))
     finally:
         for node_id in state.get("paused", []):
             cluster.resume(node_id)
+
+
+QUORUM_LOSS_S = 8
+QUORUM_LOSS_REQUEST_TIMEOUT_MS = 3000
+
+
+def idempotent_through_quorum_loss(cluster, state):
+    topic = "quorum-loss-idempotent"
+    cluster.create_topic(topic, 1)
+    work = Workload(cluster.bootstrap(), topic, 1, producers=PRODUCERS, rate=RATE, client_id="quorum-loss-idem",
+                    conf={"request.timeout.ms": QUORUM_LOSS_REQUEST_TIMEOUT_MS})
+    try:
+        work.start()
+        work.wait_acks(WARMUP_ACKS, timeout=FAULT_DEADLINE)
+        leader = cluster.leader_of(topic, 0)
+        followers = [i for i in cluster.ids if i != leader]
+        print(f"  pause nodes {followers} for {QUORUM_LOSS_S} s, the followers of leader {leader}", flush=True)
+        paused_at = time.monotonic()
+        for node_id in followers:
+            cluster.pause(node_id)
+        state["paused"] = followers
+        keep_producing(QUORUM_LOSS_S)
+        for node_id in followers:
+            cluster.resume(node_id)
+        state["paused"] = []
+        resumed_at = time.monotonic()
+        work.wait_acks(ACKS_AFTER_FAULT, since=resumed_at, timeout=FAULT_DEADLINE)
+        # From a second before the pause: the gap starts at the last acknowledgement before it.
+        gap = work.max_ack_gap([0], since=paused_at - 1)
+        timing("quorum-loss", idempotent_max_ack_gap_s=gap)
+        expect(gap > QUORUM_LOSS_REQUEST_TIMEOUT_MS / 1000,
+               f"acknowledgements went on during the quorum loss (longest gap {gap:.2f} s)")
+        work.stop()
+        work.expect_no_failures()
+        verify_read_back(cluster.bootstrap(), work)
+    finally:
+        work.close()
 
 
 def producer_conf(bootstrap, **extra):
