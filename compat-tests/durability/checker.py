@@ -153,12 +153,15 @@ def run_fault(fault):
 
 def run(bootstrap, topic, partitions=3, producers=3, seconds=10, rate=500, faults=(), idempotent=True,
         replication_factor=-1):
-    """Runs the workload with `faults` [(second, shell command or callable)] and returns a Report."""
+    """Runs the workload with `faults` [(second, shell command or callable)] and returns a Report.
+
+    `idempotent` is one flag for every producer or a list with one per producer."""
     create_topic(bootstrap, topic, partitions, replication_factor)
     stop, acked, failed, sent = threading.Event(), {}, [], [0] * producers
+    flags = list(idempotent) if isinstance(idempotent, (list, tuple)) else [idempotent] * producers
 
     def worker(i):
-        sent[i] = produce(bootstrap, topic, partitions, i, stop, rate, idempotent, acked, failed)
+        sent[i] = produce(bootstrap, topic, partitions, i, stop, rate, flags[i], acked, failed)
 
     threads = [threading.Thread(target=worker, args=(i,), daemon=True) for i in range(producers)]
     for t in threads:

@@ -119,6 +119,13 @@ impl Content {
         Ok(())
     }
 
+    /// Bytes written since the last sync, or `None` when the file shows
+    /// exactly its synced state.
+    pub fn unsynced_bytes(&self) -> Option<u64> {
+        let changed = !self.dirty.is_empty() || self.len != self.synced_len || self.visible_backing != self.synced_len;
+        changed.then(|| self.dirty.values().map(|bytes| bytes.len() as u64).sum())
+    }
+
     /// Makes the bytes and size shown now the synced state.
     pub fn sync(&mut self) -> io::Result<()> {
         if self.visible_backing < self.synced_len {

@@ -2,7 +2,7 @@
 //! lock, so requests apply in the order the kernel sends them.
 
 use std::ffi::OsStr;
-use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::SystemTime;
 
 use fuser::{
@@ -14,19 +14,23 @@ use fuser::{
 use crate::tree::{AttrChange, Tree, CACHE_TTL};
 
 pub struct PowercutFs {
-    tree: Mutex<Tree>,
+    tree: Arc<Mutex<Tree>>,
 }
 
 impl PowercutFs {
-    pub fn new(tree: Tree) -> Self {
-        PowercutFs { tree: Mutex::new(tree) }
+    pub fn new(tree: Arc<Mutex<Tree>>) -> Self {
+        PowercutFs { tree }
     }
 
     fn tree(&self) -> MutexGuard<'_, Tree> {
-        // The tree holds no invariant a panicking request could leave half
-        // done that a later request would trust, so a poisoned lock is usable.
-        self.tree.lock().unwrap_or_else(PoisonError::into_inner)
+        lock(&self.tree)
     }
+}
+
+pub fn lock(tree: &Mutex<Tree>) -> MutexGuard<'_, Tree> {
+    // The tree holds no invariant a panicking request could leave half done
+    // that a later request would trust, so a poisoned lock is usable.
+    tree.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 fn perm_of(mode: u32, umask: u32) -> u16 {

@@ -7,7 +7,8 @@
 //! `fusermount3 -u -z MOUNTPOINT`; the next mount throws away the unsynced
 //! files it left in BACKING.
 //!
-//! Runs in the foreground and prints `mounted` once the mount serves requests.
+//! Runs in the foreground. Prints `mounted` once the mount serves requests,
+//! and at a cut what it threw away.
 
 mod content;
 mod fs;
@@ -15,6 +16,7 @@ mod tree;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::{Arc, Mutex};
 
 use fuser::{Config, MountOption};
 use nix::sys::resource::{getrlimit, setrlimit, Resource};
@@ -52,11 +54,17 @@ fn run(backing: &Path, mountpoint: &Path) -> std::io::Result<Signal> {
         .map_err(|err| std::io::Error::other(format!("reading {}: {err}", backing.display())))?;
     let mut config = Config::default();
     config.mount_options = vec![MountOption::FSName("powercut".into()), MountOption::DefaultPermissions];
-    let session = fuser::spawn_mount(fs::PowercutFs::new(tree), mountpoint, &config)
+    let tree = Arc::new(Mutex::new(tree));
+    let session = fuser::spawn_mount(fs::PowercutFs::new(Arc::clone(&tree)), mountpoint, &config)
         .map_err(|err| std::io::Error::other(format!("mounting {}: {err}", mountpoint.display())))?;
     println!("mounted");
 
     let signal = cut_signals.wait()?;
+    let dropped = fs::lock(&tree).unsynced();
+    println!(
+        "cut: dropped {} unsynced bytes in {} files and {} namespace changes",
+        dropped.bytes, dropped.files, dropped.changes
+    );
     session.umount_and_join()?;
     std::fs::remove_dir_all(backing.join(tree::STAGING))?;
     Ok(signal)

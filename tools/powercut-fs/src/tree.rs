@@ -141,6 +141,14 @@ pub struct AttrChange {
     pub mtime: Option<SystemTime>,
 }
 
+/// Files with unsynced bytes or size, those bytes, and queued namespace changes.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Unsynced {
+    pub files: usize,
+    pub bytes: u64,
+    pub changes: usize,
+}
+
 pub struct Tree {
     inodes: HashMap<Ino, Inode>,
     next_ino: Ino,
@@ -625,6 +633,23 @@ impl Tree {
         }
     }
 
+    /// What a cut now would throw away.
+    pub fn unsynced(&self) -> Unsynced {
+        let mut unsynced = Unsynced {
+            changes: self.queued.len(),
+            ..Unsynced::default()
+        };
+        for inode in self.inodes.values() {
+            if let Node::File(content) = &inode.node {
+                if let Some(bytes) = content.unsynced_bytes() {
+                    unsynced.files += 1;
+                    unsynced.bytes += bytes;
+                }
+            }
+        }
+        unsynced
+    }
+
     pub fn statfs(&self) -> Result<nix::sys::statvfs::Statvfs> {
         nix::sys::statvfs::fstatvfs(&self.staging).map_err(errno)
     }
@@ -716,6 +741,16 @@ mod tests {
         tree.sync_file(nameless).unwrap();
         assert_eq!(tree.read(synced, 0, 100).unwrap(), b"abcdef");
         assert_eq!(tree.read(unsynced, 0, 100).unwrap(), b"xyz");
+        let expected = Unsynced {
+            files: 2,
+            bytes: 6,
+            changes: 1,
+        };
+        assert_eq!(
+            tree.unsynced(),
+            expected,
+            "3 bytes each in synced and unsynced, nameless's create"
+        );
 
         let tree = cut(tree, root.path());
         let expected = BTreeMap::from([dir("d"), file("d/synced", b"abc"), file("d/unsynced", b"")]);
