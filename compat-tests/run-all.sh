@@ -20,6 +20,7 @@ suite_cmd() {
         kcat-groups) cmd=(bash "$HERE/kcat/test_kcat_groups.sh") ;;
         legacy) cmd=("$PY" "$HERE/legacy/test_legacy_clients.py") ;;
         durability) cmd=("$PY" "$HERE/durability/test_durability.py") ;;
+        powercut) cmd=("$PY" "$HERE/powercut/test_powercut.py") ;;
         storage) cmd=("$PY" "$HERE/storage/test_storage.py") ;;
         cluster) cmd=("$PY" "$HERE/cluster/test_failover.py") ;;
         metrics) cmd=("$PY" "$HERE/metrics/test_metrics.py") ;;
@@ -31,7 +32,7 @@ total_passed=0 total_failed=0 summary=()
 out=$(mktemp)
 trap 'rm -f "$out"' EXIT
 
-for name in confluent kafka-python kcat confluent-groups kafka-python-groups kcat-groups legacy durability storage cluster metrics compose; do
+for name in confluent kafka-python kcat confluent-groups kafka-python-groups kcat-groups legacy durability powercut storage cluster metrics compose; do
     suite_cmd "$name"
     echo "==== $name ===="
     # On timeout the suite gets SIGTERM (it then stops its broker), SIGKILL 30 s later.
