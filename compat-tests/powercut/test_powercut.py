@@ -108,9 +108,17 @@ class Mount:
     def cut(self):
         """Power cut: powercut-fs drops what was not synced, unmounts and exits. The processes
         using the mount must be dead already, or what they do next would count as synced."""
-        proc, self.proc = self.proc, None
+        proc = self.proc
         proc.send_signal(signal.SIGTERM)
-        out, _ = proc.communicate(timeout=MOUNT_TIMEOUT)
+        try:
+            out, _ = proc.communicate(timeout=MOUNT_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.communicate()
+            raise RuntimeError(f"powercut-fs did not exit within {MOUNT_TIMEOUT:.0f}s of the cut: "
+                               f"{self.log_tail()}") from None
+        finally:
+            self.proc = None
         if proc.returncode != 0:
             raise RuntimeError(f"powercut-fs exited with code {proc.returncode} at the cut: {self.log_tail()}")
         found = CUT_LINE.search(out.decode(errors="replace"))
@@ -126,9 +134,6 @@ class Mount:
                 self.cut()
             except Exception as exc:  # noqa: BLE001 - cleanup goes on; the test has its verdict
                 print(f"[{SUITE}] closing {self.mountpoint}: {exc}", flush=True)
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait()
         if is_mounted(self.mountpoint):
             subprocess.run(["fusermount3", "-u", "-z", str(self.mountpoint)], check=False,
                            stdin=subprocess.DEVNULL)
