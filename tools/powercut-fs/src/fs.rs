@@ -3,7 +3,7 @@
 
 use std::ffi::OsStr;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use fuser::{
     BsdFileFlags, Errno, FileHandle, Filesystem, FopenFlags, Generation, INodeNo, LockOwner, OpenFlags, RenameFlags,
@@ -11,7 +11,11 @@ use fuser::{
     Request, TimeOrNow, WriteFlags,
 };
 
-use crate::tree::{AttrChange, Tree, CACHE_TTL};
+use crate::tree::{AttrChange, Tree};
+
+/// How long the kernel may cache attributes and names: every change goes
+/// through this process, so the caches stay right.
+const CACHE_TTL: Duration = Duration::from_secs(1);
 
 pub struct PowercutFs {
     tree: Arc<Mutex<Tree>>,

@@ -23,7 +23,7 @@ use std::io;
 use std::os::fd::OwnedFd;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::Path;
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
 use fuser::{Errno, FileAttr, FileType, INodeNo};
 use nix::fcntl::{openat, renameat, OFlag};
@@ -671,10 +671,6 @@ fn check_name(parent: Ino, name: &OsStr) -> Result<()> {
 fn too_large(_: TooLarge) -> Errno {
     Errno::EFBIG
 }
-
-/// How long the kernel may cache attributes and names: every change goes
-/// through this process, so the caches stay right.
-pub const CACHE_TTL: Duration = Duration::from_secs(1);
 
 #[cfg(test)]
 mod tests {
