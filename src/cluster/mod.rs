@@ -93,6 +93,9 @@ pub struct PartitionHandle {
     appender: Arc<Appender>,
     /// Heartbeats off while idle.
     pub quiet: Quiet,
+    /// Consumer-group changes proposed here hold it shared; a restatement
+    /// holds it alone, so that no change overtakes the state it restates.
+    group_changes: tokio::sync::RwLock<()>,
 }
 
 impl PartitionHandle {
@@ -100,7 +103,7 @@ impl PartitionHandle {
     /// log files below it are purged.
     pub async fn free_below_log_start(&self) {
         let start = self.offsets().log_start_offset;
-        if self.consumer_groups.is_some() || start <= self.freed_to.load(Ordering::Relaxed) {
+        if start <= self.freed_to.load(Ordering::Relaxed) {
             return;
         }
         match self.raft.trigger().snapshot().await {
@@ -889,9 +892,10 @@ impl Cluster {
         let log = PartitionLog::new(group, self.store.clone(), Arc::new(EntryBatches(Arc::clone(&segments))));
         let (published, applied) = watch::channel(AppliedPartition::default());
         let consumer_groups = stores_offsets.then(SharedGroups::default);
+        let records = PartitionState::new(log.clone(), published);
         let state: Box<dyn ReplicatedState> = match &consumer_groups {
-            Some(groups) => Box::new(OffsetsState::new(groups.clone())),
-            None => Box::new(PartitionState::new(log.clone(), published)),
+            Some(groups) => Box::new(OffsetsState::new(groups.clone(), records)),
+            None => Box::new(records),
         };
         let members: Vec<(NodeId, String)> = replicas
             .iter()
@@ -915,6 +919,7 @@ impl Cluster {
             freed_to: AtomicI64::new(0),
             appender: Arc::default(),
             quiet: Quiet::default(),
+            group_changes: tokio::sync::RwLock::new(()),
         })
     }
 
@@ -1227,10 +1232,12 @@ impl Cluster {
         handle: &PartitionHandle,
         change: GroupCommand,
     ) -> Result<(), BrokerError> {
+        let _shared = handle.group_changes.read().await;
         handle.quiet.wake(&handle.raft);
         match handle.raft.client_write(Command::Group(change)).await {
             Ok(response) => match response.data {
                 CommandResponse::Empty => Ok(()),
+                CommandResponse::GroupChangeRefused(why) => Err(BrokerError::InvalidRequest(why)),
                 other => Err(BrokerError::InvalidRequest(format!(
                     "unexpected offsets answer {other:?}"
                 ))),
@@ -1248,6 +1255,32 @@ impl Cluster {
         self.partitions
             .read()
             .map(|map| map.values().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    /// Restates every group of an offsets partition this node leads as
+    /// records at its end, which moves its log start there. The groups are
+    /// read with no change of this node in flight; should one from elsewhere
+    /// land first (an earlier leader's), the partition refuses the
+    /// restatement and a later pass tries again.
+    pub async fn restate_groups(&self, handle: &PartitionHandle) -> Result<i64, BrokerError> {
+        let groups = handle.consumer_groups.as_ref().ok_or(BrokerError::NotLeader)?;
+        let _alone = handle.group_changes.write().await;
+        let restated = groups.read().unwrap_or_else(|poisoned| poisoned.into_inner()).clone();
+        handle.quiet.wake(&handle.raft);
+        let command = Command::Group(GroupCommand::Restate { groups: restated });
+        match propose_to_partition(&handle.raft, command).await? {
+            CommandResponse::Empty => Ok(handle.offsets().log_start_offset),
+            CommandResponse::GroupChangeRefused(why) => Err(BrokerError::InvalidRequest(why)),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// This node's `__consumer_offsets` partitions.
+    pub fn offsets_partitions(&self) -> Vec<Arc<PartitionHandle>> {
+        self.partitions
+            .read()
+            .map(|map| map.values().filter(|h| h.consumer_groups.is_some()).cloned().collect())
             .unwrap_or_default()
     }
 
