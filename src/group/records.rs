@@ -214,7 +214,9 @@ pub fn batch_of(records: &[OffsetsRecord]) -> Option<ValidatedBatch> {
             producer_epoch: -1,
             timestamp_type: TimestampType::Creation,
             offset: index as i64,
-            sequence: -1,
+            // The encoder keeps records in one batch while offset and
+            // sequence advance together; the batch's base sequence stays -1.
+            sequence: index as i32 - 1,
             timestamp: record.timestamp,
             key: Some(record.key.clone()),
             value: record.value.clone(),
