@@ -8,7 +8,8 @@ KafkaConsumer (exclude_internal_topics=False) reads and decodes the same records
 (earliest, latest, by time) agrees with what was read. After a graceful restart and after
 kill -9, the records and OffsetFetch still agree and new commits continue the offsets densely.
 OffsetDelete and DeleteGroups write tombstones for exactly the keys they remove. Compaction by
-restatement moves the log start past superseded records while every live key stays readable.
+restatement moves the log start past superseded records while every live key stays readable. In a
+three-node cluster, the records and OffsetFetch still agree after kill -9 of the coordinator.
 """
 
 import struct
@@ -18,7 +19,9 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "cluster"))
 from harness import expect, expect_eq, run_suite, wait_until  # noqa: E402
+from cluster import Cluster  # noqa: E402
 
 from confluent_kafka import Consumer, Producer, TopicPartition  # noqa: E402
 from confluent_kafka.admin import AdminClient, NewTopic  # noqa: E402
@@ -364,6 +367,7 @@ def main(broker, R):
         expect_eq(committed(bs, GROUP), {}, "nothing left of the group in OffsetFetch")
 
     check_compaction(bs, R)
+    check_coordinator_failover(R)
 
 
 def check_compaction(bs, R):
@@ -394,6 +398,33 @@ def check_compaction(bs, R):
             expect_eq(first[0].offset, earliest, "a reader below the log start resets to it")
         finally:
             consumer.close()
+
+
+def check_coordinator_failover(R):
+    """Three nodes: the coordinator is killed; its successor's records and OffsetFetch agree."""
+    with R.check("3 nodes: after kill -9 of the coordinator, records and OffsetFetch agree on its successor",
+                 timeout=240):
+        with Cluster(size=3, name="offsets-records", settings={"offsets_topic_partitions": 3}) as cluster:
+            bs = cluster.bootstrap()
+            cluster.create_topic(TOPIC, PARTITIONS)
+            commit_as_member(bs, GROUP, {0: 7, 1: 8, 2: 9})
+            commit_standalone(bs, GROUP, [(0, 10)])
+            admin = AdminClient({"bootstrap.servers": bs})
+            coordinator = admin.describe_consumer_groups([GROUP], request_timeout=TIMEOUT)[GROUP] \
+                .result(TIMEOUT).coordinator.id
+            before = read_with_kcat(bs)
+            check_agreement(bs, decode(before), "before the kill")
+            cluster.kill9(coordinator)
+            survivors = cluster.bootstrap([i for i in cluster.ids if i != coordinator])
+            after = wait_until(lambda: (lambda r: set(before) <= set(r) and r)(read_with_kcat(survivors)), 60,
+                               interval=0.5, what="every record on the new coordinator")
+            check_agreement(survivors, decode(after), "after the kill")
+            commit_standalone(survivors, GROUP, [(1, 20)])
+            later = decode(read_with_kcat(survivors))
+            check_agreement(survivors, later, "a commit to the new coordinator")
+            expect_eq(group_offsets(latest(later), GROUP)[(TOPIC, 1)], 20, "the new commit is the latest")
+            cluster.start(coordinator)
+            cluster.wait_replicas_agree(OFFSETS_TOPIC)
 
 
 def commit_standalone(bootstrap, group, commits):
