@@ -31,7 +31,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::BrokerConfig;
 use crate::error::BrokerError;
 use crate::group::offsets_state::OffsetsState;
-use crate::group::store::{GroupCommand, SharedGroups};
+use crate::group::store::{encode_groups, GroupCommand, SharedGroups};
 use crate::metrics::METRICS;
 use crate::raft::command::{Command, CommandResponse, ConfigChange};
 use crate::raft::group::{effective_leader, leads_without_quorum, start_group, GroupStartError};
@@ -635,10 +635,13 @@ impl Cluster {
             .filter_map(|(topic, partition, assignment)| {
                 let handle = self.partition_by_group(assignment.group)?;
                 let applied_index = handle.raft.metrics().borrow().last_applied.map_or(0, |id| id.index);
-                let (checksum, batches) = match handle.consumer_groups {
-                    Some(_) => (self.store.checksum_group(assignment.group).ok()?, 0),
-                    None => handle.log.checksum(handle.offsets().log_start_offset).ok()?,
-                };
+                let (mut checksum, batches) = handle.log.checksum(handle.offsets().log_start_offset).ok()?;
+                if let Some(groups) = &handle.consumer_groups {
+                    let groups = groups.read().unwrap_or_else(|poisoned| poisoned.into_inner());
+                    let mut hasher = crc32fast::Hasher::new_with_initial(checksum);
+                    hasher.update(&encode_groups(&groups).ok()?);
+                    checksum = hasher.finalize();
+                }
                 Some(PartitionChecksum {
                     topic: topic.to_string(),
                     partition,
