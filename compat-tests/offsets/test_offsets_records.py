@@ -368,6 +368,7 @@ def main(broker, R):
 
     check_compaction(bs, R)
     check_coordinator_failover(R)
+    check_follower_install(R)
 
 
 def check_compaction(bs, R):
@@ -425,6 +426,36 @@ def check_coordinator_failover(R):
             expect_eq(group_offsets(latest(later), GROUP)[(TOPIC, 1)], 20, "the new commit is the latest")
             cluster.start(coordinator)
             cluster.wait_replicas_agree(OFFSETS_TOPIC)
+
+
+def check_follower_install(R):
+    """Three nodes: a follower away while the offsets log was compacted and freed gets the groups
+    from a checkpoint snapshot, and then agrees with the others (records and groups)."""
+    with R.check("3 nodes: a follower back after the offsets log was freed installs the groups from a "
+                 "checkpoint", timeout=240):
+        settings = {"offsets_topic_partitions": 1, "log_segment_bytes": 4096,
+                    "offsets_compaction_min_records": 20, "log_retention_check_interval_ms": 300}
+        with Cluster(size=3, name="offsets-install", settings=settings) as cluster:
+            bs = cluster.bootstrap()
+            cluster.create_topic(TOPIC, PARTITIONS)
+            commit_standalone(bs, "early", [(0, 1)])
+            coordinator = wait_until(lambda: (lambda leader: leader >= 0 and leader)(
+                cluster.leader_of(OFFSETS_TOPIC, 0)), TIMEOUT, what="the offsets partition's leader")
+            away = next(i for i in cluster.ids if i != coordinator)
+            cluster.stop(away)
+            present = cluster.bootstrap([i for i in cluster.ids if i != away])
+            commit_standalone(present, "busy", [(i % PARTITIONS, i) for i in range(200)])
+            wait_until(lambda: list_offsets(present, "earliest")[0] > 100, TIMEOUT, interval=0.2,
+                       what="compaction to move the log start")
+            wait_until(lambda: "snapshot built" in cluster.nodes[coordinator].log_since_last_start(), TIMEOUT,
+                       interval=0.2, what="the coordinator to snapshot its offsets partition")
+            cluster.start(away)
+            wait_until(lambda: "snapshot installed" in cluster.nodes[away].log_since_last_start(), 60,
+                       interval=0.2, what="the returning follower to install a snapshot")
+            cluster.wait_replicas_agree(OFFSETS_TOPIC)
+            state = latest(decode(read_with_kcat(bs)))
+            for group in ("early", "busy"):
+                expect_eq(group_offsets(state, group), committed(bs, group), f"{group}: records vs OffsetFetch")
 
 
 def commit_standalone(bootstrap, group, commits):

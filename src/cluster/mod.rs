@@ -887,7 +887,7 @@ impl Cluster {
         stores_offsets: bool,
     ) -> Result<PartitionHandle, StartError> {
         let roll = match stores_offsets {
-            true => state_log_roll(),
+            true => offsets_log_roll(&self.cfg),
             false => retention::roll_policy(&self.cfg, &self.topic_configs(group)),
         };
         let log_store = GroupLogStore::open(group, self.store.clone(), &self.cfg.data_dir, roll)?;
@@ -1428,12 +1428,24 @@ fn unexpected(answer: CommandResponse) -> BrokerError {
     BrokerError::InvalidRequest(format!("unexpected partition answer {answer:?}"))
 }
 
-/// How the logs of groups that hold state only (the controller, consumer
-/// offsets) roll: they are cut by snapshots, so the size matters little.
+/// How the controller's log rolls: it holds state only and is cut by
+/// snapshots, so the size matters little.
 fn state_log_roll() -> RollPolicy {
     RollPolicy {
         max_bytes: 64 << 20,
         max_age: Duration::from_secs(24 * 3600),
+    }
+}
+
+/// How the logs of `__consumer_offsets` partitions roll: as the controller's,
+/// or sooner if the broker's `log_segment_bytes` / `log_roll_ms` ask. Their
+/// log is freed a file at a time once compaction moved the log start past it.
+fn offsets_log_roll(cfg: &BrokerConfig) -> RollPolicy {
+    let state = state_log_roll();
+    let broker = retention::roll_policy(cfg, &BTreeMap::new());
+    RollPolicy {
+        max_bytes: state.max_bytes.min(broker.max_bytes),
+        max_age: state.max_age.min(broker.max_age),
     }
 }
 
