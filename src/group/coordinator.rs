@@ -861,8 +861,7 @@ impl GroupCoordinator {
         if in_memory == Some(false) {
             return Err(BrokerError::NonEmptyGroup);
         }
-        let stored = self.stored(group_id).await?;
-        if in_memory.is_none() && stored.is_none() {
+        if in_memory.is_none() && self.stored(group_id).await?.is_none() {
             return Err(BrokerError::GroupIdNotFound);
         }
         self.generations_recorded(group_id).await;
