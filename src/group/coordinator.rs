@@ -783,6 +783,11 @@ impl GroupCoordinator {
                 _ => {}
             }
         }
+        // Nothing to record: Kafka writes no record, and a group without
+        // records must not appear in the state either.
+        if offsets.is_empty() {
+            return Ok(());
+        }
         let handle = self.cluster.offsets_partition(group_id).await?;
         let change = GroupCommand::Commit {
             group: group_id.to_string(),
