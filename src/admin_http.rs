@@ -154,18 +154,15 @@ fn observe_partitions(broker: &Broker) {
             partition,
             raft_group: assignment.group,
         };
-        // Offsets partitions hold consumer-group state, not records with offsets.
-        if topic != OFFSETS_TOPIC {
-            let offsets = handle.offsets();
-            METRICS
-                .partition_high_watermark
-                .get_or_create(&labels)
-                .set(offsets.next_offset);
-            METRICS
-                .partition_log_start_offset
-                .get_or_create(&labels)
-                .set(offsets.log_start_offset);
-        }
+        let offsets = handle.offsets();
+        METRICS
+            .partition_high_watermark
+            .get_or_create(&labels)
+            .set(offsets.next_offset);
+        METRICS
+            .partition_log_start_offset
+            .get_or_create(&labels)
+            .set(offsets.log_start_offset);
         METRICS
             .partition_size_bytes
             .get_or_create(&labels)

@@ -49,6 +49,12 @@ pub struct BrokerConfig {
     /// Partitions (Raft groups) of the internal `__consumer_offsets` topic.
     #[serde(default = "default_offsets_partitions")]
     pub offsets_topic_partitions: i32,
+    /// An offsets partition restates its live records (the newest of each
+    /// key) at its end, and moves its log start to them, once at least this
+    /// many of its records are superseded and they are over half of the log:
+    /// Kafka's compaction, done by copying forward.
+    #[serde(default = "default_offsets_compaction_records")]
+    pub offsets_compaction_min_records: i64,
     /// How long a new group waits for more members before its first rebalance.
     #[serde(default = "default_initial_rebalance_delay")]
     pub group_initial_rebalance_delay_ms: u64,
@@ -86,6 +92,10 @@ pub struct BrokerConfig {
 
 fn default_producer_expiration() -> i64 {
     86_400_000
+}
+
+fn default_offsets_compaction_records() -> i64 {
+    10_000
 }
 
 fn default_retention_hours() -> i64 {

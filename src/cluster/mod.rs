@@ -32,7 +32,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::BrokerConfig;
 use crate::error::BrokerError;
 use crate::group::offsets_state::OffsetsState;
-use crate::group::store::{GroupCommand, SharedGroups};
+use crate::group::store::{encode_groups, GroupCommand, SharedGroups};
 use crate::metrics::METRICS;
 use crate::raft::command::{Command, CommandResponse, ConfigChange};
 use crate::raft::group::{effective_leader, leads_without_quorum, start_group, GroupStartError};
@@ -95,6 +95,9 @@ pub struct PartitionHandle {
     appender: Arc<Appender>,
     /// Heartbeats off while idle.
     pub quiet: Quiet,
+    /// Consumer-group changes proposed here hold it shared; a restatement
+    /// holds it alone, so that no change overtakes the state it restates.
+    group_changes: tokio::sync::RwLock<()>,
 }
 
 impl PartitionHandle {
@@ -102,7 +105,7 @@ impl PartitionHandle {
     /// log files below it are purged.
     pub async fn free_below_log_start(&self) {
         let start = self.offsets().log_start_offset;
-        if self.consumer_groups.is_some() || start <= self.freed_to.load(Ordering::Relaxed) {
+        if start <= self.freed_to.load(Ordering::Relaxed) {
             return;
         }
         match self.raft.trigger().snapshot().await {
@@ -647,10 +650,13 @@ impl Cluster {
             .filter_map(|(topic, partition, assignment)| {
                 let handle = self.partition_by_group(assignment.group)?;
                 let applied_index = handle.raft.metrics().borrow().last_applied.map_or(0, |id| id.index);
-                let (checksum, batches) = match handle.consumer_groups {
-                    Some(_) => (self.store.checksum_group(assignment.group).ok()?, 0),
-                    None => handle.log.checksum(handle.offsets().log_start_offset).ok()?,
-                };
+                let (mut checksum, batches) = handle.log.checksum(handle.offsets().log_start_offset).ok()?;
+                if let Some(groups) = &handle.consumer_groups {
+                    let groups = groups.read().unwrap_or_else(|poisoned| poisoned.into_inner());
+                    let mut hasher = crc32fast::Hasher::new_with_initial(checksum);
+                    hasher.update(&encode_groups(&groups).ok()?);
+                    checksum = hasher.finalize();
+                }
                 Some(PartitionChecksum {
                     topic: topic.to_string(),
                     partition,
@@ -896,7 +902,7 @@ impl Cluster {
         stores_offsets: bool,
     ) -> Result<PartitionHandle, StartError> {
         let roll = match stores_offsets {
-            true => state_log_roll(),
+            true => offsets_log_roll(&self.cfg),
             false => retention::roll_policy(&self.cfg, &self.topic_configs(group)),
         };
         let log_store = GroupLogStore::open(group, self.store.clone(), &self.cfg.data_dir, roll)?;
@@ -904,9 +910,10 @@ impl Cluster {
         let log = PartitionLog::new(group, self.store.clone(), Arc::new(EntryBatches(Arc::clone(&segments))));
         let (published, applied) = watch::channel(AppliedPartition::default());
         let consumer_groups = stores_offsets.then(SharedGroups::default);
+        let records = PartitionState::new(log.clone(), published);
         let state: Box<dyn ReplicatedState> = match &consumer_groups {
-            Some(groups) => Box::new(OffsetsState::new(groups.clone())),
-            None => Box::new(PartitionState::new(log.clone(), published)),
+            Some(groups) => Box::new(OffsetsState::new(groups.clone(), records)),
+            None => Box::new(records),
         };
         let members: Vec<(NodeId, String)> = replicas
             .iter()
@@ -939,6 +946,7 @@ impl Cluster {
             freed_to: AtomicI64::new(0),
             appender: Arc::default(),
             quiet: Quiet::default(),
+            group_changes: tokio::sync::RwLock::new(()),
         })
     }
 
@@ -1251,10 +1259,12 @@ impl Cluster {
         handle: &PartitionHandle,
         change: GroupCommand,
     ) -> Result<(), BrokerError> {
+        let _shared = handle.group_changes.read().await;
         handle.quiet.wake(&handle.raft);
         match handle.raft.client_write(Command::Group(change)).await {
             Ok(response) => match response.data {
                 CommandResponse::Empty => Ok(()),
+                CommandResponse::GroupChangeRefused(why) => Err(BrokerError::InvalidRequest(why)),
                 other => Err(BrokerError::InvalidRequest(format!(
                     "unexpected offsets answer {other:?}"
                 ))),
@@ -1272,6 +1282,32 @@ impl Cluster {
         self.partitions
             .read()
             .map(|map| map.values().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    /// Restates every group of an offsets partition this node leads as
+    /// records at its end, which moves its log start there. The groups are
+    /// read with no change of this node in flight; should one from elsewhere
+    /// land first (an earlier leader's), the partition refuses the
+    /// restatement and a later pass tries again.
+    pub async fn restate_groups(&self, handle: &PartitionHandle) -> Result<i64, BrokerError> {
+        let groups = handle.consumer_groups.as_ref().ok_or(BrokerError::NotLeader)?;
+        let _alone = handle.group_changes.write().await;
+        let restated = groups.read().unwrap_or_else(|poisoned| poisoned.into_inner()).clone();
+        handle.quiet.wake(&handle.raft);
+        let command = Command::Group(GroupCommand::Restate { groups: restated });
+        match propose_to_partition(&handle.raft, command).await? {
+            CommandResponse::Empty => Ok(handle.offsets().log_start_offset),
+            CommandResponse::GroupChangeRefused(why) => Err(BrokerError::InvalidRequest(why)),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// This node's `__consumer_offsets` partitions.
+    pub fn offsets_partitions(&self) -> Vec<Arc<PartitionHandle>> {
+        self.partitions
+            .read()
+            .map(|map| map.values().filter(|h| h.consumer_groups.is_some()).cloned().collect())
             .unwrap_or_default()
     }
 
@@ -1416,12 +1452,24 @@ fn unexpected(answer: CommandResponse) -> BrokerError {
     BrokerError::InvalidRequest(format!("unexpected partition answer {answer:?}"))
 }
 
-/// How the logs of groups that hold state only (the controller, consumer
-/// offsets) roll: they are cut by snapshots, so the size matters little.
+/// How the controller's log rolls: it holds state only and is cut by
+/// snapshots, so the size matters little.
 fn state_log_roll() -> RollPolicy {
     RollPolicy {
         max_bytes: 64 << 20,
         max_age: Duration::from_secs(24 * 3600),
+    }
+}
+
+/// How the logs of `__consumer_offsets` partitions roll: as the controller's,
+/// or sooner if the broker's `log_segment_bytes` / `log_roll_ms` ask. Their
+/// log is freed a file at a time once compaction moved the log start past it.
+fn offsets_log_roll(cfg: &BrokerConfig) -> RollPolicy {
+    let state = state_log_roll();
+    let broker = retention::roll_policy(cfg, &BTreeMap::new());
+    RollPolicy {
+        max_bytes: state.max_bytes.min(broker.max_bytes),
+        max_age: state.max_age.min(broker.max_age),
     }
 }
 

@@ -51,7 +51,7 @@ impl PartitionState {
     /// (an idempotent producer's sequence) leaves the others appended. A batch's
     /// ordinal counts every batch before it in the entry, refused or not, as
     /// readers find it by its position in the entry.
-    fn append_requests(
+    pub(crate) fn append_requests(
         &mut self,
         write: &mut WriteBatch,
         requests: &[Vec<ValidatedBatch>],
@@ -75,6 +75,20 @@ impl PartitionState {
     }
 }
 
+impl PartitionState {
+    /// The offset the next record appended gets.
+    pub(crate) fn next_offset(&self) -> i64 {
+        self.offsets.next_offset
+    }
+
+    /// Moves the log start forward to `offset` (never back, never past the
+    /// end); returns the new log start.
+    pub(crate) fn advance_log_start(&mut self, write: &mut WriteBatch, offset: i64) -> Result<i64, StorageError> {
+        self.log
+            .stage_advance_start(write, &mut self.offsets, Arc::make_mut(&mut self.epochs), offset)
+    }
+}
+
 impl ReplicatedState for PartitionState {
     fn apply(
         &mut self,
@@ -82,19 +96,14 @@ impl ReplicatedState for PartitionState {
         command: &Command,
         entry: &Applying<'_>,
     ) -> Result<CommandResponse, StorageError> {
-        let (log, offsets, producers) = (&self.log, &mut self.offsets, &mut self.producers);
         Ok(match command {
             Command::Append { batches } => self.append_requests(write, std::slice::from_ref(batches), entry.index)?,
             Command::AppendRequests { requests } => self.append_requests(write, requests, entry.index)?,
-            Command::AdvanceLogStart { offset } => CommandResponse::LogStart(log.stage_advance_start(
-                write,
-                offsets,
-                Arc::make_mut(&mut self.epochs),
-                *offset,
-            )?),
-            Command::ExpireProducers { before_timestamp } => {
-                CommandResponse::ProducersExpired(log.stage_expire_producers(write, producers, *before_timestamp))
-            }
+            Command::AdvanceLogStart { offset } => CommandResponse::LogStart(self.advance_log_start(write, *offset)?),
+            Command::ExpireProducers { before_timestamp } => CommandResponse::ProducersExpired(
+                self.log
+                    .stage_expire_producers(write, &mut self.producers, *before_timestamp),
+            ),
             _ => CommandResponse::WrongGroup,
         })
     }
@@ -132,6 +141,7 @@ impl ReplicatedState for PartitionState {
             producers: self.producers.clone(),
             replication,
             epochs: (*self.epochs).clone(),
+            state: Vec::new(),
         })
     }
 }

@@ -16,6 +16,7 @@ use tokio_util::sync::CancellationToken;
 use super::{Cluster, PartitionHandle};
 use crate::clock::now_ms;
 use crate::config::BrokerConfig;
+use crate::group::records::live_record_count;
 use crate::storage::partition::{Checkpoint, PartitionOffsets};
 use crate::storage::producers::expired;
 use crate::storage::segments::RollPolicy;
@@ -122,7 +123,43 @@ pub async fn run(cluster: Arc<Cluster>, shutdown: CancellationToken) {
                 tracing::warn!(group = handle.group, error = %err, "retention pass failed");
             }
         }
+        for handle in cluster.offsets_partitions() {
+            if let Err(err) = compact_offsets(&cluster, &handle).await {
+                tracing::warn!(group = handle.group, error = %err, "offsets compaction pass failed");
+            }
+        }
     }
+}
+
+/// Whether an offsets partition with `live` live records is due for a
+/// restatement: at least `min_superseded` of its records, and more than
+/// half, are superseded.
+pub fn restatement_due(offsets: &PartitionOffsets, live: i64, min_superseded: i64) -> bool {
+    let superseded = offsets.next_offset - offsets.log_start_offset - live;
+    superseded >= min_superseded.max(1) && superseded > live
+}
+
+/// An offsets partition's leader restates its groups when due; every replica
+/// frees the log below its log start.
+async fn compact_offsets(cluster: &Cluster, handle: &PartitionHandle) -> Result<(), crate::error::BrokerError> {
+    if handle.leader() == Some(cluster.node_id()) {
+        let live = handle.consumer_groups.as_ref().map_or(0, |groups| {
+            let groups = groups.read().unwrap_or_else(|poisoned| poisoned.into_inner());
+            groups.values().map(live_record_count).sum::<usize>() as i64
+        });
+        let min_superseded = cluster.config().offsets_compaction_min_records;
+        if restatement_due(&handle.offsets(), live, min_superseded) {
+            let log_start = cluster.restate_groups(handle).await?;
+            tracing::info!(
+                group = handle.group,
+                log_start,
+                live,
+                "offsets partition restated its groups"
+            );
+        }
+    }
+    handle.free_below_log_start().await;
+    Ok(())
 }
 
 async fn apply(cluster: &Cluster, handle: &PartitionHandle) -> Result<(), crate::error::BrokerError> {
@@ -162,6 +199,7 @@ mod tests {
             producers: Default::default(),
             replication: Vec::new(),
             epochs: Default::default(),
+            state: Vec::new(),
         };
         (next_offset as u64, checkpoint)
     }

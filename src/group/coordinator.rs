@@ -12,7 +12,8 @@ use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use super::store::{CommittedOffset, GroupCommand, StoredGroup};
+use super::store::{CommittedOffset, GroupCommand, GroupMetadata, MemberMetadata, StoredGroup};
+use crate::clock::now_ms;
 use crate::cluster::Cluster;
 use crate::error::BrokerError;
 
@@ -282,6 +283,42 @@ impl Group {
             .unwrap_or_default()
     }
 
+    /// The last member is gone: as in Kafka, the group moves to a new,
+    /// empty generation (which it records).
+    fn empty_out(&mut self) {
+        self.state = GroupState::Empty;
+        self.leader = None;
+        self.generation += 1;
+    }
+
+    /// What Kafka's GroupMetadata record holds of the group now.
+    fn metadata(&self, name: &str) -> GroupMetadata {
+        let millis = |timeout: Duration| i32::try_from(timeout.as_millis()).unwrap_or(i32::MAX);
+        let has_members = !self.members.is_empty();
+        GroupMetadata {
+            group: name.to_string(),
+            protocol_type: self.protocol_type.clone(),
+            generation: self.generation,
+            protocol: has_members.then(|| self.protocol.clone()),
+            leader: self.leader.clone().filter(|_| has_members),
+            current_state_timestamp: now_ms(),
+            members: self
+                .members
+                .iter()
+                .map(|(id, member)| MemberMetadata {
+                    member_id: id.clone(),
+                    group_instance_id: member.group_instance_id.clone(),
+                    client_id: member.client_id.clone(),
+                    client_host: member.client_host.clone(),
+                    rebalance_timeout_ms: millis(member.rebalance_timeout),
+                    session_timeout_ms: millis(member.session_timeout),
+                    subscription: self.metadata_for(member),
+                    assignment: member.assignment.clone(),
+                })
+                .collect(),
+        }
+    }
+
     /// Drops members whose session expired; true when any was dropped.
     fn expire_members(&mut self, now: Instant) -> bool {
         let waiting = &self.join_waiters;
@@ -409,13 +446,14 @@ impl GroupCoordinator {
         for (name, group) in groups.iter_mut() {
             if group.expire_members(now) && group.state != GroupState::PreparingRebalance {
                 if group.members.is_empty() {
-                    group.state = GroupState::Empty;
+                    group.empty_out();
+                    finished.push(group.metadata(name));
                 } else {
                     group.start_rebalance(initial_delay);
                 }
             }
-            if let Some(generation) = group.maybe_complete_join(now) {
-                finished.push((name.clone(), generation, group.protocol_type.clone()));
+            if group.maybe_complete_join(now).is_some() {
+                finished.push(group.metadata(name));
             }
         }
         drop(groups);
@@ -423,27 +461,28 @@ impl GroupCoordinator {
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
             .retain(|_, record| !record.is_finished());
-        for (group, generation, protocol_type) in finished {
-            self.persist_generation(group, generation, protocol_type);
+        for metadata in finished {
+            self.persist_generation(metadata);
         }
     }
 
-    /// Records the new generation through Raft so that generations stay
-    /// monotonic across restarts; membership itself is rebuilt by rejoins.
-    fn persist_generation(self: &Arc<Self>, group: String, generation: i32, protocol_type: String) {
+    /// Records the group's metadata through Raft (Kafka's GroupMetadata
+    /// record) when a generation completes and again when its leader's
+    /// assignment arrives, so that generations stay monotonic across
+    /// restarts; membership itself is rebuilt by rejoins. Records of one
+    /// group are proposed in order.
+    fn persist_generation(self: &Arc<Self>, metadata: GroupMetadata) {
         let coordinator = Arc::clone(self);
         let mut recording = self.recording.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let group = metadata.group.clone();
+        let generation = metadata.generation;
         let previous = recording.remove(&group);
         let name = group.clone();
         let record = tokio::spawn(async move {
             if let Some(previous) = previous {
                 let _ = previous.await;
             }
-            let change = GroupCommand::Generation {
-                group: group.clone(),
-                generation,
-                protocol_type,
-            };
+            let change = GroupCommand::GenerationCompleted(metadata);
             let result = async {
                 let handle = coordinator.cluster.offsets_partition(&group).await?;
                 coordinator.cluster.propose_group_change(&handle, change).await
@@ -596,7 +635,7 @@ impl GroupCoordinator {
     }
 
     pub async fn sync(
-        &self,
+        self: &Arc<Self>,
         group_id: &str,
         generation: i32,
         member_id: &str,
@@ -630,7 +669,11 @@ impl GroupCoordinator {
                     let _ = waiter.send(Ok(assignment));
                 }
                 let own = group.assignment_of(member_id);
-                return Ok(answer(group, own));
+                let answered = answer(group, own);
+                let metadata = group.metadata(group_id);
+                drop(groups);
+                self.persist_generation(metadata);
+                return Ok(answered);
             }
             let (reply, receiver) = oneshot::channel();
             group.sync_waiters.insert(member_id.to_string(), reply);
@@ -666,7 +709,7 @@ impl GroupCoordinator {
     /// admin removing a static member, KIP-345); returns one result per
     /// member, in order.
     pub async fn leave(
-        &self,
+        self: &Arc<Self>,
         group_id: &str,
         members: &[(String, Option<String>)],
     ) -> Result<Vec<Result<(), BrokerError>>, BrokerError> {
@@ -700,8 +743,10 @@ impl GroupCoordinator {
         if left {
             tracing::info!(group = group_id, "member left; rebalancing");
             if group.members.is_empty() {
-                group.state = GroupState::Empty;
-                group.leader = None;
+                group.empty_out();
+                let metadata = group.metadata(group_id);
+                drop(groups);
+                self.persist_generation(metadata);
             } else if group.state != GroupState::PreparingRebalance {
                 group.start_rebalance(self.initial_delay());
             }
@@ -737,6 +782,11 @@ impl GroupCoordinator {
                 None if !standalone => return Err(BrokerError::UnknownMemberId),
                 _ => {}
             }
+        }
+        // Nothing to record: Kafka writes no record, and a group without
+        // records must not appear in the state either.
+        if offsets.is_empty() {
+            return Ok(());
         }
         let handle = self.cluster.offsets_partition(group_id).await?;
         let change = GroupCommand::Commit {
@@ -820,12 +870,20 @@ impl GroupCoordinator {
             return Err(BrokerError::GroupIdNotFound);
         }
         self.generations_recorded(group_id).await;
+        // The offsets as applied by now: the generation records above are.
+        let offsets = self
+            .stored(group_id)
+            .await?
+            .map(|stored| stored.offsets.into_keys().collect())
+            .unwrap_or_default();
         let handle = self.cluster.offsets_partition(group_id).await?;
         self.cluster
             .propose_group_change(
                 &handle,
-                GroupCommand::DeleteGroup {
+                GroupCommand::RemoveGroup {
                     group: group_id.to_string(),
+                    offsets,
+                    timestamp: now_ms(),
                 },
             )
             .await?;
@@ -839,13 +897,19 @@ impl GroupCoordinator {
         if self.lock().get(group_id).is_some_and(|g| !g.members.is_empty()) {
             return Err(BrokerError::GroupSubscribedToTopic);
         }
-        if self.stored(group_id).await?.is_none() {
+        let Some(stored) = self.stored(group_id).await? else {
             return Err(BrokerError::GroupIdNotFound);
-        }
+        };
+        // As Kafka: tombstones only for offsets the group has.
+        let partitions = partitions
+            .into_iter()
+            .filter(|key| stored.offsets.contains_key(key))
+            .collect();
         let handle = self.cluster.offsets_partition(group_id).await?;
-        let change = GroupCommand::DeleteOffsets {
+        let change = GroupCommand::RemoveOffsets {
             group: group_id.to_string(),
             partitions,
+            timestamp: now_ms(),
         };
         self.cluster.propose_group_change(&handle, change).await
     }

@@ -13,7 +13,11 @@ pub const VERSIONS: VersionRange = VersionRange { min: 0, max: 4 };
 
 const BATCHED_SINCE: i16 = 3;
 
-pub async fn handle(groups: &GroupCoordinator, version: i16, request: LeaveGroupRequest) -> LeaveGroupResponse {
+pub async fn handle(
+    groups: &std::sync::Arc<GroupCoordinator>,
+    version: i16,
+    request: LeaveGroupRequest,
+) -> LeaveGroupResponse {
     let leaving: Vec<(String, Option<String>)> = if version >= BATCHED_SINCE {
         request
             .members

@@ -8,7 +8,7 @@ use crate::group::coordinator::GroupCoordinator;
 
 pub const VERSIONS: VersionRange = VersionRange { min: 0, max: 5 };
 
-pub async fn handle(groups: &GroupCoordinator, request: SyncGroupRequest) -> SyncGroupResponse {
+pub async fn handle(groups: &std::sync::Arc<GroupCoordinator>, request: SyncGroupRequest) -> SyncGroupResponse {
     let assignments = request
         .assignments
         .into_iter()

@@ -8,6 +8,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use super::{GroupId, NodeId};
+use crate::group::records;
 use crate::group::store::GroupCommand;
 use crate::storage::batch::ValidatedBatch;
 
@@ -94,12 +95,13 @@ impl Command {
 
 impl Command {
     /// The record batches an append carries, in the order their offsets were
-    /// assigned (a batch's position in it is its ordinal in the entry); none for
-    /// any other command.
+    /// assigned (a batch's position in it is its ordinal in the entry), or the
+    /// batch a consumer-group change is rendered as; none for any other command.
     pub fn into_appended_batches(self) -> impl Iterator<Item = ValidatedBatch> {
         let requests = match self {
             Command::Append { batches } => vec![batches],
             Command::AppendRequests { requests } => requests,
+            Command::Group(change) => vec![records::batch_of_change(&change).ok().flatten().into_iter().collect()],
             _ => Vec::new(),
         };
         requests.into_iter().flatten()
@@ -122,6 +124,9 @@ pub enum CommandResponse {
     ProducerId(i64),
     /// The command was sent to a group that does not handle it.
     WrongGroup,
+    /// An offsets partition refused a consumer-group change it cannot write
+    /// as Kafka records (a name too long for its schema).
+    GroupChangeRefused(String),
 }
 
 /// Where a partition appended one produce request's batches.

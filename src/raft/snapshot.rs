@@ -342,6 +342,13 @@ pub fn read_checkpoint(path: &Path, group: GroupId) -> Result<(Checkpoint, Appli
     Ok((checkpoint, applied))
 }
 
+/// Whether the file at `path` is a whole-state snapshot (as [`dump_group`] writes).
+pub fn is_whole_state_snapshot(path: &Path) -> Result<bool, StorageError> {
+    let mut magic = [0u8; 4];
+    let mut file = File::open(path)?;
+    Ok(file.read_exact(&mut magic).is_ok() && &magic == MAGIC)
+}
+
 /// Writes every state-machine key of `group` as a snapshot file.
 pub fn dump_group(store: &Store, group: GroupId, path: &Path) -> Result<AppliedState, StorageError> {
     let db = store.db();
@@ -565,6 +572,7 @@ mod tests {
             producers: Default::default(),
             replication: bincode::serialize(&applied).unwrap(),
             epochs: Default::default(),
+            state: b"groups".to_vec(),
         };
         let path = dir.path().join("checkpoint.snap");
         assert_eq!(write_checkpoint(&path, &checkpoint).unwrap(), applied);

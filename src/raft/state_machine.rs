@@ -22,8 +22,8 @@ use tokio::io::AsyncWriteExt;
 use super::command::{Command, CommandResponse};
 use super::log_store::{blocking, io_error};
 use super::snapshot::{
-    dump_group, load_into_store, read_applied_state, read_checkpoint, write_checkpoint, AppliedState, CurrentSnapshot,
-    SnapshotDir,
+    dump_group, is_whole_state_snapshot, load_into_store, read_applied_state, read_checkpoint, write_checkpoint,
+    AppliedState, CurrentSnapshot, SnapshotDir,
 };
 use super::{GroupId, LogId, NodeId, RaftStorageError, SnapshotMeta, StoredMembership, TypeConfig};
 use crate::metrics::METRICS;
@@ -84,6 +84,18 @@ pub trait ReplicatedState: Send + Sync + 'static {
     fn checkpoint(&self, _replication: Vec<u8>) -> Option<Checkpoint> {
         None
     }
+
+    /// Stages the state's own part of a checkpoint received in a snapshot
+    /// (`Checkpoint::state`), beside the partition's own state.
+    fn stage_restore(
+        &self,
+        _write: &mut WriteBatch,
+        _store: &Store,
+        _group: GroupId,
+        _checkpoint: &Checkpoint,
+    ) -> Result<(), StorageError> {
+        Ok(())
+    }
 }
 
 /// What a command's apply may need to know about the entry that carries it.
@@ -94,7 +106,16 @@ pub struct Applying<'a> {
     membership: &'a StoredMembership,
 }
 
-impl Applying<'_> {
+impl<'a> Applying<'a> {
+    pub fn new(index: u64, store: &'a Store, group: GroupId, membership: &'a StoredMembership) -> Self {
+        Applying {
+            index,
+            store,
+            group,
+            membership,
+        }
+    }
+
     /// The group's voters as of this entry.
     pub fn voters(&self) -> BTreeSet<NodeId> {
         self.membership.membership().voter_ids().collect()
@@ -198,23 +219,13 @@ impl GroupStateMachine {
                 && self.applied.map(|id| id.leader_id) != Some(entry.log_id.leader_id);
             self.applied = Some(entry.log_id);
             if new_leader {
-                let applying = Applying {
-                    index: entry.log_id.index,
-                    store: &self.store,
-                    group: self.group,
-                    membership: &self.membership,
-                };
+                let applying = Applying::new(entry.log_id.index, &self.store, self.group, &self.membership);
                 self.state.leader_changed(&mut write, &applying)?;
             }
             let response = match entry.payload {
                 EntryPayload::Blank => CommandResponse::Empty,
                 EntryPayload::Normal(command) => {
-                    let applying = Applying {
-                        index: entry.log_id.index,
-                        store: &self.store,
-                        group: self.group,
-                        membership: &self.membership,
-                    };
+                    let applying = Applying::new(entry.log_id.index, &self.store, self.group, &self.membership);
                     self.state.apply(&mut write, &command, &applying)?
                 }
                 EntryPayload::Membership(membership) => {
@@ -288,15 +299,22 @@ impl GroupSnapshotBuilder {
         }
     }
 
-    /// Loads a snapshot received from the leader into the store.
-    fn load(&self, path: &Path) -> Result<(), StorageError> {
+    /// Loads a snapshot received from the leader into the store. A
+    /// whole-state snapshot is loaded as such whatever the group's kind: the
+    /// consumer-offsets partitions made them before they held records, and a
+    /// leader upgraded since may still send its last one.
+    fn load(&self, path: &Path, state: &dyn ReplicatedState) -> Result<(), StorageError> {
         match &self.kind {
+            SnapshotKind::Checkpoint(_) if is_whole_state_snapshot(path)? => {
+                load_into_store(&self.store, self.group, path)
+            }
             SnapshotKind::WholeState => load_into_store(&self.store, self.group, path),
             SnapshotKind::Checkpoint(log) => {
                 let (checkpoint, applied): (Checkpoint, AppliedState) = read_checkpoint(path, self.group)?;
                 let mut write = WriteBatch::default();
                 let index = applied.0.map_or(0, |id| id.index);
                 log.stage_restore(&mut write, index, &checkpoint)?;
+                state.stage_restore(&mut write, &self.store, self.group, &checkpoint)?;
                 write.put_cf(
                     self.store.cf(CF_SM_STATE),
                     keys::group_tag_key(self.group, TAG_APPLIED),
@@ -363,7 +381,8 @@ impl RaftStateMachine<TypeConfig> for GroupStateMachine {
             let mut received = (*snapshot).into_std().await;
             let builder = self.builder();
             blocking(|| -> Result<(), StorageError> {
-                self.snapshots.install(meta, &mut received, |path| builder.load(path))?;
+                self.snapshots
+                    .install(meta, &mut received, |path| builder.load(path, self.state.as_ref()))?;
                 self.state.reload(&self.store, self.group)
             })?;
             self.applied = meta.last_log_id;

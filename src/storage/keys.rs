@@ -26,7 +26,8 @@ pub const TAG_LAST_PURGED: u8 = 3;
 pub const TAG_APPLIED: u8 = 10;
 pub const TAG_PARTITION: u8 = 12;
 pub const TAG_CLUSTER: u8 = 13;
-/// Followed by the consumer group's name: one key per group.
+/// Followed by the consumer group's name: one key per group, as stored
+/// before groups carried their metadata (read, no longer written).
 pub const TAG_CONSUMER_GROUP: u8 = 14;
 /// Followed by the producer id, big-endian: one key per idempotent producer.
 pub const TAG_PRODUCER: u8 = 15;
@@ -34,6 +35,8 @@ pub const TAG_PRODUCER: u8 = 15;
 pub const TAG_CHECKPOINT: u8 = 16;
 /// A partition's leader epoch history.
 pub const TAG_LEADER_EPOCHS: u8 = 17;
+/// Followed by the consumer group's name: one key per group, version-tagged.
+pub const TAG_GROUP_STATE: u8 = 18;
 
 pub fn group_u64_key(group: u64, value: u64) -> [u8; 16] {
     let mut key = [0u8; 16];

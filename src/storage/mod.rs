@@ -225,20 +225,6 @@ impl Store {
             .is_some())
     }
 
-    /// CRC-32 over every state-machine key and value of `group`, in key order:
-    /// equal on replicas that applied the same entries.
-    pub fn checksum_group(&self, group: u64) -> Result<u32, StorageError> {
-        let mut hasher = crc32fast::Hasher::new();
-        for cf in keys::STATE_MACHINE_CFS {
-            for item in self.scan_group(cf, group, &group.to_be_bytes()) {
-                let (key, value) = item?;
-                hasher.update(&key);
-                hasher.update(&value);
-            }
-        }
-        Ok(hasher.finalize())
-    }
-
     /// Iterates `(key, value)` of `group` in `cf` from `from` (inclusive) upwards.
     pub fn scan_group<'a>(
         &'a self,

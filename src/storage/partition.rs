@@ -34,8 +34,10 @@ use crate::raft::command::ProduceRefusal;
 const BATCH_INDEX_VERSION: u8 = 2;
 const BATCH_INDEX_V1: u8 = 1;
 /// Version tag of checkpoints. Version 2 added the leader epochs; version 1
-/// checkpoints are read with an empty history.
-const CHECKPOINT_VERSION: u8 = 2;
+/// checkpoints are read with an empty history. Version 3 added the state
+/// machine's own state; older checkpoints are read with none.
+const CHECKPOINT_VERSION: u8 = 3;
+const CHECKPOINT_V2: u8 = 2;
 const CHECKPOINT_V1: u8 = 1;
 /// Version tag of the stored leader epoch history.
 const EPOCHS_VERSION: u8 = 1;
@@ -129,6 +131,18 @@ pub struct Checkpoint {
     pub producers: Producers,
     pub replication: Vec<u8>,
     pub epochs: LeaderEpochs,
+    /// What the state machine keeps beyond the partition's own state (the
+    /// consumer groups of an offsets partition), opaque here; empty for none.
+    pub state: Vec<u8>,
+}
+
+/// A checkpoint as version 2 wrote it, before the state machine's own state.
+#[derive(Deserialize)]
+struct CheckpointV2 {
+    offsets: PartitionOffsets,
+    producers: Producers,
+    replication: Vec<u8>,
+    epochs: LeaderEpochs,
 }
 
 /// A checkpoint as version 1 wrote it, before leader epochs.
@@ -149,6 +163,16 @@ impl Checkpoint {
     pub fn decode(raw: &[u8]) -> Result<Self, StorageError> {
         match raw.split_first() {
             Some((&CHECKPOINT_VERSION, body)) => Ok(bincode::deserialize(body)?),
+            Some((&CHECKPOINT_V2, body)) => {
+                let old: CheckpointV2 = bincode::deserialize(body)?;
+                Ok(Checkpoint {
+                    offsets: old.offsets,
+                    producers: old.producers,
+                    replication: old.replication,
+                    epochs: old.epochs,
+                    state: Vec::new(),
+                })
+            }
             Some((&CHECKPOINT_V1, body)) => {
                 let old: CheckpointV1 = bincode::deserialize(body)?;
                 Ok(Checkpoint {
@@ -156,6 +180,7 @@ impl Checkpoint {
                     producers: old.producers,
                     replication: old.replication,
                     epochs: LeaderEpochs::default(),
+                    state: Vec::new(),
                 })
             }
             Some((version, _)) => Err(StorageError::Encoding(format!("unknown checkpoint format {version}"))),
@@ -1000,6 +1025,16 @@ mod tests {
             (decoded.offsets.next_offset, decoded.epochs),
             (5, LeaderEpochs::default())
         );
+        #[derive(Serialize)]
+        struct V2<'a>(&'a PartitionOffsets, &'a Producers, &'a [u8], &'a LeaderEpochs);
+        let mut v2_checkpoint = vec![CHECKPOINT_V2];
+        bincode::serialize_into(
+            &mut v2_checkpoint,
+            &V2(&log.load_offsets().unwrap(), &Producers::new(), b"r", &epochs),
+        )
+        .unwrap();
+        let decoded = Checkpoint::decode(&v2_checkpoint).unwrap();
+        assert_eq!((decoded.epochs, decoded.state), (epochs.clone(), Vec::new()));
         assert!(Checkpoint::decode(&[9, 0]).is_err(), "a future version is refused");
     }
 
@@ -1061,6 +1096,7 @@ mod tests {
             producers: producers.clone(),
             replication: b"raft".to_vec(),
             epochs: epochs.clone(),
+            state: Vec::new(),
         };
         let mut write = WriteBatch::default();
         log.stage_checkpoint(&mut write, 1, &checkpoint).unwrap();
