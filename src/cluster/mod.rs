@@ -3,6 +3,7 @@
 
 pub mod appender;
 pub mod controller_state;
+pub mod handover;
 pub mod identity;
 pub mod leaders;
 pub mod leadership;
@@ -18,7 +19,7 @@ pub mod topic_configs;
 pub mod topics;
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
@@ -52,6 +53,7 @@ use appender::Appender;
 use controller_state::ControllerState;
 use identity::{Identity, IdentityError};
 use leaders::{LeaderBoard, LeaderView, ALIVE_WITHIN, ANNOUNCE_INTERVAL};
+use leadership::ElectedAt;
 use metadata::{ClusterState, TopicState};
 use partition_state::{AppliedPartition, PartitionState};
 use quiesce::Quiet;
@@ -93,6 +95,9 @@ pub struct PartitionHandle {
     appender: Arc<Appender>,
     /// Heartbeats off while idle.
     pub quiet: Quiet,
+    /// Leadership is being handed to another replica: appends are refused
+    /// (NOT_LEADER_OR_FOLLOWER, so clients look for the new leader) until it has.
+    handing_over: AtomicBool,
 }
 
 impl PartitionHandle {
@@ -162,6 +167,10 @@ pub struct Cluster {
     identity: Identity,
     /// Withholds this node's votes while its data dir is new and behind the cluster.
     gate: VoteGate,
+    /// When this node became leader of each group it leads.
+    elected_at: Arc<ElectedAt>,
+    /// Shutting down: leadership goes away from this node, never to it.
+    draining: AtomicBool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -201,10 +210,12 @@ impl Cluster {
         let controller_log = GroupLogStore::open(CONTROLLER_GROUP, store.clone(), &cfg.data_dir, state_log_roll())?;
         let controller = start_group(&cfg, &store, &peers, controller_log, state, &voters).await?;
         gate.group_started(CONTROLLER_GROUP, &controller, voters.len());
+        let elected_at = Arc::new(ElectedAt::default());
         tokio::spawn(leadership::follow(
             CONTROLLER_GROUP,
             controller.server_metrics(),
             metadata.clone(),
+            Arc::clone(&elected_at),
         ));
         let board = LeaderBoard::new(cfg.broker_session_timeout());
         let cluster = Arc::new(Cluster {
@@ -219,6 +230,8 @@ impl Cluster {
             reconciling: Mutex::new(()),
             identity,
             gate,
+            elected_at,
+            draining: AtomicBool::new(false),
         });
         tokio::spawn(peer_service::serve_peers(
             peer_listener,
@@ -232,6 +245,7 @@ impl Cluster {
         tokio::spawn(Arc::clone(&cluster).follow_metadata(shutdown.clone()));
         tokio::spawn(retention::run(Arc::clone(&cluster), shutdown.clone()));
         tokio::spawn(Arc::clone(&cluster).watch_quiet_partitions(shutdown.clone()));
+        tokio::spawn(Arc::clone(&cluster).balance_leaders(shutdown.clone()));
         tokio::spawn(Arc::clone(&cluster).announce(shutdown));
         Ok(cluster)
     }
@@ -398,6 +412,18 @@ impl Cluster {
         }
     }
 
+    /// One announcement to every peer, waiting for their answers (or a timeout):
+    /// a change peers must know before this node goes on.
+    async fn announce_once(&self) {
+        let request = PeerRequest::Announce(self.announcement());
+        let calls = self
+            .members
+            .keys()
+            .filter(|id| **id != self.node_id())
+            .map(|peer| self.peers.call(*peer, &request, ANNOUNCE_INTERVAL * 2));
+        futures::future::join_all(calls).await;
+    }
+
     /// Turns idle partitions this node leads quiet, and lets partitions it
     /// follows campaign only when their leader is gone (see `quiesce`).
     async fn watch_quiet_partitions(self: Arc<Self>, shutdown: CancellationToken) {
@@ -460,6 +486,7 @@ impl Cluster {
             node: self.node_id(),
             advertised_listener: self.cfg.advertised_listener(),
             leading,
+            draining: self.draining(),
         }
     }
 
@@ -514,6 +541,13 @@ impl Cluster {
             PeerRequest::Checksums => PeerResponse::Checksums(self.checksums()),
             PeerRequest::Formed { group } => PeerResponse::Formed {
                 formed: self.formed(group),
+            },
+            PeerRequest::HandOver { group, to } => PeerResponse::HandedOver(
+                self.hand_over(group, to, Instant::now() + handover::HAND_OVER_TIMEOUT)
+                    .await,
+            ),
+            PeerRequest::Campaign { group } => PeerResponse::Campaigning {
+                started: self.campaign(group).await,
             },
         }
     }
@@ -902,7 +936,12 @@ impl Cluster {
         // quiet leader sends no heartbeats to keep a restarted follower still).
         raft.runtime_config().elect(false);
         self.gate.group_started(group, &raft, members.len());
-        tokio::spawn(leadership::follow(group, raft.server_metrics(), self.metadata.clone()));
+        tokio::spawn(leadership::follow(
+            group,
+            raft.server_metrics(),
+            self.metadata.clone(),
+            Arc::clone(&self.elected_at),
+        ));
         tracing::info!(group, stores_offsets, "partition group started");
         Ok(PartitionHandle {
             group,
@@ -915,6 +954,7 @@ impl Cluster {
             freed_to: AtomicI64::new(0),
             appender: Arc::default(),
             quiet: Quiet::default(),
+            handing_over: AtomicBool::new(false),
         })
     }
 
@@ -1227,6 +1267,9 @@ impl Cluster {
         handle: &PartitionHandle,
         change: GroupCommand,
     ) -> Result<(), BrokerError> {
+        if handle.handing_over.load(Ordering::Acquire) {
+            return Err(BrokerError::NotCoordinator);
+        }
         handle.quiet.wake(&handle.raft);
         match handle.raft.client_write(Command::Group(change)).await {
             Ok(response) => match response.data {
@@ -1352,6 +1395,9 @@ impl Cluster {
         batches: Vec<ValidatedBatch>,
         timeout: Duration,
     ) -> Result<(i64, i64), BrokerError> {
+        if handle.handing_over.load(Ordering::Acquire) {
+            return Err(BrokerError::NotLeader);
+        }
         let proposed = Instant::now();
         handle.quiet.wake(&handle.raft);
         let answered = handle.appender.submit(&handle.raft, batches);
