@@ -15,7 +15,7 @@
 //! replicas gets its other votes only once their leases have run out (a quiet
 //! partition's followers), else the hand-over times out.
 
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -32,19 +32,20 @@ pub const HAND_OVER_TIMEOUT: Duration = Duration::from_secs(5);
 /// How often a paused group checks whether its target has caught up.
 const CATCH_UP_POLL: Duration = Duration::from_millis(2);
 
-/// Pauses a partition's writes while its leadership is handed over; resumes them when dropped.
-struct WritesPaused<'a>(&'a PartitionHandle);
+/// Pauses a group's proposals while its leadership is handed over (a
+/// partition's `handing_over`, the controller's); resumes them when dropped.
+struct WritesPaused<'a>(&'a AtomicBool);
 
 impl<'a> WritesPaused<'a> {
-    fn new(handle: &'a PartitionHandle) -> Self {
-        handle.handing_over.store(true, Ordering::Release);
-        WritesPaused(handle)
+    fn new(flag: &'a AtomicBool) -> Self {
+        flag.store(true, Ordering::Release);
+        WritesPaused(flag)
     }
 }
 
 impl Drop for WritesPaused<'_> {
     fn drop(&mut self) {
-        self.0.handing_over.store(false, Ordering::Release);
+        self.0.store(false, Ordering::Release);
     }
 }
 
@@ -73,10 +74,13 @@ impl Cluster {
         }
         self.wait_out_vote_lease(group, deadline).await?;
         let handle = self.partition_by_group(group);
-        let _paused = handle.as_deref().map(|handle| {
-            handle.quiet.wake(&handle.raft);
-            WritesPaused::new(handle)
-        });
+        let _paused = match handle.as_deref() {
+            Some(handle) => {
+                handle.quiet.wake(&handle.raft);
+                WritesPaused::new(&handle.handing_over)
+            }
+            None => WritesPaused::new(&self.controller_handing_over),
+        };
         self.wait_until_matched(&raft, handle.as_deref(), to, deadline).await?;
         let started = Instant::now();
         let remaining = deadline.saturating_duration_since(started);

@@ -171,6 +171,8 @@ pub struct Cluster {
     elected_at: Arc<ElectedAt>,
     /// Shutting down: leadership goes away from this node, never to it.
     draining: AtomicBool,
+    /// The controller group's leadership is being handed over: proposals wait.
+    controller_handing_over: AtomicBool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -232,6 +234,7 @@ impl Cluster {
             gate,
             elected_at,
             draining: AtomicBool::new(false),
+            controller_handing_over: AtomicBool::new(false),
         });
         tokio::spawn(peer_service::serve_peers(
             peer_listener,
@@ -699,6 +702,10 @@ impl Cluster {
     /// Proposes `command` to this node's replica of `group`.
     async fn propose_here(&self, group: GroupId, command: Command) -> Result<CommandResponse, ProposeError> {
         let raft = self.raft_of(group).ok_or(ProposeError::GroupNotHere)?;
+        // Refused unproposed, so the proposer retries with the next leader.
+        if group == CONTROLLER_GROUP && self.controller_handing_over.load(Ordering::Acquire) {
+            return Err(ProposeError::NotLeader(None));
+        }
         match tokio::time::timeout(PROPOSE_TIMEOUT, raft.client_write(command)).await {
             Ok(Ok(response)) => Ok(response.data),
             Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(forward)))) => {
