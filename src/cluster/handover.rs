@@ -31,6 +31,8 @@ use crate::raft::{GroupId, NodeId, Raft, CONTROLLER_GROUP};
 pub const HAND_OVER_TIMEOUT: Duration = Duration::from_secs(5);
 /// How often a paused group checks whether its target has caught up.
 const CATCH_UP_POLL: Duration = Duration::from_millis(2);
+/// How often a hand-over checks whether its target is in sync, before any pause.
+const IN_SYNC_POLL: Duration = Duration::from_millis(50);
 
 /// Pauses a group's proposals while its leadership is handed over (a
 /// partition's `handing_over`, the controller's); resumes them when dropped.
@@ -67,11 +69,7 @@ impl Cluster {
         if !self.may_lead(to) {
             return Err(HandOverError::TargetNotAlive(to));
         }
-        // Writes pause only for a target already close behind: the pause then
-        // lasts a replication round trip, not a catch-up.
-        if !self.in_sync(&metrics).contains(&to) {
-            return Err(HandOverError::TargetBehind(to));
-        }
+        self.wait_until_in_sync(&raft, to, deadline).await?;
         self.wait_out_vote_lease(group, deadline).await?;
         let handle = self.partition_by_group(group);
         let _paused = match handle.as_deref() {
@@ -123,6 +121,25 @@ impl Cluster {
         }
         tokio::time::sleep_until(granting.into()).await;
         Ok(())
+    }
+
+    /// Waits, writes still flowing, until `to` is close behind (in sync): the
+    /// pause that follows then lasts a replication round trip, not a catch-up
+    /// (a replica that has just restarted may still be catching up).
+    async fn wait_until_in_sync(&self, raft: &Raft, to: NodeId, deadline: Instant) -> Result<(), HandOverError> {
+        loop {
+            let metrics = raft.metrics().borrow().clone();
+            if metrics.current_leader != Some(self.node_id()) {
+                return Err(HandOverError::NotLeader(metrics.current_leader));
+            }
+            if self.in_sync(&metrics).contains(&to) {
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                return Err(HandOverError::TargetBehind(to));
+            }
+            tokio::time::sleep(IN_SYNC_POLL).await;
+        }
     }
 
     /// Waits until this node has applied its whole log, its appender holds no
