@@ -251,6 +251,21 @@ mod tests {
     }
 
     #[test]
+    fn hand_over_requests_travel_in_the_control_lane() {
+        let frame = encode(3, &PeerRequest::HandOver { group: 4, to: 2 }).unwrap();
+        let decoded: Envelope<PeerRequest> = decode(&frame).unwrap();
+        assert!(matches!(decoded.body, PeerRequest::HandOver { group: 4, to: 2 }));
+        assert!(decoded.body.is_control());
+        assert!(PeerRequest::Campaign { group: 4 }.is_control());
+        let refused = PeerResponse::HandedOver(Err(HandOverError::TargetBehind(2)));
+        let decoded: Envelope<PeerResponse> = decode(&encode(3, &refused).unwrap()).unwrap();
+        assert!(matches!(
+            decoded.body,
+            PeerResponse::HandedOver(Err(HandOverError::TargetBehind(2)))
+        ));
+    }
+
+    #[test]
     fn garbage_is_an_error_not_a_panic() {
         assert!(decode::<PeerRequest>(&[]).is_err());
         assert!(decode::<PeerRequest>(&[PEER_FORMAT, 0xff, 0xff]).is_err());
