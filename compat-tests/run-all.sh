@@ -19,7 +19,9 @@ suite_cmd() {
         kafka-python-groups) cmd=("$PY" "$HERE/kafka-python/test_groups.py") ;;
         kcat-groups) cmd=(bash "$HERE/kcat/test_kcat_groups.sh") ;;
         legacy) cmd=("$PY" "$HERE/legacy/test_legacy_clients.py") ;;
+        golden) cmd=("$PY" "$HERE/legacy/test_golden_bytes.py") ;;
         durability) cmd=("$PY" "$HERE/durability/test_durability.py") ;;
+        powercut) cmd=("$PY" "$HERE/powercut/test_powercut.py") ;;
         storage) cmd=("$PY" "$HERE/storage/test_storage.py") ;;
         cluster) cmd=("$PY" "$HERE/cluster/test_failover.py") ;;
         metrics) cmd=("$PY" "$HERE/metrics/test_metrics.py") ;;
@@ -31,7 +33,7 @@ total_passed=0 total_failed=0 summary=()
 out=$(mktemp)
 trap 'rm -f "$out"' EXIT
 
-for name in confluent kafka-python kcat confluent-groups kafka-python-groups kcat-groups legacy durability storage cluster metrics compose; do
+for name in confluent kafka-python kcat confluent-groups kafka-python-groups kcat-groups legacy golden durability powercut storage cluster metrics compose; do
     suite_cmd "$name"
     echo "==== $name ===="
     # On timeout the suite gets SIGTERM (it then stops its broker), SIGKILL 30 s later.

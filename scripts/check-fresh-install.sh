@@ -6,6 +6,7 @@
 #   - a libclang.so where clang-sys looks, which dlopen()s and answers
 #     clang_getClangVersion();
 #   - kcat on PATH, answering -V;
+#   - fusermount3 on PATH, answering -V;
 #   - the Python clients importable (confluent_kafka, kafka and their codecs).
 #
 #   scripts/check-fresh-install.sh [INSTALL_COMMAND...]
@@ -105,6 +106,11 @@ if command -v kcat >/dev/null && kcat -V >/dev/null 2>&1; then
     echo "ok: $(kcat -V 2>&1 | head -n 1)"
 else
     echo "FAIL: kcat is not on PATH"; status=1
+fi
+if version=$(fusermount3 -V 2>&1); then
+    echo "ok: $version"
+else
+    echo "FAIL: fusermount3 does not run"; status=1
 fi
 if command -v python3 >/dev/null &&
     python3 -c 'import confluent_kafka, kafka, kafka.codec, snappy, lz4.frame, zstandard, crc32c; print("ok: confluent_kafka", confluent_kafka.version(), "(librdkafka", confluent_kafka.libversion()[0] + "), kafka-python", kafka.__version__)'; then

@@ -4,7 +4,8 @@
 # file of a similar name never passes for it.
 #
 #   scripts/install-deps.sh build   what `cargo build` needs (libclang, a C++ compiler)
-#   scripts/install-deps.sh test    the above, plus kcat and the Python clients
+#   scripts/install-deps.sh test    the above, plus kcat, the Python clients and
+#                                   fusermount3 (the power-cut suite's FUSE mounts)
 #   scripts/install-deps.sh check   install nothing; exit 1 naming what is missing
 #
 # Runs as root or through sudo. Sourcing is not needed: it changes nothing in
@@ -71,6 +72,7 @@ missing_build_packages() {
 missing_test_packages() {
     missing_build_packages
     command -v kcat >/dev/null || echo kcat
+    fusermount3 -V >/dev/null 2>&1 || echo fuse3
     if ! command -v python3 >/dev/null || ! python3 -m pip --version >/dev/null 2>&1; then
         echo python3 python3-pip
     fi
@@ -100,6 +102,7 @@ verify() {
     command -v c++ >/dev/null || problems+=("no C++ compiler on PATH (package g++)")
     if [ "$mode" != build ]; then
         command -v kcat >/dev/null || problems+=("kcat is not on PATH (package kcat)")
+        fusermount3 -V >/dev/null 2>&1 || problems+=("fusermount3 does not run (package fuse3)")
         if ! command -v python3 >/dev/null; then
             problems+=("python3 is not on PATH")
         else
@@ -112,7 +115,7 @@ verify() {
         return 1
     fi
     echo "build requirements present: $(libclang_for_clang_sys), $(command -v c++)"
-    [ "$mode" = build ] || echo "test requirements present: $(command -v kcat), Python clients importable"
+    [ "$mode" = build ] || echo "test requirements present: $(command -v kcat), $(command -v fusermount3), Python clients importable"
 }
 
 mode=${1:-test}

@@ -95,13 +95,15 @@ def produce(bootstrap, topic, partitions, index, stop, rate, idempotent, acked, 
 
 
 def read_back(bootstrap, topic, partitions):
-    """Every record of every partition, in offset order: {partition: [(offset, value)]}."""
+    """Every record of every partition, in offset order: {partition: [(offset, value)]}.
+    `partitions` is the partition count, or the list of partitions to read."""
+    numbers = range(partitions) if isinstance(partitions, int) else list(partitions)
     consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "durability-checker",
                          "enable.auto.commit": False, "enable.partition.eof": True, "log_level": 0})
     try:
         ends = {p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=CLIENT_TIMEOUT)[1]
-                for p in range(partitions)}
-        consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in range(partitions)])
+                for p in numbers}
+        consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in numbers])
         records = defaultdict(list)
         pending = {p for p, end in ends.items() if end > 0}
         deadline = time.monotonic() + CLIENT_TIMEOUT * 5
@@ -154,11 +156,27 @@ def run_fault(fault):
 def run(bootstrap, topic, partitions=3, producers=3, seconds=10, rate=500, faults=(), idempotent=True,
         replication_factor=-1):
     """Runs the workload with `faults` [(second, shell command or callable)] and returns a Report."""
+    acked, failed, sent = run_workload(bootstrap, topic, partitions, producers, seconds, rate, faults, idempotent,
+                                       replication_factor)
+    report = analyse(read_back(bootstrap, topic, partitions), acked, partitions)
+    report.produced, report.failed = sum(sent), len(failed)
+    return report
+
+
+def run_workload(bootstrap, topic, partitions, producers, seconds, rate, faults, idempotent, replication_factor):
+    """Creates the topic and produces while running `faults`; returns (acked {value: (partition,
+    offset)}, failed [(value, error)], values sent per producer). `idempotent` is one flag for every
+    producer or a list with one per producer. A producer that stops on a fatal error (such as a
+    lost sequence) counts as one failure."""
     create_topic(bootstrap, topic, partitions, replication_factor)
     stop, acked, failed, sent = threading.Event(), {}, [], [0] * producers
+    flags = list(idempotent) if isinstance(idempotent, (list, tuple)) else [idempotent] * producers
 
     def worker(i):
-        sent[i] = produce(bootstrap, topic, partitions, i, stop, rate, idempotent, acked, failed)
+        try:
+            sent[i] = produce(bootstrap, topic, partitions, i, stop, rate, flags[i], acked, failed)
+        except Exception as exc:  # noqa: BLE001 - reported as a failure of the run
+            failed.append((f"producer {i}".encode(), repr(exc)))
 
     threads = [threading.Thread(target=worker, args=(i,), daemon=True) for i in range(producers)]
     for t in threads:
@@ -173,9 +191,7 @@ def run(bootstrap, topic, partitions=3, producers=3, seconds=10, rate=500, fault
     stop.set()
     for t in threads:
         t.join(200)
-    report = analyse(read_back(bootstrap, topic, partitions), acked, partitions)
-    report.produced, report.failed = sum(sent), len(failed)
-    return report
+    return acked, failed, sent
 
 
 def main():

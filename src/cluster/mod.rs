@@ -3,6 +3,7 @@
 
 pub mod appender;
 pub mod controller_state;
+mod founding;
 pub mod handover;
 pub mod identity;
 pub mod leaders;
@@ -51,6 +52,7 @@ use crate::storage::segments::{RollPolicy, SegmentLog};
 use crate::storage::{StorageError, Store};
 use appender::Appender;
 use controller_state::ControllerState;
+use founding::Founding;
 use identity::{Identity, IdentityError};
 use leaders::{LeaderBoard, LeaderView, ALIVE_WITHIN, ANNOUNCE_INTERVAL};
 use leadership::ElectedAt;
@@ -166,7 +168,7 @@ pub struct Cluster {
     reconciling: Mutex<()>,
     identity: Identity,
     /// Withholds this node's votes while its data dir is new and behind the cluster.
-    gate: VoteGate,
+    gate: Arc<VoteGate>,
     /// When this node became leader of each group it leads.
     elected_at: Arc<ElectedAt>,
     /// Shutting down: leadership goes away from this node, never to it.
@@ -197,7 +199,7 @@ impl Cluster {
             .map_err(|err| StartError::Bind(cfg.raft_address.clone(), err))?;
         // Before the database is opened: whether the dir is new is decided by what it holds.
         let identity = Identity::open(&cfg.data_dir, cfg.node_id)?;
-        let gate = VoteGate::new(identity.rejoining);
+        let gate = Arc::new(VoteGate::new(identity.rejoining));
         let store = Store::open(&cfg.data_dir)?;
         let mut members = BTreeMap::new();
         for (id, addr) in cfg.initial_member_ids()?.into_iter().zip(cfg.initial_members.values()) {
@@ -212,6 +214,15 @@ impl Cluster {
         let controller_log = GroupLogStore::open(CONTROLLER_GROUP, store.clone(), &cfg.data_dir, state_log_roll())?;
         let controller = start_group(&cfg, &store, &peers, controller_log, state, &voters).await?;
         gate.group_started(CONTROLLER_GROUP, &controller, voters.len());
+        Founding {
+            group: CONTROLLER_GROUP,
+            raft: controller.clone(),
+            members: voters.clone(),
+            me: cfg.node_id,
+            gate: Arc::clone(&gate),
+            peers: Arc::clone(&peers),
+        }
+        .start();
         let elected_at = Arc::new(ElectedAt::default());
         tokio::spawn(leadership::follow(
             CONTROLLER_GROUP,
@@ -575,11 +586,15 @@ impl Cluster {
 
     /// A node whose data dir is new asks its peers whether the cluster exists,
     /// until one says it does (rejoin: groups stay gated until they catch up)
-    /// or a majority of the members, this node included, say it does not (the
-    /// cluster is being formed: nothing can have been committed, so no vote
-    /// can lose it). Until then every group withholds its vote.
+    /// or every other member says it does not (the cluster is being formed).
+    /// Every other member, not a majority: a node cannot tell a new dir from a
+    /// wiped one, and a majority of blank answers can hide the voters that
+    /// hold what the node's former self helped commit (five nodes: the
+    /// cluster formed on 1, 2 and 3; 1 is wiped while 2 and 3 are down; 4 and
+    /// 5 never saw the controller log). So a new cluster forms only once all
+    /// its initial members are up, as Redpanda's seed-driven bootstrap does.
+    /// Until then every group withholds its vote.
     async fn decide_rejoin(self: Arc<Self>, shutdown: CancellationToken) {
-        let majority = self.members.len() / 2 + 1;
         let mut delay = FORMED_RETRY_MIN;
         loop {
             let probes = self.members.keys().filter(|id| **id != self.node_id()).map(|peer| {
@@ -606,7 +621,7 @@ impl Cluster {
                 self.finish_rejoin();
                 return;
             }
-            if answers.len() + 1 >= majority {
+            if answers.len() + 1 == self.members.len() {
                 tracing::info!(
                     incarnation = %self.identity.incarnation,
                     "data dir is new and so is the cluster: voting normally"
@@ -943,6 +958,15 @@ impl Cluster {
         // quiet leader sends no heartbeats to keep a restarted follower still).
         raft.runtime_config().elect(false);
         self.gate.group_started(group, &raft, members.len());
+        Founding {
+            group,
+            raft: raft.clone(),
+            members,
+            me: self.node_id(),
+            gate: Arc::clone(&self.gate),
+            peers: Arc::clone(&self.peers),
+        }
+        .start();
         tokio::spawn(leadership::follow(
             group,
             raft.server_metrics(),

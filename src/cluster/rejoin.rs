@@ -25,6 +25,7 @@ use std::sync::Mutex;
 
 use openraft::raft::{AppendEntriesResponse, VoteResponse};
 use openraft::RaftMetrics;
+use tokio::sync::watch;
 
 use crate::raft::{GroupId, LogId, NodeId, Raft};
 use openraft::BasicNode;
@@ -51,6 +52,8 @@ enum GroupGate {
 
 pub struct VoteGate {
     inner: Mutex<Inner>,
+    /// The node state, for tasks that wait until it is decided.
+    decided: watch::Sender<NodeState>,
 }
 
 struct Inner {
@@ -68,15 +71,17 @@ pub struct LeaderCommit {
 
 impl VoteGate {
     pub fn new(rejoining: bool) -> Self {
+        let node = if rejoining {
+            NodeState::Deciding
+        } else {
+            NodeState::Settled
+        };
         VoteGate {
             inner: Mutex::new(Inner {
-                node: if rejoining {
-                    NodeState::Deciding
-                } else {
-                    NodeState::Settled
-                },
+                node,
                 groups: HashMap::new(),
             }),
+            decided: watch::channel(node).0,
         }
     }
 
@@ -86,6 +91,14 @@ impl VoteGate {
 
     pub fn node_state(&self) -> NodeState {
         self.lock().node
+    }
+
+    /// The node state once it is no longer `Deciding`.
+    pub async fn decided(&self) -> NodeState {
+        let mut states = self.decided.subscribe();
+        let decided = states.wait_for(|state| *state != NodeState::Deciding).await;
+        // The sender lives as long as the gate, so the wait cannot end unanswered.
+        decided.map_or(NodeState::Deciding, |state| *state)
     }
 
     /// A group started on this node. While the node is not settled a group with
@@ -180,6 +193,17 @@ impl VoteGate {
         let mut inner = self.lock();
         if inner.node == NodeState::Deciding {
             inner.node = NodeState::Rejoining;
+            self.decided.send_replace(NodeState::Rejoining);
+        }
+    }
+
+    /// This node founded `group` after every other voter said it never held
+    /// state for it: nothing was committed that its vote could endanger.
+    pub fn founded(&self, group: GroupId, raft: &Raft) {
+        let mut inner = self.lock();
+        if let Some(gate) = inner.groups.get_mut(&group) {
+            *gate = GroupGate::Open;
+            raft.runtime_config().elect(true);
         }
     }
 
@@ -188,6 +212,7 @@ impl VoteGate {
     pub fn settle(&self) -> Vec<GroupId> {
         let mut inner = self.lock();
         inner.node = NodeState::Settled;
+        self.decided.send_replace(NodeState::Settled);
         inner
             .groups
             .drain()

@@ -17,8 +17,6 @@ use crate::config::BrokerConfig;
 use crate::storage::Store;
 
 const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
-const BOOTSTRAP_RETRY_MIN: Duration = Duration::from_millis(100);
-const BOOTSTRAP_RETRY_MAX: Duration = Duration::from_secs(2);
 /// Bounds an AppendEntries request by count; the log store bounds it by bytes
 /// (`limited_get_log_entries`), so a follower behind by many small entries
 /// still catches up hundreds per round trip.
@@ -77,8 +75,9 @@ pub fn vote_lease(cfg: &BrokerConfig) -> Duration {
 }
 
 /// Starts the group's Raft instance over its opened log. `members` lists the
-/// group's voters, the designated bootstrapper first: if the group has never run
-/// anywhere, that node initialises its membership.
+/// group's voters, the designated founder first. A group whose only voter is
+/// this node is founded here; a group of several voters is founded by its
+/// first member through [`found`], when the caller has decided it is safe.
 pub async fn start_group(
     cfg: &BrokerConfig,
     store: &Store,
@@ -105,18 +104,13 @@ pub async fn start_group(
     )
     .await
     .map_err(raft_error)?;
-    let initialized = raft.is_initialized().await.map_err(raft_error)?;
-    let bootstrapper = members.first().map(|(id, _)| *id) == Some(cfg.node_id);
-    match (initialized, bootstrapper, members.len()) {
-        (false, true, 1) => {
-            raft.initialize(voters(members)).await.map_err(raft_error)?;
+    let sole_voter = members.len() == 1 && members[0].0 == cfg.node_id;
+    if sole_voter {
+        match raft.is_initialized().await.map_err(raft_error)? {
+            false => found(&raft, members).await?,
+            // A sole voter need not wait out an election timeout after a restart.
+            true => raft.trigger().elect().await.map_err(raft_error)?,
         }
-        (false, true, _) => {
-            tokio::spawn(bootstrap(raft.clone(), Arc::clone(peers), group, members.to_vec()));
-        }
-        // A sole voter need not wait out an election timeout after a restart.
-        (true, true, 1) => raft.trigger().elect().await.map_err(raft_error)?,
-        _ => {}
     }
     Ok(raft)
 }
@@ -129,45 +123,29 @@ fn voters(members: &[(NodeId, String)]) -> BTreeMap<NodeId, BasicNode> {
     members.iter().map(|(id, addr)| (*id, BasicNode::new(addr))).collect()
 }
 
-/// Initialises a new multi-node group once a majority of its members answer and
-/// none of them has ever held state for it. The second condition keeps a node
-/// whose data was wiped from founding a rival group: it waits to be caught up
-/// by the existing leader instead.
-async fn bootstrap(raft: Raft, peers: Arc<Peers>, group: GroupId, members: Vec<(NodeId, String)>) {
-    let majority = members.len() / 2 + 1;
-    let mut delay = BOOTSTRAP_RETRY_MIN;
-    loop {
-        match raft.is_initialized().await {
-            Ok(false) => {}
-            // Initialised by the leader's replication, or shut down.
-            _ => return,
-        }
-        let probes = members[1..].iter().map(|(peer, _)| {
-            let peers = Arc::clone(&peers);
-            async move { peers.call(*peer, &PeerRequest::Probe { group }, PROBE_TIMEOUT).await }
-        });
-        let answers: Vec<bool> = join_all(probes)
-            .await
-            .into_iter()
-            .filter_map(|answer| match answer {
-                Ok(PeerResponse::Probed { has_state }) => Some(has_state),
-                _ => None,
-            })
-            .collect();
-        if answers.iter().any(|has_state| *has_state) {
-            tracing::info!(group, "group already formed on a peer; waiting for its leader");
-            return;
-        }
-        if answers.len() + 1 >= majority {
-            match raft.initialize(voters(&members)).await {
-                Ok(()) => tracing::info!(group, voters = members.len(), "group initialised"),
-                Err(err) => tracing::warn!(group, error = %err, "cannot initialise group"),
-            }
-            return;
-        }
-        tokio::time::sleep(delay).await;
-        delay = (delay * 2).min(BOOTSTRAP_RETRY_MAX);
-    }
+/// Writes the group's first membership (log index 0) and campaigns. Only for a
+/// group that has never run anywhere: on a node that merely forgot the group,
+/// it would start a second history with the same log ids as the first.
+pub async fn found(raft: &Raft, members: &[(NodeId, String)]) -> Result<(), GroupStartError> {
+    raft.initialize(voters(members)).await.map_err(raft_error)
+}
+
+/// Asks the group's other voters whether they ever held Raft state for it:
+/// one answer per voter that answered in time.
+pub async fn probe_voters(peers: &Peers, group: GroupId, members: &[(NodeId, String)], me: NodeId) -> Vec<bool> {
+    let request = PeerRequest::Probe { group };
+    let probes = members
+        .iter()
+        .filter(|(peer, _)| *peer != me)
+        .map(|(peer, _)| peers.call(*peer, &request, PROBE_TIMEOUT));
+    join_all(probes)
+        .await
+        .into_iter()
+        .filter_map(|answer| match answer {
+            Ok(PeerResponse::Probed { has_state }) => Some(has_state),
+            _ => None,
+        })
+        .collect()
 }
 
 /// The group's leader as this node sees it. A leader that has not heard from a
