@@ -88,6 +88,24 @@ pub struct BrokerConfig {
     /// from the rest still tells clients where the others are.
     #[serde(default = "default_broker_session_timeout")]
     pub broker_session_timeout_ms: u64,
+    /// Kafka's `auto.leader.rebalance.enable`: each node hands the partitions
+    /// it leads to their preferred (first) replicas once those are alive and
+    /// caught up, so leaders spread again after restarts.
+    #[serde(default = "default_true")]
+    pub auto_leader_rebalance_enable: bool,
+    /// Kafka's `leader.imbalance.check.interval.seconds`: how often the leader
+    /// balancer looks. Kafka's default is 300 s; a hand-over here pauses one
+    /// partition's writes for a replication round trip, so it looks more often.
+    #[serde(default = "default_leader_imbalance_check_interval")]
+    pub leader_imbalance_check_interval_seconds: u64,
+}
+
+fn default_true() -> bool {
+    true
+}
+
+fn default_leader_imbalance_check_interval() -> u64 {
+    5
 }
 
 fn default_producer_expiration() -> i64 {
@@ -217,6 +235,10 @@ impl BrokerConfig {
 
     pub fn broker_session_timeout(&self) -> Duration {
         Duration::from_millis(self.broker_session_timeout_ms)
+    }
+
+    pub fn leader_imbalance_check_interval(&self) -> Duration {
+        Duration::from_secs(self.leader_imbalance_check_interval_seconds.max(1))
     }
 
     pub fn election_timeout(&self) -> Duration {

@@ -3,6 +3,7 @@
 use kafka_protocol::error::ResponseError;
 
 use crate::raft::command::{ControllerRefusal, ProduceRefusal};
+use crate::raft::wire::HandOverError;
 use crate::storage::batch::BatchError;
 use crate::storage::StorageError;
 
@@ -48,6 +49,12 @@ pub enum BrokerError {
     },
     #[error("timed out: {0}")]
     Timeout(String),
+    #[error("the preferred replica already leads the partition")]
+    ElectionNotNeeded,
+    #[error("the preferred replica cannot take the leadership: {0}")]
+    PreferredLeaderNotAvailable(String),
+    #[error("no replica can be elected: {0}")]
+    EligibleLeadersNotAvailable(String),
     #[error("unknown group member")]
     UnknownMemberId,
     #[error("generation {0} is not the group's current one")]
@@ -95,6 +102,21 @@ impl From<ControllerRefusal> for BrokerError {
     }
 }
 
+/// A failed hand-over, as ElectLeaders reports it: the leader moved or is
+/// being elected (retriable), or the preferred replica cannot take over.
+impl From<HandOverError> for BrokerError {
+    fn from(err: HandOverError) -> Self {
+        match err {
+            HandOverError::NotLeader(_) | HandOverError::GroupNotHere => BrokerError::NotLeader,
+            HandOverError::Unavailable(reason) => BrokerError::LeaderNotAvailable(reason),
+            HandOverError::NotAReplica(_)
+            | HandOverError::TargetNotAlive(_)
+            | HandOverError::TargetBehind(_)
+            | HandOverError::CampaignRefused(_) => BrokerError::PreferredLeaderNotAvailable(err.to_string()),
+        }
+    }
+}
+
 impl BrokerError {
     pub fn response_error(&self) -> ResponseError {
         match self {
@@ -116,6 +138,9 @@ impl BrokerError {
             BrokerError::LeaderNotAvailable(_) => ResponseError::LeaderNotAvailable,
             BrokerError::OffsetOutOfRange { .. } => ResponseError::OffsetOutOfRange,
             BrokerError::Timeout(_) => ResponseError::RequestTimedOut,
+            BrokerError::ElectionNotNeeded => ResponseError::ElectionNotNeeded,
+            BrokerError::PreferredLeaderNotAvailable(_) => ResponseError::PreferredLeaderNotAvailable,
+            BrokerError::EligibleLeadersNotAvailable(_) => ResponseError::EligibleLeadersNotAvailable,
             BrokerError::UnknownMemberId => ResponseError::UnknownMemberId,
             BrokerError::IllegalGeneration(_) => ResponseError::IllegalGeneration,
             BrokerError::RebalanceInProgress => ResponseError::RebalanceInProgress,
@@ -213,6 +238,11 @@ mod tests {
             (BrokerError::Produce(ProduceRefusal::InvalidProducerEpoch), 47),
             (BrokerError::TransactionsUnsupported, 53),
             (BrokerError::InvalidRequiredAcks(2), 21),
+            (BrokerError::PreferredLeaderNotAvailable("x".into()), 80),
+            (BrokerError::EligibleLeadersNotAvailable("x".into()), 83),
+            (BrokerError::ElectionNotNeeded, 84),
+            (BrokerError::from(HandOverError::TargetBehind(2)), 80),
+            (BrokerError::from(HandOverError::NotLeader(None)), 6),
             (BrokerError::GroupSubscribedToTopic, 86),
             (BrokerError::from(ControllerRefusal::UnknownTopic), 3),
             (BrokerError::from(ControllerRefusal::InvalidTopicName("a b".into())), 17),

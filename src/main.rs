@@ -12,6 +12,10 @@ use rafka::raft::handshake::PeerCredentials;
 use tokio_util::sync::CancellationToken;
 
 const MEMORY_TRIM_INTERVAL: std::time::Duration = std::time::Duration::from_secs(10);
+/// How long a shutdown spends handing leadership over before it stops serving
+/// (then up to `server::DRAIN_TIMEOUT` answering the requests in flight): the
+/// two together stay under the 10 s a service manager usually waits.
+const HAND_OVER_ON_SHUTDOWN: std::time::Duration = std::time::Duration::from_secs(3);
 
 #[global_allocator]
 static ALLOCATOR: rafka::huge_alloc::ReservingAllocator = rafka::huge_alloc::ReservingAllocator;
@@ -173,6 +177,22 @@ enum ClusterVerb {
         #[command(flatten)]
         target: Target,
     },
+    /// Leaders per broker, how many are preferred replicas, and the imbalance.
+    Status {
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Move leadership to the preferred (first) replicas (Kafka's ElectLeaders).
+    ElectLeaders {
+        /// Only this topic; every partition of every topic when omitted.
+        #[arg(long)]
+        topic: Option<String>,
+        /// Only this partition of --topic.
+        #[arg(long, requires = "topic")]
+        partition: Option<i32>,
+        #[command(flatten)]
+        target: Target,
+    },
 }
 
 #[derive(clap::Subcommand)]
@@ -246,9 +266,15 @@ fn run_tool(tool: Tool) -> anyhow::Result<()> {
                 target,
             } => admin::topic::alter_config(&target.bootstrap, &topic, &set, &delete, target.json),
         },
-        Tool::Cluster {
-            verb: ClusterVerb::Info { target },
-        } => admin::cluster::info(&target.bootstrap, target.json),
+        Tool::Cluster { verb } => match verb {
+            ClusterVerb::Info { target } => admin::cluster::info(&target.bootstrap, target.json),
+            ClusterVerb::Status { target } => admin::cluster::status(&target.bootstrap, target.json),
+            ClusterVerb::ElectLeaders {
+                topic,
+                partition,
+                target,
+            } => admin::cluster::elect_leaders(&target.bootstrap, topic.as_deref(), partition, target.json),
+        },
         Tool::Group { verb } => match verb {
             GroupVerb::List { target } => admin::list_groups(&target.bootstrap, target.json),
             GroupVerb::Describe { group, target } => {
@@ -356,7 +382,12 @@ async fn run(cfg: Arc<BrokerConfig>) -> anyhow::Result<()> {
     admin.serving(broker);
     tokio::spawn(trim_memory(shutdown.clone()));
     wait_for_signal().await?;
-    tracing::info!("shutting down");
+    // Controlled shutdown: clients keep being served while leadership moves
+    // (they are told NOT_LEADER_OR_FOLLOWER and find the new leaders), then
+    // the listener stops reading requests and answers those it had read.
+    tracing::info!("shutting down: handing leadership to other nodes");
+    cluster.hand_over_all(HAND_OVER_ON_SHUTDOWN).await;
+    tracing::info!("shutting down: answering the requests in flight");
     shutdown.cancel();
     let _ = server.await;
     let _ = admin_server.await;

@@ -23,6 +23,9 @@ use crate::protocol::{api_versions, handle, Broker, Reply, SUPPORTED_APIS};
 /// Requests read ahead of their responses on one connection; reading pauses
 /// beyond this so one client cannot queue unbounded work.
 const MAX_IN_FLIGHT: usize = 64;
+/// How long a shutdown waits for connections to answer the requests they had
+/// read: a produce waits for its commit, a fetch at most its max_wait_ms.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 
 type PendingResponse = Pin<Box<dyn std::future::Future<Output = Outcome> + Send>>;
 
@@ -35,9 +38,13 @@ enum Outcome {
     Close,
 }
 
-/// Accepts connections until `shutdown` is cancelled.
+/// Accepts connections until `shutdown` is cancelled, then waits (up to
+/// [`DRAIN_TIMEOUT`]) until every connection has answered the requests it had
+/// read: a request in flight when the node stops is answered, not dropped,
+/// so a client does not resend a write that had committed.
 pub async fn serve(listener: TcpListener, broker: Arc<Broker>, shutdown: CancellationToken) {
-    let limit = Arc::new(Semaphore::new(broker.cluster.config().max_connections));
+    let connections = broker.cluster.config().max_connections;
+    let limit = Arc::new(Semaphore::new(connections));
     let budget = RequestBudget::new(broker.cluster.config().queued_max_request_bytes);
     let meters = Arc::new(RequestMeters::new());
     while let Some((socket, peer, permit)) = next_connection(&listener, &limit, &shutdown, "kafka").await {
@@ -52,6 +59,11 @@ pub async fn serve(listener: TcpListener, broker: Arc<Broker>, shutdown: Cancell
                 .run(shutdown)
                 .await;
         });
+    }
+    drop(listener);
+    let all_closed = limit.acquire_many(u32::try_from(connections).unwrap_or(u32::MAX));
+    if tokio::time::timeout(DRAIN_TIMEOUT, all_closed).await.is_err() {
+        tracing::warn!("connections still busy after {DRAIN_TIMEOUT:?}; closing them");
     }
 }
 
@@ -165,6 +177,8 @@ enum Closing {
     BrokenInput(String),
     /// A handler asked for it ([`Reply::Close`]).
     Requested,
+    /// The node is shutting down: every request read was answered.
+    ShuttingDown,
 }
 
 impl Connection {
@@ -190,11 +204,7 @@ impl Connection {
 
     async fn run(mut self, shutdown: CancellationToken) {
         tracing::debug!(peer = %self.peer, "connection opened");
-        let closing = tokio::select! {
-            _ = shutdown.cancelled() => return,
-            closing = self.serve_requests() => closing,
-        };
-        match closing {
+        match self.serve_requests(&shutdown).await {
             Ok(Closing::PeerClosed) => tracing::debug!(peer = %self.peer, "connection closed by peer"),
             Ok(Closing::BrokenInput(reason)) => {
                 tracing::warn!(peer = %self.peer, %reason, "closing connection after bad input");
@@ -202,12 +212,20 @@ impl Connection {
                 let _ = self.drain().await;
             }
             Ok(Closing::Requested) => tracing::debug!(peer = %self.peer, "connection closed as a handler asked"),
+            Ok(Closing::ShuttingDown) => tracing::debug!(peer = %self.peer, "connection closed for shutdown"),
             Err(err) => tracing::debug!(peer = %self.peer, error = %err, "connection failed"),
         }
     }
 
-    async fn serve_requests(&mut self) -> std::io::Result<Closing> {
+    /// Reads and answers requests until the connection closes; once
+    /// `shutdown` fires, stops reading and returns when the requests already
+    /// read are answered.
+    async fn serve_requests(&mut self, shutdown: &CancellationToken) -> std::io::Result<Closing> {
         loop {
+            if shutdown.is_cancelled() {
+                self.drain().await?;
+                return Ok(Closing::ShuttingDown);
+            }
             let next = self.queue_complete_frames();
             let wanted = match next {
                 Next::Close(closing) => return Ok(closing),
@@ -217,6 +235,7 @@ impl Connection {
             let can_read = wanted.is_none() && self.pending.len() < MAX_IN_FLIGHT;
             let budget = Arc::clone(&self.budget.bytes);
             tokio::select! {
+                _ = shutdown.cancelled() => {}
                 Some(outcome) = self.pending.next(), if !self.pending.is_empty() => {
                     match outcome {
                         Outcome::Frame(frame) => self.socket.write_all(&frame).await?,

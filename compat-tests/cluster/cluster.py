@@ -329,6 +329,10 @@ class Cluster(StartedInWith):
         self._wait(hosted_everywhere, timeout, f"topic {topic} hosted on every node", fatal=NodeDied)
 
     # -- rafka tools -----------------------------------------------------------------
+    def tool(self, *args):
+        """`rafka <args>` (an admin verb); the completed process, output captured."""
+        return self._tool(*args)
+
     def health(self, node_id):
         """Exit code of `rafka health --bootstrap` against the node."""
         return self._tool("health", "--bootstrap", self.nodes[node_id].bootstrap).returncode

@@ -17,6 +17,12 @@ each one proves):
                  wiped: the blank majority founds nothing; 2 and 3 back: no amnesiac vote elects anyone
   quorum-loss    pause both followers: the leader refuses a produce with NOT_ENOUGH_REPLICAS before
                  proposing it; resume them: writes are acknowledged again
+  balance        restart every node one by one (SIGTERM): the leader balancer spreads leaders
+                 within one of even again
+  rolling-restart  rolling SIGTERM restart under idempotent acks=all load: controlled shutdown hands
+                 leadership over, nothing lost or duplicated, no partition 1 s without an ack
+  elect-leaders  balancer off: kafka-python, confluent-kafka and `rafka cluster elect-leaders` move
+                 restarted nodes' partitions back to their preferred replicas (ElectLeaders)
   epochs         records produced under three leaders (two kill -9s) while a consumer reads: the
                  leader epoch grows in Metadata, is stamped in every batch, OffsetForLeaderEpoch
                  places each epoch, stale and future epochs are refused in requests
@@ -27,6 +33,7 @@ Prints `TIMING <scenario> <name>=<seconds>` lines and ends with `N passed, N fai
 """
 
 import argparse
+import json
 import re
 import shutil
 import signal
@@ -48,7 +55,9 @@ from workload import Workload, offset_mismatches, stray_records, verify_read_bac
 
 import checker  # noqa: E402  (durability/checker.py)
 import kafka_wire  # noqa: E402
-from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition  # noqa: E402
+from confluent_kafka import Consumer, ElectionType, KafkaError, Producer, TopicPartition  # noqa: E402
+from confluent_kafka.admin import AdminClient  # noqa: E402
+from kafka import KafkaAdminClient  # noqa: E402
 
 SUITE = "cluster"
 RATE = 150  # values/s per producer thread: steady, and light enough for a loaded 2-core machine
@@ -1053,6 +1062,197 @@ def expect_epoch_fencing(cluster, topic, state):
                what=f"OffsetForLeaderEpoch on follower {follower} to answer NOT_LEADER_OR_FOLLOWER")
 
 
+
+# -- leadership: balance after restarts, rolling restart, ElectLeaders ---------------------
+BALANCE_DEADLINE = 30  # seconds: the balancer looks every 5 s; hand-overs take milliseconds
+ROLLING_GAP_LIMIT_S = 1.0  # longest a partition may go without an acknowledged write in a rolling restart
+ELECTION_NOT_NEEDED = 84
+
+
+def leader_counts(cluster, topic):
+    """{node: partitions of `topic` it leads}, every running node included, as node 1..n report."""
+    counts = {i: 0 for i in cluster.running_ids()}
+    for partition, leader in cluster.leaders(topic).items():
+        if leader < 0:
+            raise NotYet(f"{topic}/{partition} has no leader")
+        counts[leader] = counts.get(leader, 0) + 1
+    return counts
+
+
+def wait_balanced(cluster, topic, timeout=BALANCE_DEADLINE):
+    """Until the leaders of `topic` are spread within one of even over the running nodes."""
+    def balanced():
+        counts = leader_counts(cluster, topic)
+        if max(counts.values()) - min(counts.values()) > 1:
+            raise NotYet(f"leaders per node {counts}")
+        return counts
+
+    return wait_until(balanced, timeout, interval=0.2, what=f"leaders of {topic} balanced within one of even")
+
+
+def sigterm_restart(cluster, node_id, scenario):
+    """SIGTERM the node (controlled shutdown: it must exit 0 within the stop timeout), start it again."""
+    stopped_at = time.monotonic()
+    code = cluster.stop(node_id)
+    stopped_after = time.monotonic() - stopped_at
+    timing(scenario, **{f"node{node_id}_shutdown_s": stopped_after})
+    expect_eq(code, 0, f"exit code of node {node_id} after SIGTERM")
+    cluster.start(node_id)
+
+
+def leaders_balance_after_restarts(cluster, step):
+    topic, partitions = "balance", 6
+    step(f"topic with {partitions} partitions, RF 3", lambda: cluster.create_topic(topic, partitions))
+    step("leaders start balanced", lambda: wait_balanced(cluster, topic))
+
+    def restart_all():
+        for node_id in cluster.ids:
+            sigterm_restart(cluster, node_id, "balance")
+            print(f"  node {node_id} restarted; leaders per node {leader_counts(cluster, topic)}", flush=True)
+        restarted_at = time.monotonic()
+        counts = wait_balanced(cluster, topic)
+        timing("balance", balanced_after_last_restart_s=time.monotonic() - restarted_at)
+        print(f"  leaders per node {counts}", flush=True)
+
+    step("every node restarted one by one (SIGTERM): leaders are balanced within one of even again",
+         restart_all, timeout=300)
+
+    def status_reports_balance():
+        answer = cluster.tool("cluster", "status", "--bootstrap", cluster.bootstrap([1]), "--json")
+        expect_eq(answer.returncode, 0, f"`rafka cluster status` exit code ({answer.stderr.strip()})")
+        status = json.loads(answer.stdout)
+        expect(status["balanced"] and status["imbalance"] <= 1, f"`rafka cluster status`: {status}")
+        expect_eq(status["preferred_leaders"], status["partitions"], "partitions led by their preferred replica")
+
+    step("`rafka cluster status` reports every partition led by its preferred replica, balanced",
+         status_reports_balance)
+
+
+def rolling_restart(cluster, step):
+    topic, partitions, state = "rolling", 3, {}
+    work = Workload(cluster.bootstrap(), topic, partitions, producers=PRODUCERS, rate=RATE, client_id="rolling")
+    try:
+        step(f"topic with {partitions} partitions, RF 3", lambda: cluster.create_topic(topic, partitions))
+        step("rolling SIGTERM restart of every node under idempotent acks=all load: no delivery fails, "
+             f"no partition goes {ROLLING_GAP_LIMIT_S} s without an acknowledged write",
+             lambda: restart_each_under_load(cluster, work, topic, state), timeout=400)
+        step("every acknowledged record is read back once, in order, at its acknowledged offset",
+             lambda: verify_read_back(cluster.bootstrap(), work))
+        step("all replicas agree (checksums)", lambda: print_agreement(cluster.wait_replicas_agree(topic)))
+    finally:
+        work.close()
+
+
+def restart_each_under_load(cluster, work, topic, state):
+    work.start()
+    work.wait_acks(WARMUP_ACKS, timeout=FAULT_DEADLINE)
+    began = time.monotonic()
+    for node_id in cluster.ids:
+        wait_balanced(cluster, topic)  # the node leads its share, which it must hand over
+        print(f"  SIGTERM node {node_id}, leader of {topic} partitions {led_by(cluster, topic, node_id)}",
+              flush=True)
+        sigterm_restart(cluster, node_id, "rolling-restart")
+    wait_balanced(cluster, topic)
+    work.wait_acks(ACKS_AFTER_FAULT, since=time.monotonic(), timeout=FAULT_DEADLINE)
+    keep_producing(LOAD_AFTER_RECOVERY_S)
+    gap = work.max_ack_gap(range(work.partitions), since=began)
+    work.stop()
+    timing("rolling-restart", max_ack_gap_s=gap, restarts_s=time.monotonic() - began)
+    work.expect_no_failures()
+    expect(gap < ROLLING_GAP_LIMIT_S, f"a partition went {gap:.3f} s without an acknowledged write")
+
+
+def elect_leaders(cluster, step):
+    """The balancer is off: a restarted node leads nothing until an ElectLeaders moves its
+    preferred partitions back, driven by kafka-python, confluent-kafka and `rafka cluster`."""
+    topic, partitions = "elect", 3
+    state = {}
+    step(f"topic with {partitions} partitions, RF 3", lambda: cluster.create_topic(topic, partitions))
+
+    def preferred_of():
+        md = cluster.metadata(cluster.ids[0], topic).topics[topic]
+        state["preferred"] = {p: pm.replicas[0] for p, pm in md.partitions.items()}
+        print(f"  preferred leaders {state['preferred']}", flush=True)
+
+    step("every partition has a preferred replica", preferred_of)
+
+    def restarted_leads_nothing(node_id):
+        sigterm_restart(cluster, node_id, "elect-leaders")
+        led = led_by(cluster, topic, node_id)
+        expect_eq(led, [], f"partitions node {node_id} leads after its restart (balancer off)")
+        return [p for p, preferred in state["preferred"].items() if preferred == node_id]
+
+    def wait_led_by_preferred(wanted):
+        def led():
+            leaders = cluster.leaders(topic)
+            off = {p: leaders[p] for p in wanted if leaders[p] != state["preferred"][p]}
+            if off:
+                raise NotYet(f"partitions not led by their preferred replica: {off}")
+            return True
+
+        wait_until(led, FAULT_DEADLINE, interval=0.1, what="preferred replicas to lead")
+
+    def kafka_python_elects():
+        first = cluster.ids[0]
+        wanted = restarted_leads_nothing(first)
+        admin = KafkaAdminClient(bootstrap_servers=cluster.bootstrap(), request_timeout_ms=30000)
+        try:
+            started = time.monotonic()
+            answer = admin.elect_leaders(0, {topic: wanted}, timeout_ms=10000)
+            timing("elect-leaders", kafka_python_election_s=time.monotonic() - started)
+            codes = {p.partition_id: p.error_code for t in answer.replica_election_results
+                     for p in t.partition_result}
+            expect_eq(codes, {p: 0 for p in wanted}, "kafka-python ElectLeaders error codes")
+            wait_led_by_preferred(wanted)
+            again = admin.elect_leaders(0, {topic: wanted}, timeout_ms=10000)
+            codes = {p.partition_id: p.error_code for t in again.replica_election_results for p in t.partition_result}
+            expect_eq(codes, {p: ELECTION_NOT_NEEDED for p in wanted}, "error codes of a second election")
+        finally:
+            admin.close()
+
+    step("kafka-python KafkaAdminClient.elect_leaders (PREFERRED) moves a restarted node's partitions back; "
+         "asked again, ELECTION_NOT_NEEDED", kafka_python_elects)
+
+    def confluent_elects():
+        second = cluster.ids[1]
+        wanted = restarted_leads_nothing(second)
+        admin = AdminClient({"bootstrap.servers": cluster.bootstrap(), "log_level": 0})
+        partitions_wanted = [TopicPartition(topic, p) for p in wanted]
+        result = admin.elect_leaders(ElectionType.PREFERRED, partitions_wanted).result(30)
+        failed = {(tp.topic, tp.partition): err for tp, err in result.items() if err is not None}
+        expect_eq(failed, {}, "confluent-kafka elect_leaders failures")
+        expect_eq(sorted(tp.partition for tp in result), sorted(wanted), "partitions in the answer")
+        wait_led_by_preferred(wanted)
+        unclean = admin.elect_leaders(ElectionType.UNCLEAN, partitions_wanted).result(30)
+        # Each error is a KafkaError (a KafkaException in some versions, wrapping one).
+        codes = {tp.partition: (err if isinstance(err, KafkaError) else err.args[0]).code()
+                 for tp, err in unclean.items() if err is not None}
+        expect_eq(codes, {p: KafkaError.ELECTION_NOT_NEEDED for p in wanted},
+                  "UNCLEAN election of partitions with a leader")
+
+    step("confluent-kafka AdminClient.elect_leaders (PREFERRED) moves a restarted node's partitions back; "
+         "UNCLEAN answers ELECTION_NOT_NEEDED", confluent_elects)
+
+    def cli_elects():
+        third = cluster.ids[2]
+        wanted = restarted_leads_nothing(third)
+        answer = cluster.tool("cluster", "elect-leaders", "--bootstrap", cluster.bootstrap([1]), "--json")
+        expect_eq(answer.returncode, 0, f"`rafka cluster elect-leaders` exit code ({answer.stderr.strip()})")
+        rows = json.loads(answer.stdout)
+        elected = sorted(r["partition"] for r in rows if r["topic"] == topic and r["error_code"] == 0)
+        expect_eq(elected, sorted(wanted), "partitions `rafka cluster elect-leaders` reports elected")
+        wait_led_by_preferred(range(partitions))
+        answer = cluster.tool("cluster", "elect-leaders", "--bootstrap", cluster.bootstrap([1]), "--topic", topic,
+                              "--partition", str(wanted[0]), "--json")
+        expect_eq(answer.returncode, 0, f"`rafka cluster elect-leaders --topic` exit code ({answer.stderr.strip()})")
+        expect_eq([r["error_code"] for r in json.loads(answer.stdout)], [ELECTION_NOT_NEEDED],
+                  "error code of electing a partition its preferred replica leads")
+
+    step("`rafka cluster elect-leaders` (every partition) moves the last restarted node's partitions back",
+         cli_elects)
+    step("leaders balanced", lambda: wait_balanced(cluster, topic, timeout=5))
+
+
 # -- the suite ---------------------------------------------------------------------------
 # -- h. two outages on five nodes ---------------------------------------------------------------
 OUTAGE_NODES = 5
@@ -1177,6 +1377,9 @@ SCENARIOS = {
     "wipe-rejoin": (wiped_rejoin_leader_kill, {"proxies": True}),
     "quorum-loss": (quorum_loss, {}),
     "epochs": (leader_epochs, {}),
+    "balance": (leaders_balance_after_restarts, {}),
+    "rolling-restart": (rolling_restart, {}),
+    "elect-leaders": (elect_leaders, {"settings": {"auto_leader_rebalance_enable": False}}),
     "double-outage": (double_outage, {"size": OUTAGE_NODES}),
     "peer-auth": (peer_auth, {"secret": SECRET, "node_settings": {IMPOSTOR: {"cluster_secret": "a-guess"}},
                               "form": form_without_impostor}),

@@ -65,6 +65,12 @@ impl Appender {
         answered
     }
 
+    /// No request waits and none is being proposed.
+    pub fn is_idle(&self) -> bool {
+        let queue = self.lock();
+        queue.waiting.is_empty() && !queue.proposing
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, Queue> {
         self.queue.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }

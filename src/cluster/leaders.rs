@@ -31,6 +31,7 @@ struct Heard {
     at: Instant,
     advertised_listener: String,
     leading: HashMap<GroupId, LeaderClaim>,
+    draining: bool,
 }
 
 /// A group's leader as far as this node knows, and the replicas it sees caught up.
@@ -56,6 +57,7 @@ impl LeaderBoard {
             at: Instant::now(),
             advertised_listener: announcement.advertised_listener,
             leading: announcement.leading.into_iter().map(|c| (c.group, c)).collect(),
+            draining: announcement.draining,
         };
         if let Ok(mut map) = self.heard.write() {
             map.insert(announcement.node, heard);
@@ -80,6 +82,15 @@ impl LeaderBoard {
             .read()
             .ok()
             .and_then(|map| map.get(&node).map(|heard| heard.at.elapsed() < age))
+            .unwrap_or(false)
+    }
+
+    /// Whether `node` last announced that it is shutting down.
+    pub fn is_draining(&self, node: NodeId) -> bool {
+        self.heard
+            .read()
+            .ok()
+            .and_then(|map| map.get(&node).map(|heard| heard.draining))
             .unwrap_or(false)
     }
 
@@ -131,6 +142,7 @@ mod tests {
                     in_sync: vec![node],
                 })
                 .collect(),
+            draining: false,
         }
     }
 

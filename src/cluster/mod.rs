@@ -4,6 +4,7 @@
 pub mod appender;
 pub mod controller_state;
 mod founding;
+pub mod handover;
 pub mod identity;
 pub mod leaders;
 pub mod leadership;
@@ -19,7 +20,7 @@ pub mod topic_configs;
 pub mod topics;
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
@@ -54,6 +55,7 @@ use controller_state::ControllerState;
 use founding::Founding;
 use identity::{Identity, IdentityError};
 use leaders::{LeaderBoard, LeaderView, ALIVE_WITHIN, ANNOUNCE_INTERVAL};
+use leadership::ElectedAt;
 use metadata::{ClusterState, TopicState};
 use partition_state::{AppliedPartition, PartitionState};
 use quiesce::Quiet;
@@ -98,6 +100,9 @@ pub struct PartitionHandle {
     /// Consumer-group changes proposed here hold it shared; a restatement
     /// holds it alone, so that no change overtakes the state it restates.
     group_changes: tokio::sync::RwLock<()>,
+    /// Leadership is being handed to another replica: appends are refused
+    /// (NOT_LEADER_OR_FOLLOWER, so clients look for the new leader) until it has.
+    handing_over: AtomicBool,
 }
 
 impl PartitionHandle {
@@ -167,6 +172,12 @@ pub struct Cluster {
     identity: Identity,
     /// Withholds this node's votes while its data dir is new and behind the cluster.
     gate: Arc<VoteGate>,
+    /// When this node became leader of each group it leads.
+    elected_at: Arc<ElectedAt>,
+    /// Shutting down: leadership goes away from this node, never to it.
+    draining: AtomicBool,
+    /// The controller group's leadership is being handed over: proposals wait.
+    controller_handing_over: AtomicBool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -215,10 +226,12 @@ impl Cluster {
             peers: Arc::clone(&peers),
         }
         .start();
+        let elected_at = Arc::new(ElectedAt::default());
         tokio::spawn(leadership::follow(
             CONTROLLER_GROUP,
             controller.server_metrics(),
             metadata.clone(),
+            Arc::clone(&elected_at),
         ));
         let board = LeaderBoard::new(cfg.broker_session_timeout());
         let cluster = Arc::new(Cluster {
@@ -233,6 +246,9 @@ impl Cluster {
             reconciling: Mutex::new(()),
             identity,
             gate,
+            elected_at,
+            draining: AtomicBool::new(false),
+            controller_handing_over: AtomicBool::new(false),
         });
         tokio::spawn(peer_service::serve_peers(
             peer_listener,
@@ -246,6 +262,7 @@ impl Cluster {
         tokio::spawn(Arc::clone(&cluster).follow_metadata(shutdown.clone()));
         tokio::spawn(retention::run(Arc::clone(&cluster), shutdown.clone()));
         tokio::spawn(Arc::clone(&cluster).watch_quiet_partitions(shutdown.clone()));
+        tokio::spawn(Arc::clone(&cluster).balance_leaders(shutdown.clone()));
         tokio::spawn(Arc::clone(&cluster).announce(shutdown));
         Ok(cluster)
     }
@@ -412,6 +429,18 @@ impl Cluster {
         }
     }
 
+    /// One announcement to every peer, waiting for their answers (or a timeout):
+    /// a change peers must know before this node goes on.
+    async fn announce_once(&self) {
+        let request = PeerRequest::Announce(self.announcement());
+        let calls = self
+            .members
+            .keys()
+            .filter(|id| **id != self.node_id())
+            .map(|peer| self.peers.call(*peer, &request, ANNOUNCE_INTERVAL * 2));
+        futures::future::join_all(calls).await;
+    }
+
     /// Turns idle partitions this node leads quiet, and lets partitions it
     /// follows campaign only when their leader is gone (see `quiesce`).
     async fn watch_quiet_partitions(self: Arc<Self>, shutdown: CancellationToken) {
@@ -474,6 +503,7 @@ impl Cluster {
             node: self.node_id(),
             advertised_listener: self.cfg.advertised_listener(),
             leading,
+            draining: self.draining(),
         }
     }
 
@@ -528,6 +558,13 @@ impl Cluster {
             PeerRequest::Checksums => PeerResponse::Checksums(self.checksums()),
             PeerRequest::Formed { group } => PeerResponse::Formed {
                 formed: self.formed(group),
+            },
+            PeerRequest::HandOver { group, to } => PeerResponse::HandedOver(
+                self.hand_over(group, to, Instant::now() + handover::HAND_OVER_TIMEOUT)
+                    .await,
+            ),
+            PeerRequest::Campaign { group } => PeerResponse::Campaigning {
+                started: self.campaign(group).await,
             },
         }
     }
@@ -686,6 +723,10 @@ impl Cluster {
     /// Proposes `command` to this node's replica of `group`.
     async fn propose_here(&self, group: GroupId, command: Command) -> Result<CommandResponse, ProposeError> {
         let raft = self.raft_of(group).ok_or(ProposeError::GroupNotHere)?;
+        // Refused unproposed, so the proposer retries with the next leader.
+        if group == CONTROLLER_GROUP && self.controller_handing_over.load(Ordering::Acquire) {
+            return Err(ProposeError::NotLeader(None));
+        }
         match tokio::time::timeout(PROPOSE_TIMEOUT, raft.client_write(command)).await {
             Ok(Ok(response)) => Ok(response.data),
             Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(forward)))) => {
@@ -933,7 +974,12 @@ impl Cluster {
             peers: Arc::clone(&self.peers),
         }
         .start();
-        tokio::spawn(leadership::follow(group, raft.server_metrics(), self.metadata.clone()));
+        tokio::spawn(leadership::follow(
+            group,
+            raft.server_metrics(),
+            self.metadata.clone(),
+            Arc::clone(&self.elected_at),
+        ));
         tracing::info!(group, stores_offsets, "partition group started");
         Ok(PartitionHandle {
             group,
@@ -947,6 +993,7 @@ impl Cluster {
             appender: Arc::default(),
             quiet: Quiet::default(),
             group_changes: tokio::sync::RwLock::new(()),
+            handing_over: AtomicBool::new(false),
         })
     }
 
@@ -1259,6 +1306,9 @@ impl Cluster {
         handle: &PartitionHandle,
         change: GroupCommand,
     ) -> Result<(), BrokerError> {
+        if handle.handing_over.load(Ordering::Acquire) {
+            return Err(BrokerError::NotCoordinator);
+        }
         let _shared = handle.group_changes.read().await;
         handle.quiet.wake(&handle.raft);
         match handle.raft.client_write(Command::Group(change)).await {
@@ -1274,9 +1324,6 @@ impl Cluster {
         }
     }
 
-    /// Replicates `batches` through the partition's Raft group and waits up to
-    /// `timeout` for the commit; returns (base offset, log start offset).
-    /// This node's partitions that hold records (not consumer offsets).
     /// Every partition group running on this node, `__consumer_offsets` included.
     fn hosted_partitions(&self) -> Vec<Arc<PartitionHandle>> {
         self.partitions
@@ -1412,6 +1459,9 @@ impl Cluster {
         batches: Vec<ValidatedBatch>,
         timeout: Duration,
     ) -> Result<(i64, i64), BrokerError> {
+        if handle.handing_over.load(Ordering::Acquire) {
+            return Err(BrokerError::NotLeader);
+        }
         let proposed = Instant::now();
         handle.quiet.wake(&handle.raft);
         let answered = handle.appender.submit(&handle.raft, batches);

@@ -96,6 +96,13 @@ pub fn for_each_error_code(response: &ResponseKind, mut found: impl FnMut(i16)) 
             .iter()
             .flat_map(|t| &t.partitions)
             .for_each(|p| code(p.error_code)),
+        ResponseKind::ElectLeaders(r) => {
+            code(r.error_code);
+            r.replica_election_results
+                .iter()
+                .flat_map(|t| &t.partition_result)
+                .for_each(|p| code(p.error_code));
+        }
         // Every API of SUPPORTED_APIS is listed above; others are never answered.
         _ => {}
     }

@@ -14,6 +14,7 @@ pub mod describe_cluster;
 pub mod describe_configs;
 pub mod describe_groups;
 pub mod describe_log_dirs;
+pub mod elect_leaders;
 pub mod error_codes;
 pub mod fetch;
 pub mod find_coordinator;
@@ -79,6 +80,7 @@ pub const SUPPORTED_APIS: &[(ApiKey, VersionRange)] = &[
     (ApiKey::IncrementalAlterConfigs, incremental_alter_configs::VERSIONS),
     (ApiKey::DescribeLogDirs, describe_log_dirs::VERSIONS),
     (ApiKey::OffsetForLeaderEpoch, offset_for_leader_epoch::VERSIONS),
+    (ApiKey::ElectLeaders, elect_leaders::VERSIONS),
 ];
 
 pub fn supported_versions(api_key: ApiKey) -> Option<VersionRange> {
@@ -149,6 +151,9 @@ pub async fn handle(broker: Arc<Broker>, peer: SocketAddr, request: Request) -> 
             ResponseKind::IncrementalAlterConfigs(incremental_alter_configs::handle(cluster, req).await)
         }
         RequestKind::DescribeLogDirs(req) => ResponseKind::DescribeLogDirs(describe_log_dirs::handle(cluster, req)),
+        RequestKind::ElectLeaders(req) => {
+            ResponseKind::ElectLeaders(elect_leaders::handle(cluster, version, req).await)
+        }
         RequestKind::DescribeCluster(_) => ResponseKind::DescribeCluster(describe_cluster::handle(cluster)),
         RequestKind::FindCoordinator(req) => {
             ResponseKind::FindCoordinator(find_coordinator::handle(cluster, version, req).await)

@@ -56,7 +56,7 @@ fn raft_config(
         cluster_name: format!("group-{group}"),
         heartbeat_interval: cfg.heartbeat_interval().as_millis() as u64,
         election_timeout_min: election,
-        election_timeout_max: election + election / 4,
+        election_timeout_max: vote_lease(cfg).as_millis() as u64,
         snapshot_policy,
         max_in_snapshot_log_to_keep,
         max_payload_entries: MAX_PAYLOAD_ENTRIES,
@@ -66,6 +66,12 @@ fn raft_config(
         .validate()
         .map(Arc::new)
         .map_err(|err| GroupStartError::Raft(err.to_string()))
+}
+
+/// openraft's election_timeout_max, which is also its vote lease: a voter
+/// refuses votes for this long after its vote last changed or was refreshed.
+pub fn vote_lease(cfg: &BrokerConfig) -> Duration {
+    cfg.election_timeout() + cfg.election_timeout() / 4
 }
 
 /// Starts the group's Raft instance over its opened log. `members` lists the

@@ -23,8 +23,11 @@ use super::NodeId;
 
 /// The version of the exchange, and of the peer messages that follow it
 /// (`wire.rs`), this release speaks. Version 2: leader claims carry the
-/// partition's leader epoch.
-pub const HANDSHAKE_VERSION: u16 = 2;
+/// partition's leader epoch. Version 3: leadership hand-over requests, and
+/// announcements say whether the node is shutting down; a version-2 node
+/// could not decode them, so it is refused at the handshake rather than
+/// dropping a connection that carries every group's RPCs on the first one.
+pub const HANDSHAKE_VERSION: u16 = 3;
 /// Handshake frames are tiny; a larger length prefix is garbage, not a peer.
 pub const MAX_HANDSHAKE_FRAME: usize = 4096;
 const NONCE_BYTES: usize = 32;

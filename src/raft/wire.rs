@@ -79,6 +79,17 @@ pub enum PeerRequest {
     Formed {
         group: GroupId,
     },
+    /// To `group`'s leader: hand leadership to replica `to` (preferred-leader
+    /// election, the leader balancer, a peer's controlled shutdown).
+    HandOver {
+        group: GroupId,
+        to: NodeId,
+    },
+    /// From `group`'s leader to a caught-up replica it hands leadership to:
+    /// campaign now, without waiting for an election timeout.
+    Campaign {
+        group: GroupId,
+    },
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -97,6 +108,31 @@ pub enum PeerResponse {
     Formed {
         formed: bool,
     },
+    HandedOver(Result<(), HandOverError>),
+    /// Whether the replica started a campaign (a replica whose vote gate is
+    /// closed, or that is shutting down, does not).
+    Campaigning {
+        started: bool,
+    },
+}
+
+/// Why leadership of a group was not handed over.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, thiserror::Error)]
+pub enum HandOverError {
+    #[error("not the leader; the leader is {0:?}")]
+    NotLeader(Option<NodeId>),
+    #[error("group not running on the node")]
+    GroupNotHere,
+    #[error("node {0} is not a voter of the group")]
+    NotAReplica(NodeId),
+    #[error("node {0} is not alive, or is shutting down")]
+    TargetNotAlive(NodeId),
+    #[error("node {0} did not catch up with the leader's log in time")]
+    TargetBehind(NodeId),
+    #[error("node {0} refused to campaign")]
+    CampaignRefused(NodeId),
+    #[error("{0}")]
+    Unavailable(String),
 }
 
 /// Why a forwarded proposal was not applied.
@@ -119,6 +155,9 @@ pub struct Announcement {
     /// `host:port` Kafka clients use to reach the node.
     pub advertised_listener: String,
     pub leading: Vec<LeaderClaim>,
+    /// The node is shutting down: it is handing its leaderships away, so no
+    /// leadership is handed to it.
+    pub draining: bool,
 }
 
 /// "I lead `group` in `term`, with this leader epoch (-1 for groups that
@@ -176,6 +215,7 @@ impl PeerRequest {
             | PeerRequest::Announce(_)
             | PeerRequest::Checksums
             | PeerRequest::Formed { .. } => "other",
+            PeerRequest::HandOver { .. } | PeerRequest::Campaign { .. } => "leadership",
         }
     }
 
@@ -190,7 +230,9 @@ impl PeerRequest {
             | PeerRequest::Probe { .. }
             | PeerRequest::Announce(_)
             | PeerRequest::Checksums
-            | PeerRequest::Formed { .. } => true,
+            | PeerRequest::Formed { .. }
+            | PeerRequest::HandOver { .. }
+            | PeerRequest::Campaign { .. } => true,
         }
     }
 }
@@ -206,6 +248,21 @@ mod tests {
         let decoded: Envelope<PeerRequest> = decode(&frame).unwrap();
         assert_eq!(decoded.id, 42);
         assert!(matches!(decoded.body, PeerRequest::Probe { group: 7 }));
+    }
+
+    #[test]
+    fn hand_over_requests_travel_in_the_control_lane() {
+        let frame = encode(3, &PeerRequest::HandOver { group: 4, to: 2 }).unwrap();
+        let decoded: Envelope<PeerRequest> = decode(&frame).unwrap();
+        assert!(matches!(decoded.body, PeerRequest::HandOver { group: 4, to: 2 }));
+        assert!(decoded.body.is_control());
+        assert!(PeerRequest::Campaign { group: 4 }.is_control());
+        let refused = PeerResponse::HandedOver(Err(HandOverError::TargetBehind(2)));
+        let decoded: Envelope<PeerResponse> = decode(&encode(3, &refused).unwrap()).unwrap();
+        assert!(matches!(
+            decoded.body,
+            PeerResponse::HandedOver(Err(HandOverError::TargetBehind(2)))
+        ));
     }
 
     #[test]
