@@ -60,6 +60,10 @@ pub struct BrokerConfig {
     pub group_initial_rebalance_delay_ms: u64,
     #[serde(default = "default_min_session")]
     pub group_min_session_timeout_ms: i32,
+    /// Kafka's `offset.metadata.max.bytes`: the longest metadata string a
+    /// committed offset may carry (OFFSET_METADATA_TOO_LARGE beyond it).
+    #[serde(default = "default_offset_metadata_max_bytes")]
+    pub offset_metadata_max_bytes: usize,
     #[serde(default = "default_max_session")]
     pub group_max_session_timeout_ms: i32,
     /// Kafka's `log.retention.hours`: topics' default `retention.ms`; -1 keeps records forever.
@@ -150,6 +154,10 @@ fn default_offsets_partitions() -> i32 {
 
 fn default_initial_rebalance_delay() -> u64 {
     3000
+}
+
+fn default_offset_metadata_max_bytes() -> usize {
+    4096
 }
 
 fn default_min_session() -> i32 {

@@ -11,6 +11,8 @@ use crate::storage::StorageError;
 pub enum BrokerError {
     #[error("unknown topic or partition")]
     UnknownTopicOrPartition,
+    #[error("offset metadata of {size} bytes exceeds offset_metadata_max_bytes ({max})")]
+    OffsetMetadataTooLarge { size: usize, max: usize },
     #[error("invalid topic name: {0}")]
     InvalidTopic(String),
     #[error("topic already exists")]
@@ -121,6 +123,7 @@ impl BrokerError {
     pub fn response_error(&self) -> ResponseError {
         match self {
             BrokerError::UnknownTopicOrPartition => ResponseError::UnknownTopicOrPartition,
+            BrokerError::OffsetMetadataTooLarge { .. } => ResponseError::OffsetMetadataTooLarge,
             BrokerError::InvalidTopic(_) => ResponseError::InvalidTopicException,
             BrokerError::TopicAlreadyExists => ResponseError::TopicAlreadyExists,
             BrokerError::InvalidPartitions(_) => ResponseError::InvalidPartitions,
@@ -192,6 +195,7 @@ mod tests {
             ),
             (BrokerError::Batch(BatchError::Corrupt("crc".into())), 2),
             (BrokerError::UnknownTopicOrPartition, 3),
+            (BrokerError::OffsetMetadataTooLarge { size: 5000, max: 4096 }, 12),
             (BrokerError::LeaderNotAvailable("electing".into()), 5),
             (BrokerError::NotLeader, 6),
             (BrokerError::Timeout("commit".into()), 7),

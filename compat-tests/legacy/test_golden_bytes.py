@@ -11,8 +11,8 @@ and a client library cannot hide here.
 
 Covered: CreateTopics v0/v1, Metadata v0, Produce v0/v1/v2 with message sets
 of magic 0 and 1, Fetch v0 (down-converted to magic 0) and v2 (magic 1),
-ListOffsets v0, OffsetCommit v0/v1, OffsetFetch v0, DescribeConfigs v0,
-DeleteTopics v0.
+ListOffsets v0, OffsetCommit v0/v1 (and the metadata size limit), OffsetFetch
+v0, DescribeConfigs v0, DeleteTopics v0.
 """
 
 import socket
@@ -32,6 +32,8 @@ CLIENT_ID = "golden-bytes"
 PRODUCE, FETCH, LIST_OFFSETS, METADATA = 0, 1, 2, 3
 OFFSET_COMMIT, OFFSET_FETCH, CREATE_TOPICS, DELETE_TOPICS, DESCRIBE_CONFIGS = 8, 9, 19, 20, 32
 TOPIC_ALREADY_EXISTS = 36
+OFFSET_METADATA_TOO_LARGE = 12
+OFFSET_METADATA_MAX_BYTES = 4096  # the broker's default offset_metadata_max_bytes, as Kafka's
 NULL = None
 CREATE_TIME_MS = 1_700_000_000_000  # the timestamps of the magic 1 messages produced here
 
@@ -251,6 +253,27 @@ def offsets(wire):
     expect_bytes(wire.call(OFFSET_FETCH, 0, fetch_v0), fetched(5, "m1"), "OffsetFetch v0 answer after v1")
 
 
+def offset_metadata_limit(wire):
+    """Kafka's offset.metadata.max.bytes (4096): one byte more is OFFSET_METADATA_TOO_LARGE for that
+    partition and commits nothing; exactly the limit commits."""
+    def commit(offset, metadata_text):
+        body = string(GROUP) + array([string(TOPIC) + array([i32(0) + i64(offset) + string(metadata_text)])])
+        return wire.call(OFFSET_COMMIT, 0, body)
+
+    fetch_v0 = string(GROUP) + array([string(TOPIC) + array([i32(0)])])
+    longest = "m" * OFFSET_METADATA_MAX_BYTES
+    expect_bytes(commit(6, longest + "m"), array([string(TOPIC) + array([i32(0) + i16(OFFSET_METADATA_TOO_LARGE)])]),
+                 "OffsetCommit v0 answer for metadata one byte over the limit")
+    expect_bytes(wire.call(OFFSET_FETCH, 0, fetch_v0),
+                 array([string(TOPIC) + array([i32(0) + i64(5) + string("m1") + i16(0)])]),
+                 "OffsetFetch v0 answer after the refused commit")
+    expect_bytes(commit(6, longest), array([string(TOPIC) + array([i32(0) + i16(0)])]),
+                 "OffsetCommit v0 answer for metadata at the limit")
+    expect_bytes(wire.call(OFFSET_FETCH, 0, fetch_v0),
+                 array([string(TOPIC) + array([i32(0) + i64(6) + string(longest) + i16(0)])]),
+                 "OffsetFetch v0 answer after the commit at the limit")
+
+
 def describe_configs(wire):
     request = array([i8(2) + string(TOPIC) + array([string("cleanup.policy")])])
     answer = wire.call(DESCRIBE_CONFIGS, 0, request)
@@ -278,6 +301,8 @@ def main(broker, R):
             ("Fetch v2: magic 1 with the producers' timestamps", lambda: fetch_v2(wire)),
             ("ListOffsets v0: latest and earliest", lambda: list_offsets(wire)),
             ("OffsetCommit v0 and v1, OffsetFetch v0", lambda: offsets(wire)),
+            ("OffsetCommit v0: metadata over offset_metadata_max_bytes is refused per partition",
+             lambda: offset_metadata_limit(wire)),
             ("DescribeConfigs v0", lambda: describe_configs(wire)),
             ("DeleteTopics v0", lambda: delete_topics(wire)),
         ]:

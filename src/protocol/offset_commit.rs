@@ -18,7 +18,9 @@ pub async fn handle(
 ) -> OffsetCommitResponse {
     let now = crate::clock::now_ms();
     let metadata = cluster.metadata();
-    // Offsets of partitions that do not exist are refused one by one; the rest commit together.
+    let max_metadata = cluster.config().offset_metadata_max_bytes;
+    // Offsets of partitions that do not exist, or whose metadata is too long,
+    // are refused one by one (as Kafka does); the rest commit together.
     let mut codes: Vec<Vec<i16>> = Vec::new();
     let mut offsets = Vec::new();
     for topic in &request.topics {
@@ -32,6 +34,14 @@ pub async fn handle(
             .map(|p| {
                 if p.partition_index < 0 || p.partition_index >= count {
                     return BrokerError::UnknownTopicOrPartition.code();
+                }
+                let metadata_size = p.committed_metadata.as_ref().map_or(0, |m| m.len());
+                if metadata_size > max_metadata {
+                    return BrokerError::OffsetMetadataTooLarge {
+                        size: metadata_size,
+                        max: max_metadata,
+                    }
+                    .code();
                 }
                 let committed = CommittedOffset {
                     offset: p.committed_offset,
