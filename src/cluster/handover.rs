@@ -287,8 +287,7 @@ impl Cluster {
             CONTROLLER_GROUP => self.members.keys().copied().collect(),
             _ => self
                 .metadata()
-                .partitions()
-                .find(|(_, _, assignment)| assignment.group == group)
+                .partition_of_group(group)
                 .map(|(_, _, assignment)| assignment.replicas.clone())
                 .unwrap_or_default(),
         };

@@ -88,10 +88,7 @@ fn announce(group: GroupId, leader: NodeId, previous: Option<NodeId>, term: u64,
         tracing::info!(group, leader, ?previous, term, "controller leader changed");
         return;
     }
-    match metadata
-        .partitions()
-        .find(|(_, _, assignment)| assignment.group == group)
-    {
+    match metadata.partition_of_group(group) {
         Some((topic, partition, _)) => {
             tracing::info!(
                 topic,

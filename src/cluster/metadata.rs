@@ -135,6 +135,11 @@ impl ClusterState {
                 .map(move |(index, assignment)| (name.as_str(), index as i32, assignment))
         })
     }
+
+    /// The partition whose Raft group is `group`: `(topic, partition, assignment)`.
+    pub fn partition_of_group(&self, group: GroupId) -> Option<(&str, i32, &PartitionAssignment)> {
+        self.partitions().find(|(_, _, assignment)| assignment.group == group)
+    }
 }
 
 /// New partitions' replica lists: every partition on one or more distinct

@@ -163,28 +163,35 @@ impl Checkpoint {
     pub fn decode(raw: &[u8]) -> Result<Self, StorageError> {
         match raw.split_first() {
             Some((&CHECKPOINT_VERSION, body)) => Ok(bincode::deserialize(body)?),
-            Some((&CHECKPOINT_V2, body)) => {
-                let old: CheckpointV2 = bincode::deserialize(body)?;
-                Ok(Checkpoint {
-                    offsets: old.offsets,
-                    producers: old.producers,
-                    replication: old.replication,
-                    epochs: old.epochs,
-                    state: Vec::new(),
-                })
-            }
-            Some((&CHECKPOINT_V1, body)) => {
-                let old: CheckpointV1 = bincode::deserialize(body)?;
-                Ok(Checkpoint {
-                    offsets: old.offsets,
-                    producers: old.producers,
-                    replication: old.replication,
-                    epochs: LeaderEpochs::default(),
-                    state: Vec::new(),
-                })
-            }
+            Some((&CHECKPOINT_V2, body)) => Ok(bincode::deserialize::<CheckpointV2>(body)?.into()),
+            Some((&CHECKPOINT_V1, body)) => Ok(CheckpointV2::from(bincode::deserialize::<CheckpointV1>(body)?).into()),
             Some((version, _)) => Err(StorageError::Encoding(format!("unknown checkpoint format {version}"))),
             None => Err(StorageError::Encoding("empty checkpoint".into())),
+        }
+    }
+}
+
+/// Version 2 added the leader epochs: a version 1 checkpoint has an empty history.
+impl From<CheckpointV1> for CheckpointV2 {
+    fn from(old: CheckpointV1) -> Self {
+        CheckpointV2 {
+            offsets: old.offsets,
+            producers: old.producers,
+            replication: old.replication,
+            epochs: LeaderEpochs::default(),
+        }
+    }
+}
+
+/// Version 3 added the state machine's own state: older checkpoints have none.
+impl From<CheckpointV2> for Checkpoint {
+    fn from(old: CheckpointV2) -> Self {
+        Checkpoint {
+            offsets: old.offsets,
+            producers: old.producers,
+            replication: old.replication,
+            epochs: old.epochs,
+            state: Vec::new(),
         }
     }
 }
