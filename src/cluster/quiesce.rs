@@ -11,6 +11,7 @@
 //! node's work.
 
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::Mutex;
 use std::time::Duration;
 
 use openraft::{BasicNode, RaftMetrics};
@@ -33,6 +34,8 @@ pub struct Quiet {
     announced_quorum_until: AtomicI64,
     /// Whether a majority of the partition's nodes announced themselves lately.
     nodes_alive: AtomicBool,
+    /// The voters found alive at the leader's last step.
+    alive_voters: Mutex<Vec<NodeId>>,
     last_proposal: AtomicI64,
 }
 
@@ -57,16 +60,33 @@ impl Quiet {
     }
 
     /// One step of the leader side: turn quiet once idle and fully replicated
-    /// (after a last heartbeat carrying the commit index), and track whether a
-    /// majority of the partition's nodes is alive.
+    /// (after a last heartbeat carrying the commit index), wake up when a
+    /// voter comes back, and track whether a majority of the partition's
+    /// nodes is alive.
     pub async fn lead(&self, raft: &Raft, metrics: &RaftMetrics<NodeId, BasicNode>, alive: impl Fn(NodeId) -> bool) {
         let voters: Vec<NodeId> = metrics.membership_config.membership().voter_ids().collect();
-        let live = voters
+        let live: Vec<NodeId> = voters
             .iter()
-            .filter(|node| **node == metrics.id || alive(**node))
-            .count();
-        self.nodes_alive.store(live > voters.len() / 2, Ordering::Relaxed);
+            .copied()
+            .filter(|node| *node == metrics.id || alive(*node))
+            .collect();
+        self.nodes_alive.store(live.len() > voters.len() / 2, Ordering::Relaxed);
+        let returned = {
+            let mut before = self
+                .alive_voters
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            let returned = live.iter().any(|node| !before.contains(node));
+            *before = live;
+            returned
+        };
         if self.quiet.load(Ordering::Relaxed) {
+            // A voter back from silence may have restarted behind, or with its
+            // data dir wiped, and only a heartbeat's answer tells: the
+            // replication metrics still show what its former self had matched.
+            if returned {
+                self.wake(raft);
+            }
             return;
         }
         raft.runtime_config().tick(true);
