@@ -51,6 +51,8 @@ pub enum BrokerError {
     },
     #[error("timed out: {0}")]
     Timeout(String),
+    #[error("no reassignment is in progress for the partition")]
+    NoReassignmentInProgress,
     #[error("the preferred replica already leads the partition")]
     ElectionNotNeeded,
     #[error("the preferred replica cannot take the leadership: {0}")]
@@ -100,6 +102,8 @@ impl From<ControllerRefusal> for BrokerError {
             ControllerRefusal::InvalidTopicName(reason) => BrokerError::InvalidTopic(reason),
             ControllerRefusal::InvalidAssignment(reason) => BrokerError::InvalidReplicaAssignment(reason),
             ControllerRefusal::InvalidConfig(reason) => BrokerError::InvalidConfig(reason),
+            ControllerRefusal::NoReassignmentInProgress => BrokerError::NoReassignmentInProgress,
+            ControllerRefusal::StaleReassignment => BrokerError::InvalidRequest(refusal.to_string()),
         }
     }
 }
@@ -141,6 +145,7 @@ impl BrokerError {
             BrokerError::LeaderNotAvailable(_) => ResponseError::LeaderNotAvailable,
             BrokerError::OffsetOutOfRange { .. } => ResponseError::OffsetOutOfRange,
             BrokerError::Timeout(_) => ResponseError::RequestTimedOut,
+            BrokerError::NoReassignmentInProgress => ResponseError::NoReassignmentInProgress,
             BrokerError::ElectionNotNeeded => ResponseError::ElectionNotNeeded,
             BrokerError::PreferredLeaderNotAvailable(_) => ResponseError::PreferredLeaderNotAvailable,
             BrokerError::EligibleLeadersNotAvailable(_) => ResponseError::EligibleLeadersNotAvailable,
@@ -253,6 +258,7 @@ mod tests {
             (BrokerError::from(ControllerRefusal::InvalidAssignment("[]".into())), 39),
             (BrokerError::Produce(ProduceRefusal::InvalidBatch), 2),
             (BrokerError::from(ControllerRefusal::InvalidConfig("x".into())), 40),
+            (BrokerError::from(ControllerRefusal::NoReassignmentInProgress), 85),
         ];
         for (error, code) in cases {
             assert_eq!(error.code(), code, "{error}");

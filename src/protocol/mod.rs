@@ -2,6 +2,7 @@
 //! of supported versions that both request decoding and ApiVersions use.
 
 pub mod alter_configs;
+pub mod alter_partition_reassignments;
 pub mod api_versions;
 pub mod bridge;
 pub mod codec;
@@ -25,6 +26,7 @@ pub mod join_group;
 pub mod leave_group;
 pub mod list_groups;
 pub mod list_offsets;
+pub mod list_partition_reassignments;
 pub mod metadata;
 pub mod offset_commit;
 pub mod offset_delete;
@@ -81,6 +83,14 @@ pub const SUPPORTED_APIS: &[(ApiKey, VersionRange)] = &[
     (ApiKey::DescribeLogDirs, describe_log_dirs::VERSIONS),
     (ApiKey::OffsetForLeaderEpoch, offset_for_leader_epoch::VERSIONS),
     (ApiKey::ElectLeaders, elect_leaders::VERSIONS),
+    (
+        ApiKey::AlterPartitionReassignments,
+        alter_partition_reassignments::VERSIONS,
+    ),
+    (
+        ApiKey::ListPartitionReassignments,
+        list_partition_reassignments::VERSIONS,
+    ),
 ];
 
 pub fn supported_versions(api_key: ApiKey) -> Option<VersionRange> {
@@ -153,6 +163,12 @@ pub async fn handle(broker: Arc<Broker>, peer: SocketAddr, request: Request) -> 
         RequestKind::DescribeLogDirs(req) => ResponseKind::DescribeLogDirs(describe_log_dirs::handle(cluster, req)),
         RequestKind::ElectLeaders(req) => {
             ResponseKind::ElectLeaders(elect_leaders::handle(cluster, version, req).await)
+        }
+        RequestKind::AlterPartitionReassignments(req) => ResponseKind::AlterPartitionReassignments(
+            alter_partition_reassignments::handle(cluster, version, req).await,
+        ),
+        RequestKind::ListPartitionReassignments(req) => {
+            ResponseKind::ListPartitionReassignments(list_partition_reassignments::handle(cluster, req))
         }
         RequestKind::DescribeCluster(_) => ResponseKind::DescribeCluster(describe_cluster::handle(cluster)),
         RequestKind::FindCoordinator(req) => {
