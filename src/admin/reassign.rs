@@ -4,6 +4,7 @@
 
 use std::time::{Duration, Instant};
 
+use kafka_protocol::error::ResponseError;
 use kafka_protocol::messages::alter_partition_reassignments_request::{ReassignablePartition, ReassignableTopic};
 use kafka_protocol::messages::list_partition_reassignments_response::OngoingTopicReassignment;
 use kafka_protocol::messages::{
@@ -15,6 +16,8 @@ use super::topic::topic_name;
 use super::{error_code, print_json, AdminClient};
 
 const REQUEST_TIMEOUT_MS: i32 = 30_000;
+/// How long to wait before asking again after a retriable error.
+const RETRY_BACKOFF: Duration = Duration::from_millis(250);
 /// How often `--wait` asks whether the move is done.
 const WAIT_POLL: Duration = Duration::from_millis(200);
 
@@ -31,34 +34,21 @@ pub struct Move<'a> {
 /// `rafka cluster reassign`.
 pub fn reassign(bootstrap: &str, wanted: &Move<'_>, json: bool) -> anyhow::Result<()> {
     let mut client = AdminClient::connect(bootstrap)?;
-    let version = client.negotiate(ApiKey::AlterPartitionReassignments, 0..=0)?;
-    let partition = ReassignablePartition::default()
-        .with_partition_index(wanted.partition)
-        .with_replicas(
-            wanted
-                .replicas
-                .as_ref()
-                .map(|ids| ids.iter().copied().map(BrokerId).collect()),
-        );
-    let request = AlterPartitionReassignmentsRequest::default()
-        .with_timeout_ms(REQUEST_TIMEOUT_MS)
-        .with_topics(vec![ReassignableTopic::default()
-            .with_name(topic_name(wanted.topic))
-            .with_partitions(vec![partition])]);
-    let ResponseKind::AlterPartitionReassignments(answer) = client.request(
-        ApiKey::AlterPartitionReassignments,
-        version,
-        RequestKind::AlterPartitionReassignments(request),
-    )?
-    else {
-        anyhow::bail!("unexpected AlterPartitionReassignments answer");
-    };
-    error_code(answer.error_code)?;
-    for result in answer.responses.iter().flat_map(|t| &t.partitions) {
-        error_code(result.error_code).map_err(|err| {
-            let reason = result.error_message.as_ref().map(|m| m.to_string()).unwrap_or_default();
-            anyhow::anyhow!("{}/{}: {err}: {reason}", wanted.topic, result.partition_index)
-        })?;
+    // Asking again for the same target is harmless, so a retriable answer (the
+    // controller is being elected) is retried, as Kafka's tools do. A cancel
+    // retried after an answer that was lost may find nothing left to cancel.
+    let deadline = Instant::now() + Duration::from_millis(REQUEST_TIMEOUT_MS as u64);
+    let mut retried = false;
+    loop {
+        match request_move(&mut client, wanted)? {
+            None => break,
+            Some(ResponseError::NoReassignmentInProgress) if retried && wanted.replicas.is_none() => break,
+            Some(error) if error.is_retriable() && Instant::now() < deadline => {
+                retried = true;
+                std::thread::sleep(RETRY_BACKOFF);
+            }
+            Some(error) => anyhow::bail!("{}/{}: {error}", wanted.topic, wanted.partition),
+        }
     }
     let what = match &wanted.replicas {
         Some(replicas) => format!("moving to replicas {replicas:?}"),
@@ -84,6 +74,40 @@ pub fn reassign(bootstrap: &str, wanted: &Move<'_>, json: bool) -> anyhow::Resul
     }
     println!("{}/{}: {what}: {state}", wanted.topic, wanted.partition);
     Ok(())
+}
+
+/// Sends one AlterPartitionReassignments; the partition's error, if any.
+fn request_move(client: &mut AdminClient, wanted: &Move<'_>) -> anyhow::Result<Option<ResponseError>> {
+    let version = client.negotiate(ApiKey::AlterPartitionReassignments, 0..=0)?;
+    let partition = ReassignablePartition::default()
+        .with_partition_index(wanted.partition)
+        .with_replicas(
+            wanted
+                .replicas
+                .as_ref()
+                .map(|ids| ids.iter().copied().map(BrokerId).collect()),
+        );
+    let request = AlterPartitionReassignmentsRequest::default()
+        .with_timeout_ms(REQUEST_TIMEOUT_MS)
+        .with_topics(vec![ReassignableTopic::default()
+            .with_name(topic_name(wanted.topic))
+            .with_partitions(vec![partition])]);
+    let ResponseKind::AlterPartitionReassignments(answer) = client.request(
+        ApiKey::AlterPartitionReassignments,
+        version,
+        RequestKind::AlterPartitionReassignments(request),
+    )?
+    else {
+        anyhow::bail!("unexpected AlterPartitionReassignments answer");
+    };
+    error_code(answer.error_code)?;
+    let result = answer
+        .responses
+        .iter()
+        .flat_map(|t| &t.partitions)
+        .find(|p| p.partition_index == wanted.partition)
+        .ok_or_else(|| anyhow::anyhow!("no answer for partition {}", wanted.partition))?;
+    Ok(ResponseError::try_from_code(result.error_code))
 }
 
 /// `rafka cluster reassignments`.

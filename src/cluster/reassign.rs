@@ -60,6 +60,8 @@ enum MoveError {
     UnknownNode(NodeId),
     #[error("learners {0:?} did not catch up in time")]
     Behind(Vec<NodeId>),
+    #[error("the move's target changed")]
+    TargetChanged,
     #[error("raft: {0}")]
     Raft(String),
     #[error("recording the move: {0}")]
@@ -175,8 +177,8 @@ impl Cluster {
         let voters = self.voters_led(raft)?;
         if voters != goal {
             let joining: Vec<NodeId> = goal.difference(&voters).copied().collect();
-            self.add_learners(raft, &joining).await?;
-            self.wait_learners_caught_up(raft, &joining, deadline).await?;
+            self.add_learners(group, raft, &joining).await?;
+            self.wait_learners_caught_up(group, target, &joining, deadline).await?;
             if !goal.contains(&self.node_id()) {
                 let successor = target
                     .iter()
@@ -213,7 +215,7 @@ impl Cluster {
         Ok(metrics.membership_config.membership().voter_ids().collect())
     }
 
-    async fn add_learners(&self, raft: &Raft, joining: &[NodeId]) -> Result<(), MoveError> {
+    async fn add_learners(&self, group: GroupId, raft: &Raft, joining: &[NodeId]) -> Result<(), MoveError> {
         let known: BTreeSet<NodeId> = raft
             .metrics()
             .borrow()
@@ -227,24 +229,32 @@ impl Cluster {
             raft.add_learner(*node, BasicNode::new(address), false)
                 .await
                 .map_err(|err| MoveError::Raft(err.to_string()))?;
-            tracing::info!(
-                group = raft.metrics().borrow().id,
-                learner = node,
-                "replica added as a learner"
-            );
+            tracing::info!(group, learner = node, "replica added as a learner");
         }
         Ok(())
     }
 
     /// Waits until every learner of `joining` is within the in-sync lag of the
-    /// leader's log, so that making it a voter does not stall commits.
+    /// leader's log, so that making it a voter does not stall commits. Stops
+    /// early when the move gets another target (one that waits for a dead
+    /// node can be cancelled).
     async fn wait_learners_caught_up(
         &self,
-        raft: &Raft,
+        group: GroupId,
+        target: &[NodeId],
         joining: &[NodeId],
         deadline: Instant,
     ) -> Result<(), MoveError> {
+        let raft = &self.partition_by_group(group).ok_or(MoveError::NotLeader)?.raft;
         loop {
+            let retargeted = self
+                .metadata()
+                .reassignments
+                .get(&group)
+                .is_none_or(|moving| moving.target != target);
+            if retargeted {
+                return Err(MoveError::TargetChanged);
+            }
             let behind: Vec<NodeId> = {
                 let metrics = raft.metrics();
                 let metrics = metrics.borrow();
