@@ -6,6 +6,8 @@ suite (test_groups.py).
 """
 
 import concurrent.futures
+import logging
+import re
 import sys
 import time
 from contextlib import closing
@@ -17,7 +19,7 @@ from harness import (BASE_TS, Msg, by_partition, expect, expect_eq, make_message
 
 from confluent_kafka import (OFFSET_BEGINNING, OFFSET_END, TIMESTAMP_CREATE_TIME,  # noqa: E402
                              TIMESTAMP_LOG_APPEND_TIME,
-                             Consumer, KafkaError, KafkaException, Producer, TopicPartition)
+                             Consumer, KafkaError, KafkaException, Producer, TopicPartition, libversion)
 from confluent_kafka.admin import (AdminClient, AlterConfigOpType, ConfigEntry,  # noqa: E402
                                    ConfigResource, ConfigSource, NewPartitions, NewTopic,
                                    ResourceType)
@@ -494,9 +496,56 @@ def check_idempotence(broker, R):
         verify(read_all(bootstrap, topic, [0, 1]), msgs)
 
 
+# The newest request version librdkafka 2.16 knows of each API, which the broker's ApiVersions must let it
+# use (librdkafka takes the highest version both sides know). A lower maximum on the broker shows here.
+LIBRDKAFKA_NEWEST = {"Produce": 0, "Fetch": 0, "ListOffsets": 0, "Metadata": 0}
+SENT = re.compile(r"Sent (\w+)Request \(v(\d+),")
+
+
+class SentVersions(logging.Handler):
+    """Collects the version of every request librdkafka logs as sent (debug=protocol)."""
+
+    def __init__(self):
+        super().__init__(logging.DEBUG)
+        self.sent = {}
+
+    def emit(self, record):
+        for api, version in SENT.findall(record.getMessage()):
+            self.sent.setdefault(api, set()).add(int(version))
+
+
+def check_negotiated_versions(bootstrap, R):
+    with R.check("librdkafka negotiates its newest Produce, Fetch, ListOffsets and Metadata versions"):
+        handler = SentVersions()
+        logger = logging.getLogger("cfk-protocol")
+        logger.propagate = False
+        logger.setLevel(logging.DEBUG)
+        logger.addHandler(handler)
+        try:
+            topic = "cfk-versions"
+            create_topic(bootstrap, topic, 1)
+            msgs = make_messages(topic, 1, 3)
+            check_delivered(produce(bootstrap, topic, msgs, debug="protocol", logger=logger), msgs)
+            consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "rafka-compat-unused",
+                                 "enable.auto.commit": False, "enable.partition.eof": True,
+                                 "debug": "protocol", "logger": logger})
+            with closing(consumer) as c:
+                c.assign([TopicPartition(topic, 0, OFFSET_BEGINNING)])
+                verify(poll_until(c, lambda _m, eofs: 0 in eofs), msgs)
+                c.offsets_for_times([TopicPartition(topic, 0, BASE_TS)], timeout=TIMEOUT)
+                c.poll(0)
+        finally:
+            logger.removeHandler(handler)
+        used = {api: max(handler.sent.get(api, {-1})) for api in LIBRDKAFKA_NEWEST}
+        print(f"    librdkafka {libversion()[0]} sent: " + ", ".join(
+            f"{api} v{sorted(versions)}" for api, versions in sorted(handler.sent.items())))
+        expect_eq(used, LIBRDKAFKA_NEWEST, "newest request version librdkafka sent per API")
+
+
 def main(broker, R):
     bootstrap = broker.bootstrap
     check_admin_basics(bootstrap, R)
+    check_negotiated_versions(bootstrap, R)
     check_configs(bootstrap, R)
     check_topic_rules(bootstrap, R)
     check_internal_topic(bootstrap, R)

@@ -19,6 +19,15 @@ import kafka.errors as Errors  # noqa: E402
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition  # noqa: E402
 from kafka.admin import AlterConfigOp, ConfigResource, ConfigResourceType  # noqa: E402
 from kafka.codec import has_gzip, has_lz4, has_snappy, has_zstd  # noqa: E402
+from kafka.protocol.admin.cluster import DescribeClusterRequest  # noqa: E402
+from kafka.protocol.admin.groups import DescribeGroupsRequest, ListGroupsRequest  # noqa: E402
+from kafka.protocol.consumer.fetch import FetchRequest  # noqa: E402
+from kafka.protocol.consumer.group import (JoinGroupRequest, LeaveGroupRequest, OffsetCommitRequest,  # noqa: E402
+                                           OffsetFetchRequest)
+from kafka.protocol.consumer.offsets import ListOffsetsRequest  # noqa: E402
+from kafka.protocol.metadata import ApiVersionsRequest, FindCoordinatorRequest, MetadataRequest  # noqa: E402
+from kafka.protocol.producer.produce import ProduceRequest  # noqa: E402
+from kafka.protocol.producer.transaction import InitProducerIdRequest  # noqa: E402
 
 TIMEOUT = 30  # seconds, for any single client operation
 PARTITIONS = 3
@@ -254,9 +263,26 @@ def check_log_dirs(broker, R):
         expect_eq(topics, [("kp-codec-none", [1])], "filtered answer")
 
 
+# The broker's newest version of each API (src/protocol/<api>.rs), every one what kafka-protocol 0.18 knows.
+BROKER_NEWEST = {ProduceRequest: 13, FetchRequest: 18, ListOffsetsRequest: 10, MetadataRequest: 13,
+                 OffsetCommitRequest: 9, OffsetFetchRequest: 9, FindCoordinatorRequest: 6, JoinGroupRequest: 9,
+                 LeaveGroupRequest: 5, ListGroupsRequest: 5, DescribeGroupsRequest: 6, InitProducerIdRequest: 5,
+                 DescribeClusterRequest: 2, ApiVersionsRequest: 4}
+
+
+def check_negotiated_versions(bootstrap, R):
+    with R.check("ApiVersions: kafka-python settles on the newest version both sides know of each API"), \
+            closing(new_admin(bootstrap)) as admin:
+        got = {request.__name__: admin._client.api_version(request) for request in BROKER_NEWEST}
+        expected = {request.__name__: min(newest, request.max_version) for request, newest in BROKER_NEWEST.items()}
+        print("    kafka-python negotiated: " + ", ".join(f"{k} v{v}" for k, v in got.items()))
+        expect_eq(got, expected, "negotiated versions")
+
+
 def main(broker, R):
     with R.check("admin: create topic with 3 partitions, describe_topics shows them with leaders"):
         create_topic(broker.bootstrap, "kp-admin", PARTITIONS)
+    check_negotiated_versions(broker.bootstrap, R)
     check_configs(broker.bootstrap, R)
     check_internal_topic(broker.bootstrap, R)
     check_codecs(broker.bootstrap, R)

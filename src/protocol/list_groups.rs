@@ -1,4 +1,5 @@
-//! ListGroups: the groups this coordinator knows, optionally filtered by state.
+//! ListGroups: the groups this coordinator knows, optionally filtered by state
+//! (v4+) and by type (v5+, KIP-848). Every group here is a classic group.
 
 use kafka_protocol::messages::list_groups_response::ListedGroup;
 use kafka_protocol::messages::{GroupId, ListGroupsRequest, ListGroupsResponse};
@@ -7,7 +8,10 @@ use kafka_protocol::protocol::VersionRange;
 use super::str_bytes;
 use crate::group::coordinator::GroupCoordinator;
 
-pub const VERSIONS: VersionRange = VersionRange { min: 0, max: 4 };
+/// The type of every group here: Kafka's classic protocol (JoinGroup/SyncGroup).
+const CLASSIC: &str = "classic";
+
+pub const VERSIONS: VersionRange = VersionRange { min: 0, max: 5 };
 
 pub async fn handle(groups: &GroupCoordinator, request: ListGroupsRequest) -> ListGroupsResponse {
     let listed = match groups.list().await {
@@ -21,15 +25,21 @@ pub async fn handle(groups: &GroupCoordinator, request: ListGroupsRequest) -> Li
                 .iter()
                 .any(|s| s.as_str().eq_ignore_ascii_case(state))
     };
+    // As Kafka, a type it does not know matches no group.
+    let classic_wanted = request.types_filter.is_empty()
+        || request
+            .types_filter
+            .iter()
+            .any(|t| t.as_str().eq_ignore_ascii_case(CLASSIC));
     let groups = listed
         .into_iter()
-        .filter(|(_, _, state)| wanted(state))
+        .filter(|(_, _, state)| classic_wanted && wanted(state))
         .map(|(name, protocol_type, state)| {
             ListedGroup::default()
                 .with_group_id(GroupId(str_bytes(name)))
                 .with_protocol_type(str_bytes(protocol_type))
                 .with_group_state(str_bytes(state))
-                .with_group_type(str_bytes("classic"))
+                .with_group_type(str_bytes(CLASSIC))
         })
         .collect();
     ListGroupsResponse::default().with_groups(groups)

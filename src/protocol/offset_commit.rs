@@ -1,4 +1,7 @@
 //! OffsetCommit: committed offsets are replicated by the group's offsets partition.
+//! v9 lets a KIP-848 consumer commit with its member epoch in the generation
+//! field; the request is v8's. Every group here is a classic group, and Kafka
+//! checks a commit to a classic group the same way at v8 and v9.
 
 use kafka_protocol::messages::offset_commit_response::{OffsetCommitResponsePartition, OffsetCommitResponseTopic};
 use kafka_protocol::messages::{OffsetCommitRequest, OffsetCommitResponse};
@@ -9,7 +12,7 @@ use crate::error::BrokerError;
 use crate::group::coordinator::GroupCoordinator;
 use crate::group::store::CommittedOffset;
 
-pub const VERSIONS: VersionRange = VersionRange { min: 0, max: 8 };
+pub const VERSIONS: VersionRange = VersionRange { min: 0, max: 9 };
 
 pub async fn handle(
     cluster: &Cluster,
