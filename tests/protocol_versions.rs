@@ -109,8 +109,9 @@ fn fetch(client: &mut Client, version: i16, name: &str, topic_id: Uuid) -> Fetch
         .with_partition_max_bytes(1 << 20)
         .with_log_start_offset(-1);
     let request = FetchRequest::default()
-        .with_replica_id(BrokerId(if version < 15 { -1 } else { 0 }))
-        .with_replica_state(ReplicaState::default())
+        // A consumer: replica id -1, in the body until v14 and in the replica state after.
+        .with_replica_id(BrokerId(-1))
+        .with_replica_state(ReplicaState::default().with_replica_id(BrokerId(-1)))
         .with_max_wait_ms(0)
         .with_max_bytes(1 << 20)
         .with_session_epoch(-1)
