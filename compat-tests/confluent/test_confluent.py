@@ -498,7 +498,7 @@ def check_idempotence(broker, R):
 
 # The newest request version librdkafka 2.16 knows of each API, which the broker's ApiVersions must let it
 # use (librdkafka takes the highest version both sides know). A lower maximum on the broker shows here.
-LIBRDKAFKA_NEWEST = {"Produce": 0, "Fetch": 0, "ListOffsets": 0, "Metadata": 0}
+LIBRDKAFKA_NEWEST = {"Produce": 10, "Fetch": 16, "ListOffsets": 7, "Metadata": 13}
 SENT = re.compile(r"Sent (\w+)Request \(v(\d+),")
 
 
