@@ -90,6 +90,8 @@ fn lookup(cluster: &Cluster, topic: &str, partition: &ListOffsetsPartition) -> R
         // Nothing is tiered: Kafka answers -1 when remote storage is off.
         LATEST_TIERED => Ok(Found::NONE),
         // The first record carrying the largest timestamp, as Kafka picks it.
+        // The partition keeps only the largest timestamp ever appended: once
+        // that record is gone (retention, DeleteRecords) nothing is found.
         MAX_TIMESTAMP if offsets.max_timestamp < 0 => Ok(Found::NONE),
         MAX_TIMESTAMP => Ok(handle
             .log
