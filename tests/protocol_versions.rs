@@ -11,11 +11,12 @@ use common::{topic_name, Broker, Client, ClusterNodes, DEADLINE};
 use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic, ReplicaState};
 use kafka_protocol::messages::list_offsets_request::{ListOffsetsPartition, ListOffsetsTopic};
 use kafka_protocol::messages::metadata_request::MetadataRequestTopic;
+use kafka_protocol::messages::offset_commit_request::{OffsetCommitRequestPartition, OffsetCommitRequestTopic};
 use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
 use kafka_protocol::messages::{
     ApiKey, BrokerId, DescribeClusterRequest, DescribeGroupsRequest, FetchRequest, FetchResponse,
     FindCoordinatorRequest, GroupId, ListGroupsRequest, ListOffsetsRequest, MetadataRequest, MetadataResponse,
-    ProduceRequest, ProduceResponse, RequestKind, ResponseKind,
+    OffsetCommitRequest, ProduceRequest, ProduceResponse, RequestKind, ResponseKind,
 };
 use kafka_protocol::protocol::StrBytes;
 use kafka_protocol::records::{
@@ -256,6 +257,24 @@ fn group_and_cluster_apis_at_their_newest_versions() {
         };
         assert_eq!(group.error_code, code, "v{version}");
         assert_eq!(group.group_state.as_str(), "Dead", "v{version}");
+    }
+
+    // OffsetCommit v9: a generation's commit to a group that does not exist is GROUP_ID_NOT_FOUND.
+    assert_eq!(client.create_topic("committed", 1).error_code, 0);
+    wait_topic_id(&broker, "committed");
+    let partition = OffsetCommitRequestPartition::default()
+        .with_partition_index(0)
+        .with_committed_offset(1);
+    let request = OffsetCommitRequest::default()
+        .with_group_id(GroupId(StrBytes::from_static_str("nobody")))
+        .with_generation_id_or_member_epoch(3)
+        .with_member_id(StrBytes::from_static_str("m"))
+        .with_topics(vec![OffsetCommitRequestTopic::default()
+            .with_name(topic_name("committed"))
+            .with_partitions(vec![partition])]);
+    match client.request(ApiKey::OffsetCommit, 9, RequestKind::OffsetCommit(request)) {
+        ResponseKind::OffsetCommit(response) => assert_eq!(response.topics[0].partitions[0].error_code, 69),
+        other => panic!("unexpected {other:?}"),
     }
 
     // FindCoordinator v6: a share-group key is INVALID_REQUEST, per key.

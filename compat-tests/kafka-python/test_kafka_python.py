@@ -265,7 +265,7 @@ def check_log_dirs(broker, R):
 
 # The broker's newest version of each API (src/protocol/<api>.rs), every one what kafka-protocol 0.18 knows.
 BROKER_NEWEST = {ProduceRequest: 13, FetchRequest: 18, ListOffsetsRequest: 10, MetadataRequest: 13,
-                 OffsetCommitRequest: 9, OffsetFetchRequest: 9, FindCoordinatorRequest: 6, JoinGroupRequest: 9,
+                 OffsetCommitRequest: 9, OffsetFetchRequest: 9, FindCoordinatorRequest: 6, JoinGroupRequest: 8,
                  LeaveGroupRequest: 5, ListGroupsRequest: 5, DescribeGroupsRequest: 6, InitProducerIdRequest: 5,
                  DescribeClusterRequest: 2, ApiVersionsRequest: 4}
 

@@ -56,7 +56,7 @@ mod tests {
         assert_eq!(range(ApiKey::OffsetCommit), Some((0, 9)));
         assert_eq!(range(ApiKey::OffsetFetch), Some((0, 9)));
         assert_eq!(range(ApiKey::FindCoordinator), Some((0, 6)));
-        assert_eq!(range(ApiKey::JoinGroup), Some((0, 9)));
+        assert_eq!(range(ApiKey::JoinGroup), Some((0, 8)));
         assert_eq!(range(ApiKey::LeaveGroup), Some((0, 5)));
         assert_eq!(range(ApiKey::ListGroups), Some((0, 5)));
         assert_eq!(range(ApiKey::DescribeGroups), Some((0, 6)));

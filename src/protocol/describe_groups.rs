@@ -11,7 +11,7 @@ use crate::error::{code_of, BrokerError};
 use crate::group::coordinator::GroupCoordinator;
 
 /// The state of a group the coordinator does not know.
-const DEAD: &str = "Dead";
+pub(crate) const DEAD: &str = "Dead";
 
 pub const VERSIONS: VersionRange = VersionRange { min: 0, max: 6 };
 

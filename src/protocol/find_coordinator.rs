@@ -1,7 +1,10 @@
 //! FindCoordinator: a group's coordinator is the leader of its `__consumer_offsets` partition.
 //! v5 only adds TRANSACTION_ABORTABLE (KIP-890); v6 adds share-group keys
 //! (KIP-932), which a broker without share groups refuses with
-//! INVALID_REQUEST per key, as Kafka does.
+//! INVALID_REQUEST per key, as Kafka 4 does (3.9, whose share coordinator did
+//! not exist yet, answered the retriable COORDINATOR_NOT_AVAILABLE, which
+//! would have a client retry for ever). Before v6, and for a key type no
+//! version defines, Kafka answers INVALID_REQUEST too.
 
 use kafka_protocol::messages::find_coordinator_response::Coordinator;
 use kafka_protocol::messages::{BrokerId, FindCoordinatorRequest, FindCoordinatorResponse};

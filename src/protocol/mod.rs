@@ -167,7 +167,9 @@ pub async fn handle(broker: Arc<Broker>, peer: SocketAddr, request: Request) -> 
         RequestKind::SyncGroup(req) => ResponseKind::SyncGroup(sync_group::handle(groups, req).await),
         RequestKind::Heartbeat(req) => ResponseKind::Heartbeat(heartbeat::handle(groups, req).await),
         RequestKind::LeaveGroup(req) => ResponseKind::LeaveGroup(leave_group::handle(groups, version, req).await),
-        RequestKind::OffsetCommit(req) => ResponseKind::OffsetCommit(offset_commit::handle(cluster, groups, req).await),
+        RequestKind::OffsetCommit(req) => {
+            ResponseKind::OffsetCommit(offset_commit::handle(cluster, groups, version, req).await)
+        }
         RequestKind::OffsetFetch(req) => ResponseKind::OffsetFetch(offset_fetch::handle(groups, version, req).await),
         RequestKind::ListGroups(req) => ResponseKind::ListGroups(list_groups::handle(groups, req).await),
         RequestKind::DescribeGroups(req) => {
