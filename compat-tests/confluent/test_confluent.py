@@ -22,7 +22,7 @@ from confluent_kafka import (OFFSET_BEGINNING, OFFSET_END, TIMESTAMP_CREATE_TIME
                              Consumer, KafkaError, KafkaException, Producer, TopicPartition, libversion)
 from confluent_kafka.admin import (AdminClient, AlterConfigOpType, ConfigEntry,  # noqa: E402
                                    ConfigResource, ConfigSource, NewPartitions, NewTopic,
-                                   ResourceType)
+                                   OffsetSpec, ResourceType)
 
 TIMEOUT = 30  # seconds, for any single client operation
 PARTITIONS = 3
@@ -424,6 +424,20 @@ def check_offsets(bootstrap, R):
             [tp] = c.offsets_for_times([TopicPartition(topic, 1, ts)], timeout=TIMEOUT)
             expect(tp.error is None, f"timestamp {ts}: partition error {tp.error}")
             expect_eq(tp.offset, want, f"offset for timestamp {ts} (first message at {first})")
+
+    with R.check("AdminClient.list_offsets: earliest, latest and max_timestamp (ListOffsets v7, KIP-734) "
+                 "name the first record with the largest timestamp"):
+        stamped = "cfk-max-timestamp"
+        create_topic(bootstrap, stamped, 1)
+        # Timestamps rise, fall back, and reach their largest twice: offsets 3 and 5.
+        stamps = [BASE_TS, BASE_TS + 5, BASE_TS + 2, BASE_TS + 9, BASE_TS + 1, BASE_TS + 9]
+        msgs = [Msg(0, b"k", f"v{i}".encode(), [], ts) for i, ts in enumerate(stamps)]
+        check_delivered(produce(bootstrap, stamped, msgs), msgs)
+        tp = TopicPartition(stamped, 0)
+        for spec, want in [(OffsetSpec.earliest(), (0, -1)), (OffsetSpec.latest(), (len(stamps), -1)),
+                           (OffsetSpec.max_timestamp(), (3, BASE_TS + 9))]:
+            got = admin_call(bootstrap, "list_offsets", {tp: spec}, key=tp)
+            expect_eq((got.offset, got.timestamp), want, f"list_offsets {type(spec).__name__}")
 
 
 def check_delete(bootstrap, R):
