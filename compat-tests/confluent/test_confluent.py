@@ -512,7 +512,8 @@ def check_idempotence(broker, R):
 
 # The newest request version librdkafka 2.16 knows of each API, which the broker's ApiVersions must let it
 # use (librdkafka takes the highest version both sides know). A lower maximum on the broker shows here.
-LIBRDKAFKA_NEWEST = {"Produce": 10, "Fetch": 16, "ListOffsets": 7, "Metadata": 13}
+LIBRDKAFKA_NEWEST = {"Produce": 10, "Fetch": 16, "ListOffsets": 7, "Metadata": 13, "OffsetCommit": 9,
+                     "OffsetFetch": 9}
 SENT = re.compile(r"Sent (\w+)Request \(v(\d+),")
 
 
@@ -529,7 +530,8 @@ class SentVersions(logging.Handler):
 
 
 def check_negotiated_versions(bootstrap, R):
-    with R.check("librdkafka negotiates its newest Produce, Fetch, ListOffsets and Metadata versions"):
+    with R.check("librdkafka negotiates its newest Produce, Fetch, ListOffsets, Metadata, OffsetCommit and "
+                 "OffsetFetch versions"):
         handler = SentVersions()
         logger = logging.getLogger("cfk-protocol")
         logger.propagate = False
@@ -548,6 +550,18 @@ def check_negotiated_versions(bootstrap, R):
                 verify(poll_until(c, lambda _m, eofs: 0 in eofs), msgs)
                 c.offsets_for_times([TopicPartition(topic, 0, BASE_TS)], timeout=TIMEOUT)
                 c.poll(0)
+            # A group member: FindCoordinator, JoinGroup, SyncGroup, OffsetFetch, OffsetCommit, LeaveGroup.
+            member = Consumer({"bootstrap.servers": bootstrap, "group.id": "cfk-versions-group",
+                               "auto.offset.reset": "earliest", "enable.auto.commit": False,
+                               "debug": "protocol", "logger": logger})
+            try:
+                member.subscribe([topic])
+                got = poll_until(member, lambda m, _eofs: len(m) >= len(msgs))
+                member.commit(asynchronous=False)
+                [committed] = member.committed([TopicPartition(topic, 0)], timeout=TIMEOUT)
+                expect_eq(committed.offset, got[-1].offset() + 1, "committed offset")
+            finally:
+                member.close()
         finally:
             logger.removeHandler(handler)
         used = {api: max(handler.sent.get(api, {-1})) for api in LIBRDKAFKA_NEWEST}
