@@ -3,7 +3,7 @@
 
 use kafka_protocol::messages::list_groups_response::ListedGroup;
 use kafka_protocol::messages::{GroupId, ListGroupsRequest, ListGroupsResponse};
-use kafka_protocol::protocol::VersionRange;
+use kafka_protocol::protocol::{StrBytes, VersionRange};
 
 use super::str_bytes;
 use crate::group::coordinator::GroupCoordinator;
@@ -25,12 +25,7 @@ pub async fn handle(groups: &GroupCoordinator, request: ListGroupsRequest) -> Li
                 .iter()
                 .any(|s| s.as_str().eq_ignore_ascii_case(state))
     };
-    // As Kafka, a type it does not know matches no group.
-    let classic_wanted = request.types_filter.is_empty()
-        || request
-            .types_filter
-            .iter()
-            .any(|t| t.as_str().eq_ignore_ascii_case(CLASSIC));
+    let classic_wanted = classic_wanted(&request.types_filter);
     let groups = listed
         .into_iter()
         .filter(|(_, _, state)| classic_wanted && wanted(state))
@@ -43,4 +38,27 @@ pub async fn handle(groups: &GroupCoordinator, request: ListGroupsRequest) -> Li
         })
         .collect();
     ListGroupsResponse::default().with_groups(groups)
+}
+
+/// Whether a v5 type filter lets classic groups through: an empty filter
+/// lets every type through and, as in Kafka, a type it does not know
+/// matches no group.
+fn classic_wanted(types_filter: &[StrBytes]) -> bool {
+    types_filter.is_empty() || types_filter.iter().any(|t| t.as_str().eq_ignore_ascii_case(CLASSIC))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_type_filter_lets_classic_groups_through_only_when_it_names_them() {
+        let filter =
+            |types: &[&'static str]| -> Vec<StrBytes> { types.iter().map(|t| StrBytes::from_static_str(t)).collect() };
+        assert!(classic_wanted(&[]));
+        assert!(classic_wanted(&filter(&["Classic"])));
+        assert!(classic_wanted(&filter(&["consumer", "classic"])));
+        assert!(!classic_wanted(&filter(&["consumer"])));
+        assert!(!classic_wanted(&filter(&["share", "unknown"])));
+    }
 }

@@ -142,3 +142,26 @@ fn describe_partitions(cluster: &Cluster, topic: &TopicState) -> Vec<MetadataRes
 fn broker_id(node: NodeId) -> BrokerId {
     BrokerId(node as i32)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kafka_protocol::messages::metadata_request::MetadataRequestTopic;
+
+    #[test]
+    fn topics_are_asked_for_by_id_from_v12() {
+        let by_id = |id: u128| {
+            MetadataRequestTopic::default()
+                .with_name(None)
+                .with_topic_id(Uuid::from_u128(id))
+        };
+        let by_name = MetadataRequestTopic::default().with_name(Some(TopicName(str_bytes("t"))));
+        let request =
+            MetadataRequest::default().with_topics(Some(vec![by_id(2), by_name, by_id(0), by_id(1), by_id(2)]));
+        assert_eq!(requested_ids(12, &request), [Uuid::from_u128(1), Uuid::from_u128(2)]);
+        assert_eq!(requested_ids(13, &request).len(), 2);
+        // Kafka never served ids before v12.
+        assert!(requested_ids(11, &request).is_empty());
+        assert!(requested_ids(13, &MetadataRequest::default().with_topics(None)).is_empty());
+    }
+}
