@@ -239,6 +239,19 @@ impl ClusterState {
         })
     }
 
+    /// The name of the topic whose id is `id` (requests of Fetch v13+, Produce
+    /// v13 and Metadata v10+ may name topics by id alone). The all-zero id is
+    /// Kafka's "no id" and names nothing.
+    pub fn topic_name_of(&self, id: &[u8; 16]) -> Option<&str> {
+        if *id == [0; 16] {
+            return None;
+        }
+        self.topics
+            .iter()
+            .find(|(_, topic)| topic.id == *id)
+            .map(|(name, _)| name.as_str())
+    }
+
     /// The partition whose Raft group is `group`: `(topic, partition, assignment)`.
     pub fn partition_of_group(&self, group: GroupId) -> Option<(&str, i32, &PartitionAssignment)> {
         self.partitions().find(|(_, _, assignment)| assignment.group == group)
@@ -279,6 +292,19 @@ mod tests {
 
     fn voters() -> BTreeSet<NodeId> {
         BTreeSet::from([1])
+    }
+
+    #[test]
+    fn topics_are_found_by_id() {
+        let mut state = ClusterState::default();
+        state.apply(&create("a", 1), &voters()).unwrap();
+        assert_eq!(state.topic_name_of(&[1; 16]), Some("a"));
+        assert_eq!(state.topic_name_of(&[2; 16]), None);
+        assert_eq!(state.topic_name_of(&[0; 16]), None);
+        state
+            .apply(&Command::DeleteTopic { name: "a".into() }, &voters())
+            .unwrap();
+        assert_eq!(state.topic_name_of(&[1; 16]), None);
     }
 
     #[test]

@@ -51,9 +51,8 @@ pub struct Broker {
     pub groups: Arc<GroupCoordinator>,
 }
 
-/// Every API this broker answers, with the versions it speaks. Ranges stop
-/// before versions that address topics only by id, which this broker does not
-/// resolve yet, so clients keep using names.
+/// Every API this broker answers, with the versions it speaks: the newest each
+/// is what `kafka-protocol` knows, unless a handler's file says why not.
 pub const SUPPORTED_APIS: &[(ApiKey, VersionRange)] = &[
     (ApiKey::Produce, produce::VERSIONS),
     (ApiKey::Fetch, fetch::VERSIONS),
@@ -170,7 +169,9 @@ pub async fn handle(broker: Arc<Broker>, peer: SocketAddr, request: Request) -> 
         RequestKind::ListPartitionReassignments(req) => {
             ResponseKind::ListPartitionReassignments(list_partition_reassignments::handle(cluster, req))
         }
-        RequestKind::DescribeCluster(_) => ResponseKind::DescribeCluster(describe_cluster::handle(cluster)),
+        RequestKind::DescribeCluster(req) => {
+            ResponseKind::DescribeCluster(describe_cluster::handle(cluster, version, req))
+        }
         RequestKind::FindCoordinator(req) => {
             ResponseKind::FindCoordinator(find_coordinator::handle(cluster, version, req).await)
         }
@@ -182,10 +183,14 @@ pub async fn handle(broker: Arc<Broker>, peer: SocketAddr, request: Request) -> 
         RequestKind::SyncGroup(req) => ResponseKind::SyncGroup(sync_group::handle(groups, req).await),
         RequestKind::Heartbeat(req) => ResponseKind::Heartbeat(heartbeat::handle(groups, req).await),
         RequestKind::LeaveGroup(req) => ResponseKind::LeaveGroup(leave_group::handle(groups, version, req).await),
-        RequestKind::OffsetCommit(req) => ResponseKind::OffsetCommit(offset_commit::handle(cluster, groups, req).await),
+        RequestKind::OffsetCommit(req) => {
+            ResponseKind::OffsetCommit(offset_commit::handle(cluster, groups, version, req).await)
+        }
         RequestKind::OffsetFetch(req) => ResponseKind::OffsetFetch(offset_fetch::handle(groups, version, req).await),
         RequestKind::ListGroups(req) => ResponseKind::ListGroups(list_groups::handle(groups, req).await),
-        RequestKind::DescribeGroups(req) => ResponseKind::DescribeGroups(describe_groups::handle(groups, req).await),
+        RequestKind::DescribeGroups(req) => {
+            ResponseKind::DescribeGroups(describe_groups::handle(groups, version, req).await)
+        }
         RequestKind::DeleteGroups(req) => ResponseKind::DeleteGroups(delete_groups::handle(groups, req).await),
         RequestKind::OffsetDelete(req) => ResponseKind::OffsetDelete(offset_delete::handle(groups, req).await),
         other => {
@@ -195,6 +200,22 @@ pub async fn handle(broker: Arc<Broker>, peer: SocketAddr, request: Request) -> 
         }
     };
     Reply::Send(response)
+}
+
+/// `(node id, host, port)` of each live broker among `leaders` (-1: none),
+/// once each and in id order: the node endpoints of KIP-951 that Fetch v16+
+/// and Produce v10+ send with the leaders their errors name.
+pub(crate) fn leader_endpoints(cluster: &Cluster, leaders: &[i32]) -> Vec<(i32, String, i32)> {
+    let wanted: std::collections::BTreeSet<i32> = leaders.iter().copied().filter(|id| *id >= 0).collect();
+    if wanted.is_empty() {
+        return Vec::new();
+    }
+    cluster
+        .brokers()
+        .into_iter()
+        .map(|(id, host, port)| (id as i32, host, port))
+        .filter(|(id, _, _)| wanted.contains(id))
+        .collect()
 }
 
 pub(crate) fn str_bytes(value: impl Into<String>) -> StrBytes {
