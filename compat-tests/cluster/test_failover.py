@@ -1493,8 +1493,18 @@ def reassign(cluster, step):
         work.close()
 
 
+def kafka_admin(cluster):
+    """kafka-python's admin client, bootstrapped from the running nodes."""
+    return KafkaAdminClient(bootstrap_servers=cluster.bootstrap(cluster.running_ids()), request_timeout_ms=30000)
+
+
+def wait_no_moves(admin, what):
+    """Until ListPartitionReassignments lists nothing."""
+    wait_until(lambda: admin.list_partition_reassignments() == {}, FAULT_DEADLINE, interval=0.1, what=what)
+
+
 def invalid_moves_refused(cluster, topic):
-    admin = KafkaAdminClient(bootstrap_servers=cluster.bootstrap(), request_timeout_ms=30000)
+    admin = kafka_admin(cluster)
     try:
         tp = KafkaTopicPartition(topic, 0)
         cases = {"unknown broker": [1, 2, 9], "duplicate broker": [1, 1, 2]}
@@ -1516,7 +1526,7 @@ def move_off_leader(cluster, work, topic, state):
     spare = next(i for i in cluster.ids if i not in before)
     target = [spare] + [i for i in before if i != leader]
     print(f"  partition 0: replicas {before}, leader {leader}; moving to {target}", flush=True)
-    admin = KafkaAdminClient(bootstrap_servers=cluster.bootstrap(), request_timeout_ms=30000)
+    admin = kafka_admin(cluster)
     try:
         tp = KafkaTopicPartition(topic, 0)
         started = time.monotonic()
@@ -1527,8 +1537,7 @@ def move_off_leader(cluster, work, topic, state):
             expect_eq(listed[tp]["adding_replicas"], [spare], "adding replicas")
             expect_eq(listed[tp]["removing_replicas"], [leader], "removing replicas")
             expect_eq(listed[tp]["replicas"], target + [leader], "replicas while moving")
-        wait_until(lambda: admin.list_partition_reassignments() == {}, FAULT_DEADLINE, interval=0.1,
-                   what="the move to finish")
+        wait_no_moves(admin, "the move to finish")
         state["moved_off_leader_at"] = time.monotonic()
         timing("reassign", move_off_leader_s=state["moved_off_leader_at"] - started)
     finally:
@@ -1567,7 +1576,7 @@ def cancel_stuck_move(cluster, topic, state):
                         what=f"a leader of {topic}/1")
     stuck = [victim if i == next(n for n in target if n != leader) else i for i in target]
     print(f"  node {victim} killed; moving partition 1 from {target} to {stuck}, then cancelling", flush=True)
-    admin = KafkaAdminClient(bootstrap_servers=cluster.bootstrap(cluster.running_ids()), request_timeout_ms=30000)
+    admin = kafka_admin(cluster)
     try:
         tp = KafkaTopicPartition(topic, 1)
         expect_eq(admin.alter_partition_reassignments({tp: stuck}), {tp: None}, "AlterPartitionReassignments answer")
@@ -1578,8 +1587,7 @@ def cancel_stuck_move(cluster, topic, state):
         expect(admin.list_partition_reassignments().get(tp), "the move waiting for a dead node is still listed")
         started = time.monotonic()
         expect_eq(admin.alter_partition_reassignments({tp: None}), {tp: None}, "cancel answer")
-        wait_until(lambda: admin.list_partition_reassignments() == {}, FAULT_DEADLINE, interval=0.1,
-                   what="the cancelled move to end")
+        wait_no_moves(admin, "the cancelled move to end")
         timing("reassign", cancel_s=time.monotonic() - started)
     finally:
         admin.close()
@@ -1594,14 +1602,12 @@ def replace_dead_replica(cluster, topic, state):
         replacement = next(i for i in cluster.ids if i not in target)
         new_target = [replacement if i == victim else i for i in target]
         print(f"  partition 0: replacing dead node {victim} by {replacement}: {new_target}", flush=True)
-        admin = KafkaAdminClient(bootstrap_servers=cluster.bootstrap(cluster.running_ids()),
-                                 request_timeout_ms=30000)
+        admin = kafka_admin(cluster)
         try:
             tp = KafkaTopicPartition(topic, 0)
             started = time.monotonic()
             expect_eq(admin.alter_partition_reassignments({tp: new_target}), {tp: None}, "answer")
-            wait_until(lambda: admin.list_partition_reassignments() == {}, FAULT_DEADLINE, interval=0.1,
-                       what="the move off the dead node to finish")
+            wait_no_moves(admin, "the move off the dead node to finish")
             timing("reassign", replace_dead_s=time.monotonic() - started)
         finally:
             admin.close()
