@@ -37,6 +37,11 @@ pub const TAG_CHECKPOINT: u8 = 16;
 pub const TAG_LEADER_EPOCHS: u8 = 17;
 /// Followed by the consumer group's name: one key per group, version-tagged.
 pub const TAG_GROUP_STATE: u8 = 18;
+/// Followed by a log index, big-endian: the cleanable end of the compaction
+/// step that entry applied (a big-endian i64), so that no snapshot is made
+/// from a checkpoint the step would be replayed after without the records
+/// it reads.
+pub const TAG_COMPACTION_STEP: u8 = 19;
 
 pub fn group_u64_key(group: u64, value: u64) -> [u8; 16] {
     let mut key = [0u8; 16];
