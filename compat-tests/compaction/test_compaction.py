@@ -80,11 +80,15 @@ class Writer:
 
 
 def watermarks(bootstrap, topic):
-    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "compaction-watermarks"})
-    try:
-        return consumer.get_watermark_offsets(TopicPartition(topic, 0), timeout=10)
-    finally:
-        consumer.close()
+    """(log start, high watermark); retried while a node that just restarted does not know the topic yet."""
+    def ask():
+        consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "compaction-watermarks"})
+        try:
+            return consumer.get_watermark_offsets(TopicPartition(topic, 0), timeout=10)
+        finally:
+            consumer.close()
+
+    return wait_until(ask, 60, interval=0.2, what=f"{topic}'s watermarks")
 
 
 def log_start_moved(bootstrap, topic, past=0):
@@ -154,6 +158,52 @@ def expect_newest_only(records, acked, sent, what):
                    f"{what}: {key!r} reads {last[key] and seq_of(last[key])}, acknowledged {seq}")
             expect(last[key] in sent[key], f"{what}: {key!r} reads a value never sent")
     return last
+
+
+class Tail:
+    """A consumer reading a topic from the beginning while it is written and compacted, checking
+    as it goes that no key ever reads an older value than one it read before (it only moves
+    forward: a position that falls below the log start resets to the log start, which is ahead)."""
+
+    def __init__(self, bootstrap, topic):
+        self.consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"compaction-tail-{time.time_ns()}",
+                                  "auto.offset.reset": "earliest", "enable.auto.commit": False})
+        self.consumer.assign([TopicPartition(topic, 0, OFFSET_BEGINNING)])
+        self.newest = {}
+        self.read = 0
+        self.went_back = []
+        self.errors = []
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self):
+        try:
+            while not self.stop.is_set():
+                for message in self.consumer.consume(500, timeout=0.2):
+                    if message.error():
+                        continue
+                    self.read += 1
+                    key, value = message.key(), message.value()
+                    if value is None:
+                        continue
+                    seq, before = seq_of(value), self.newest.get(key, -1)
+                    if seq < before:
+                        self.went_back.append((key, message.offset(), before, seq))
+                    self.newest[key] = max(seq, before)
+        except Exception as exc:  # noqa: BLE001 - reported by finish()
+            self.errors.append(exc)
+        finally:
+            self.consumer.close()
+
+    def finish(self):
+        self.stop.set()
+        self.thread.join(30)
+        print(f"[{SUITE}] the tailing reader read {self.read} records, {len(self.newest)} keys", flush=True)
+        expect(not self.errors, f"the tailing reader failed: {self.errors[:1]}")
+        expect(self.read > 0, "the tailing reader read nothing")
+        expect(not self.went_back, f"a key went back to an older value (key, offset, newest seen, read): "
+                                   f"{self.went_back[:3]} ({len(self.went_back)} in all)")
 
 
 def dir_bytes(path):
@@ -230,6 +280,7 @@ def single_node(R):
             topic = "hot"
             create_topic(bootstrap, topic, EAGER)
             writer = Writer(bootstrap, topic)
+            tail = Tail(bootstrap, topic)
             keys = [f"k{i}".encode() for i in range(10)]
             before = compactions(broker.log_tail(lines=100_000))
             deadline = time.monotonic() + 60
@@ -245,6 +296,7 @@ def single_node(R):
             expect(not writer.failed, f"failures: {writer.failed[:3]}")
             ran = compactions(broker.log_tail(lines=100_000)) - before
             expect(ran >= 5, f"only {ran} compactions ran while writing")
+            tail.finish()
             records = read_all(bootstrap, topic)
             last = expect_newest_only(records, writer.acked, writer.sent, "after concurrent writes")
             expect_eq({k: seq_of(v) for k, v in last.items()}, writer.acked, "newest value of each key")
@@ -354,21 +406,41 @@ def three_nodes(R):
 
             thread = threading.Thread(target=keep_writing, daemon=True)
             thread.start()
+            tail = Tail(bootstrap, topic)
             try:
                 low = watermarks(bootstrap, topic)[0]
                 log_start_moved(bootstrap, topic, past=low)
+                wait_until(lambda: tail.read > 0, 60, interval=0.1, what="the tailing reader to read")
                 leader = c.leader_of(topic, 0)
                 c.kill9(leader)
                 c.wait_new_leader(topic, 0, excluded={leader})
+                read_before = tail.read
                 log_start_moved(bootstrap, topic, past=watermarks(bootstrap, topic)[0])
+                wait_until(lambda: tail.read > read_before, 60, interval=0.1,
+                           what="the tailing reader to read from the new leader")
             finally:
                 stop.set()
                 thread.join(30)
             writer.flush()
             expect(not writer.failed, f"{len(writer.failed)} failures: {writer.failed[:3]}")
+            tail.finish()
             c.start(leader)
             c.wait_replicas_agree(topic, timeout=120)
             last = expect_newest_only(read_all(bootstrap, topic), writer.acked, writer.sent, "after kill -9")
+            expect_eq({k: seq_of(v) for k, v in last.items()}, writer.acked, "newest value of each key")
+
+        with R.check("three nodes: a follower wiped after compaction rejoins from a checkpoint plus the log,"
+                     " identical to the others", timeout=300):
+            leader = c.leader_of(topic, 0)
+            follower = next(i for i in c.ids if i != leader)
+            c.wipe(follower)
+            for seq in range(seqs["next"], seqs["next"] + 20):
+                for key in keys:
+                    writer.update(key, seq)
+            writer.flush()
+            log_start_moved(bootstrap, topic, past=watermarks(bootstrap, topic)[0])
+            c.wait_replicas_agree(topic, timeout=120)
+            last = expect_newest_only(read_all(bootstrap, topic), writer.acked, writer.sent, "after the wipe")
             expect_eq({k: seq_of(v) for k, v in last.items()}, writer.acked, "newest value of each key")
 
 

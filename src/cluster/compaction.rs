@@ -121,6 +121,7 @@ async fn compact(
     rules: CompactionRules,
     index: Option<KeyIndex>,
 ) -> Result<Option<KeyIndex>, BrokerError> {
+    let started = std::time::Instant::now();
     let offsets = handle.offsets();
     let mut index = index
         .filter(|index| index.log_start() == offsets.log_start_offset)
@@ -176,6 +177,7 @@ async fn compact(
         kept,
         dropped,
         steps,
+        micros = started.elapsed().as_micros() as u64,
         "compaction restated the live records and moved the log start"
     );
     Ok(None)

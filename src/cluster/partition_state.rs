@@ -401,6 +401,56 @@ mod tests {
         );
     }
 
+    /// A live set larger than one step goes in several; only the last moves
+    /// the log start, and a write between two steps still wins.
+    #[test]
+    fn a_compaction_in_several_steps_moves_the_log_start_at_the_last() {
+        let mut fixture = Fixture::new();
+        fixture.produce(&[("a", Some("1")), ("b", Some("1")), ("c", Some("1")), ("a", Some("2"))]);
+        let mut index = KeyIndex::new(0);
+        scan(&fixture.log, &mut index, 4, None).unwrap();
+        let now = 1_700_000_000_000;
+        let mut from = 0;
+        let mut answers = Vec::new();
+        loop {
+            // One byte per step: every step carries one record.
+            let (batches, next) = restate(&fixture.log, &index, from, &RULES, now, 1).unwrap();
+            let last = next >= index.scanned_to();
+            if from == 2 {
+                fixture.produce(&[("c", Some("2"))]);
+            }
+            let step = Compaction {
+                log_start: 0,
+                end: 4,
+                batches,
+                last,
+            };
+            answers.push(fixture.apply(Command::Compact(step)));
+            if last {
+                break;
+            }
+            from = next;
+        }
+        let log_starts: Vec<i64> = answers
+            .iter()
+            .map(|answer| match answer {
+                CommandResponse::Compacted { log_start, .. } => *log_start,
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        assert_eq!(log_starts, vec![0, 0, 4]);
+        let own = |s: &str| s.to_string();
+        assert_eq!(
+            fixture.records(),
+            vec![
+                (4, own("b"), Some(own("1"))),
+                (5, own("c"), Some(own("2"))),
+                (6, own("a"), Some(own("2"))),
+            ],
+            "b, then c written between steps, then a; the restated c is dropped"
+        );
+    }
+
     #[test]
     fn a_malformed_compaction_step_is_refused_and_changes_nothing() {
         let mut fixture = Fixture::new();
