@@ -9,6 +9,7 @@
 
 pub mod cluster;
 pub mod group;
+pub mod reassign;
 pub mod records;
 pub mod topic;
 
@@ -43,8 +44,20 @@ pub struct AdminClient {
 }
 
 impl AdminClient {
+    /// Connects to the first broker of `bootstrap` (`host:port`, or several
+    /// comma-separated, as Kafka's tools take them) that accepts.
     pub fn connect(bootstrap: &str) -> anyhow::Result<Self> {
-        let stream = TcpStream::connect(bootstrap)?;
+        let mut refused = Vec::new();
+        let stream = bootstrap
+            .split(',')
+            .map(str::trim)
+            .filter(|address| !address.is_empty())
+            .find_map(|address| {
+                TcpStream::connect(address)
+                    .map_err(|err| refused.push(format!("{address}: {err}")))
+                    .ok()
+            })
+            .ok_or_else(|| anyhow::anyhow!("no broker of {bootstrap:?} accepts: {}", refused.join("; ")))?;
         stream.set_read_timeout(Some(TIMEOUT))?;
         Ok(AdminClient {
             stream,

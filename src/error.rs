@@ -11,6 +11,8 @@ use crate::storage::StorageError;
 pub enum BrokerError {
     #[error("unknown topic or partition")]
     UnknownTopicOrPartition,
+    #[error("unknown topic id")]
+    UnknownTopicId,
     #[error("offset metadata of {size} bytes exceeds offset_metadata_max_bytes ({max})")]
     OffsetMetadataTooLarge { size: usize, max: usize },
     #[error("invalid topic name: {0}")]
@@ -27,6 +29,10 @@ pub enum BrokerError {
     InvalidConfig(String),
     #[error("invalid request: {0}")]
     InvalidRequest(String),
+    #[error("unsupported endpoint type {0}")]
+    UnsupportedEndpointType(i8),
+    #[error("the request was sent to a broker endpoint, but asked for a controller endpoint")]
+    MismatchedEndpointType,
     #[error("this node is not the partition leader")]
     NotLeader,
     #[error("the partition leader has not heard from a majority of its replicas within its lease")]
@@ -51,6 +57,8 @@ pub enum BrokerError {
     },
     #[error("timed out: {0}")]
     Timeout(String),
+    #[error("no reassignment is in progress for the partition")]
+    NoReassignmentInProgress,
     #[error("the preferred replica already leads the partition")]
     ElectionNotNeeded,
     #[error("the preferred replica cannot take the leadership: {0}")]
@@ -100,6 +108,8 @@ impl From<ControllerRefusal> for BrokerError {
             ControllerRefusal::InvalidTopicName(reason) => BrokerError::InvalidTopic(reason),
             ControllerRefusal::InvalidAssignment(reason) => BrokerError::InvalidReplicaAssignment(reason),
             ControllerRefusal::InvalidConfig(reason) => BrokerError::InvalidConfig(reason),
+            ControllerRefusal::NoReassignmentInProgress => BrokerError::NoReassignmentInProgress,
+            ControllerRefusal::StaleReassignment => BrokerError::InvalidRequest(refusal.to_string()),
         }
     }
 }
@@ -123,6 +133,7 @@ impl BrokerError {
     pub fn response_error(&self) -> ResponseError {
         match self {
             BrokerError::UnknownTopicOrPartition => ResponseError::UnknownTopicOrPartition,
+            BrokerError::UnknownTopicId => ResponseError::UnknownTopicId,
             BrokerError::OffsetMetadataTooLarge { .. } => ResponseError::OffsetMetadataTooLarge,
             BrokerError::InvalidTopic(_) => ResponseError::InvalidTopicException,
             BrokerError::TopicAlreadyExists => ResponseError::TopicAlreadyExists,
@@ -131,6 +142,8 @@ impl BrokerError {
             BrokerError::InvalidReplicaAssignment(_) => ResponseError::InvalidReplicaAssignment,
             BrokerError::InvalidConfig(_) => ResponseError::InvalidConfig,
             BrokerError::InvalidRequest(_) => ResponseError::InvalidRequest,
+            BrokerError::UnsupportedEndpointType(_) => ResponseError::UnsupportedEndpointType,
+            BrokerError::MismatchedEndpointType => ResponseError::MismatchedEndpointType,
             BrokerError::NotLeader => ResponseError::NotLeaderOrFollower,
             BrokerError::NotEnoughReplicas => ResponseError::NotEnoughReplicas,
             BrokerError::FencedLeaderEpoch { .. } => ResponseError::FencedLeaderEpoch,
@@ -141,6 +154,7 @@ impl BrokerError {
             BrokerError::LeaderNotAvailable(_) => ResponseError::LeaderNotAvailable,
             BrokerError::OffsetOutOfRange { .. } => ResponseError::OffsetOutOfRange,
             BrokerError::Timeout(_) => ResponseError::RequestTimedOut,
+            BrokerError::NoReassignmentInProgress => ResponseError::NoReassignmentInProgress,
             BrokerError::ElectionNotNeeded => ResponseError::ElectionNotNeeded,
             BrokerError::PreferredLeaderNotAvailable(_) => ResponseError::PreferredLeaderNotAvailable,
             BrokerError::EligibleLeadersNotAvailable(_) => ResponseError::EligibleLeadersNotAvailable,
@@ -195,9 +209,12 @@ mod tests {
             ),
             (BrokerError::Batch(BatchError::Corrupt("crc".into())), 2),
             (BrokerError::UnknownTopicOrPartition, 3),
+            (BrokerError::UnknownTopicId, 100),
             (BrokerError::OffsetMetadataTooLarge { size: 5000, max: 4096 }, 12),
             (BrokerError::LeaderNotAvailable("electing".into()), 5),
             (BrokerError::NotLeader, 6),
+            (BrokerError::MismatchedEndpointType, 114),
+            (BrokerError::UnsupportedEndpointType(3), 115),
             (BrokerError::Timeout("commit".into()), 7),
             (BrokerError::Batch(BatchError::TooLarge { size: 2, max: 1 }), 10),
             (BrokerError::InvalidTopic("a b".into()), 17),
@@ -253,6 +270,7 @@ mod tests {
             (BrokerError::from(ControllerRefusal::InvalidAssignment("[]".into())), 39),
             (BrokerError::Produce(ProduceRefusal::InvalidBatch), 2),
             (BrokerError::from(ControllerRefusal::InvalidConfig("x".into())), 40),
+            (BrokerError::from(ControllerRefusal::NoReassignmentInProgress), 85),
         ];
         for (error, code) in cases {
             assert_eq!(error.code(), code, "{error}");

@@ -1,5 +1,6 @@
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context;
 use clap::Parser;
@@ -193,6 +194,35 @@ enum ClusterVerb {
         #[command(flatten)]
         target: Target,
     },
+    /// Move a partition's replicas to other brokers, or cancel a move
+    /// (Kafka's AlterPartitionReassignments).
+    Reassign {
+        #[arg(long)]
+        topic: String,
+        #[arg(long)]
+        partition: i32,
+        /// The new replicas, comma-separated broker ids, the preferred leader first.
+        #[arg(
+            long,
+            value_delimiter = ',',
+            required_unless_present = "cancel",
+            conflicts_with = "cancel"
+        )]
+        replicas: Option<Vec<i32>>,
+        /// Cancel the move in progress: the replicas go back to where they were.
+        #[arg(long)]
+        cancel: bool,
+        /// Wait until the move is done, at most this many seconds.
+        #[arg(long, value_name = "SECONDS")]
+        wait: Option<u64>,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// The replica moves under way (Kafka's ListPartitionReassignments).
+    Reassignments {
+        #[command(flatten)]
+        target: Target,
+    },
 }
 
 #[derive(clap::Subcommand)]
@@ -274,6 +304,23 @@ fn run_tool(tool: Tool) -> anyhow::Result<()> {
                 partition,
                 target,
             } => admin::cluster::elect_leaders(&target.bootstrap, topic.as_deref(), partition, target.json),
+            ClusterVerb::Reassign {
+                topic,
+                partition,
+                replicas,
+                cancel: _,
+                wait,
+                target,
+            } => {
+                let wanted = admin::reassign::Move {
+                    topic: &topic,
+                    partition,
+                    replicas,
+                    wait: wait.map(Duration::from_secs),
+                };
+                admin::reassign::reassign(&target.bootstrap, &wanted, target.json)
+            }
+            ClusterVerb::Reassignments { target } => admin::reassign::list(&target.bootstrap, target.json),
         },
         Tool::Group { verb } => match verb {
             GroupVerb::List { target } => admin::list_groups(&target.bootstrap, target.json),

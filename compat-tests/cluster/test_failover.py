@@ -23,6 +23,9 @@ each one proves):
                  leadership over, nothing lost or duplicated, no partition 1 s without an ack
   elect-leaders  balancer off: kafka-python, confluent-kafka and `rafka cluster elect-leaders` move
                  restarted nodes' partitions back to their preferred replicas (ElectLeaders)
+  reassign       four nodes: replicas move under load (kafka-python, `rafka cluster reassign`), off
+                 the leader, with the leader killed as the move starts, onto a dead node (cancelled),
+                 off a dead node; nothing lost or duplicated
   epochs         records produced under three leaders (two kill -9s) while a consumer reads: the
                  leader epoch grows in Metadata, is stamped in every batch, OffsetForLeaderEpoch
                  places each epoch, stale and future epochs are refused in requests
@@ -57,7 +60,9 @@ import checker  # noqa: E402  (durability/checker.py)
 import kafka_wire  # noqa: E402
 from confluent_kafka import Consumer, ElectionType, KafkaError, Producer, TopicPartition  # noqa: E402
 from confluent_kafka.admin import AdminClient  # noqa: E402
+from confluent_kafka.admin import NewTopic  # noqa: E402
 from kafka import KafkaAdminClient  # noqa: E402
+from kafka import TopicPartition as KafkaTopicPartition  # noqa: E402
 
 SUITE = "cluster"
 RATE = 150  # values/s per producer thread: steady, and light enough for a loaded 2-core machine
@@ -1368,6 +1373,285 @@ def watch_for_violation(cluster, violation):
         time.sleep(0.2)
 
 
+# -- replica moves: AlterPartitionReassignments / ListPartitionReassignments ------------------
+MOVE_NODES = 4
+MOVE_GAP_LIMIT_S = 1.0  # longest a partition may go without an acknowledged write while it moves
+INVALID_REPLICA_ASSIGNMENT, NO_REASSIGNMENT_IN_PROGRESS = 39, 85
+
+
+def replicas_of(cluster, topic, ask):
+    """{partition: replica list} as node `ask` reports it in Metadata."""
+    md = cluster.metadata(ask, topic).topics.get(topic)
+    if md is None or md.error is not None:
+        raise NotYet(f"node {ask} has no metadata for {topic}")
+    return {p: list(pm.replicas) for p, pm in md.partitions.items()}
+
+
+def hosts_of(cluster, topic):
+    """{partition: {node: (applied_index, checksum)}} over the running nodes that host a replica."""
+    return cluster.replica_views(topic, cluster.running_ids())
+
+
+def wait_moved(cluster, topic, partition, target, timeout=FAULT_DEADLINE):
+    """Until every running node reports `target` as the partition's replicas and exactly the
+    target's nodes host it."""
+    def moved():
+        for i in cluster.running_ids():
+            reported = replicas_of(cluster, topic, i)[partition]
+            if reported != target:
+                raise NotYet(f"node {i} reports replicas {reported}")
+        hosts = set(hosts_of(cluster, topic).get(partition, {}))
+        if hosts != set(target):
+            raise NotYet(f"{topic}/{partition} hosted on {sorted(hosts)}")
+        return True
+
+    wait_until(moved, timeout, interval=0.2, what=f"{topic}/{partition} moved to {target}", fatal=NodeDied)
+
+
+def wait_hosts_agree(cluster, topic, placement, timeout=FAULT_DEADLINE):
+    """Once the load has stopped: until the replicas of each partition (`placement`: {partition:
+    nodes}) are at one applied index with one checksum; replicas at one index that differ fail."""
+    def agree():
+        views = hosts_of(cluster, topic)
+        for partition, nodes in placement.items():
+            replicas = views.get(partition, {})
+            if set(replicas) != set(nodes):
+                raise NotYet(f"{topic}/{partition} hosted on {sorted(replicas)}, not {sorted(nodes)}")
+            by_index = {}
+            for node_id, (index, checksum) in replicas.items():
+                by_index.setdefault(index, set()).add(checksum)
+            if any(len(sums) > 1 for sums in by_index.values()):
+                raise ReplicasDiverged(f"{topic}/{partition}: {replicas}")
+            if len(by_index) > 1:
+                raise NotYet(f"{topic}/{partition} replicas lag: {replicas}")
+        return {p: views[p] for p in placement}
+
+    return wait_until(agree, timeout, interval=0.2, what=f"the replicas of {topic} to agree",
+                      fatal=(ReplicasDiverged, NodeDied))
+
+
+def create_placed_topic(cluster, topic, partitions):
+    """A topic with RF 3 on a cluster of more than three nodes: every partition led, on 3 nodes."""
+    admin = AdminClient({"bootstrap.servers": cluster.bootstrap(), "log_level": 0})
+    admin.create_topics([NewTopic(topic, num_partitions=partitions, replication_factor=3)])[topic].result(60)
+
+    def placed():
+        leaders = cluster.leaders(topic)
+        if len(leaders) != partitions or min(leaders.values()) < 0:
+            raise NotYet(f"leaders {leaders}")
+        return replicas_of(cluster, topic, cluster.ids[0])
+
+    return wait_until(placed, FAULT_DEADLINE, interval=0.2, what=f"{topic} led and placed")
+
+
+def reassign(cluster, step):
+    """Four nodes: replicas move under idempotent acks=all load, driven by kafka-python's admin
+    client and by `rafka cluster reassign`, once with the partition's leader leaving the replica set
+    and once with the leader killed (kill -9) right after the move started."""
+    topic, partitions, state = "moving", 2, {}
+    work = Workload(cluster.bootstrap(), topic, partitions, producers=PRODUCERS, rate=RATE, client_id="moving")
+    try:
+        def create():
+            state["replicas"] = create_placed_topic(cluster, topic, partitions)
+            print(f"  replicas {state['replicas']}", flush=True)
+            work.start()
+            work.wait_acks(WARMUP_ACKS, timeout=FAULT_DEADLINE)
+            state["began"] = time.monotonic()
+
+        step(f"topic with {partitions} partitions, RF 3 on {MOVE_NODES} nodes, under load", create)
+        step("kafka-python: invalid moves are refused (unknown broker, duplicate, nothing to cancel)",
+             lambda: invalid_moves_refused(cluster, topic))
+        step("kafka-python moves partition 0 off its leader onto the spare node: the move is listed while "
+             "under way, then every node reports the new replicas, the old replica's copy is dropped, "
+             "the new replicas agree", lambda: move_off_leader(cluster, work, topic, state), timeout=240)
+        step("`rafka cluster reassign` moves partition 1 and its leader is killed (kill -9) halfway, once it "
+             "added the learner: the next leader completes the move; the killed node returns and drops its copy",
+             lambda: move_and_kill_leader(cluster, topic, state), timeout=300)
+        step("a node is killed (kill -9): a move of partition 1 onto it waits, is listed, and is cancelled "
+             "(kafka-python, replicas None): the replicas go back", lambda: cancel_stuck_move(cluster, topic, state),
+             timeout=240)
+        step("the dead node's replica of partition 0 moves to a live node; the node returns and drops "
+             "its copy", lambda: replace_dead_replica(cluster, topic, state), timeout=240)
+
+        def load_flowed():
+            work.wait_acks(ACKS_AFTER_FAULT, since=time.monotonic(), timeout=FAULT_DEADLINE)
+            gap = work.max_ack_gap([0], since=state["began"], until=state["moved_off_leader_at"])
+            work.stop()
+            timing("reassign", max_ack_gap_partition0_s=gap)
+            work.expect_no_failures()
+            expect(gap < MOVE_GAP_LIMIT_S, f"partition 0 went {gap:.3f} s without an acknowledged write")
+
+        step(f"the load flowed: no delivery failed, partition 0 never went {MOVE_GAP_LIMIT_S} s without an "
+             "ack while its replicas moved off its leader", load_flowed)
+        step("the new replicas of each partition agree (checksums)",
+             lambda: print_agreement(wait_hosts_agree(cluster, topic, state["targets"])))
+        step("every acknowledged record is read back once, in order, at its acknowledged offset",
+             lambda: verify_read_back(cluster.bootstrap(), work))
+        step("no Raft group of any node stopped on an error or failed to start",
+             lambda: expect_no_group_failures(cluster))
+    finally:
+        work.close()
+
+
+def invalid_moves_refused(cluster, topic):
+    admin = KafkaAdminClient(bootstrap_servers=cluster.bootstrap(), request_timeout_ms=30000)
+    try:
+        tp = KafkaTopicPartition(topic, 0)
+        cases = {"unknown broker": [1, 2, 9], "duplicate broker": [1, 1, 2]}
+        for what, replicas in cases.items():
+            answer = admin.alter_partition_reassignments({tp: replicas})
+            expect(answer[tp] is not None and answer[tp].errno == INVALID_REPLICA_ASSIGNMENT,
+                   f"{what}: {answer}")
+        answer = admin.alter_partition_reassignments({tp: None})
+        expect(answer[tp] is not None and answer[tp].errno == NO_REASSIGNMENT_IN_PROGRESS, f"cancel: {answer}")
+        expect_eq(admin.list_partition_reassignments(), {}, "reassignments in progress")
+    finally:
+        admin.close()
+
+
+def move_off_leader(cluster, work, topic, state):
+    before = state["replicas"][0]
+    leader = wait_until(lambda: (lambda l: l >= 0 and l)(cluster.leader_of(topic, 0)), FAULT_DEADLINE,
+                        what=f"a leader of {topic}/0")
+    spare = next(i for i in cluster.ids if i not in before)
+    target = [spare] + [i for i in before if i != leader]
+    print(f"  partition 0: replicas {before}, leader {leader}; moving to {target}", flush=True)
+    admin = KafkaAdminClient(bootstrap_servers=cluster.bootstrap(), request_timeout_ms=30000)
+    try:
+        tp = KafkaTopicPartition(topic, 0)
+        started = time.monotonic()
+        answer = admin.alter_partition_reassignments({tp: target})
+        expect_eq(answer, {tp: None}, "AlterPartitionReassignments answer")
+        listed = admin.list_partition_reassignments()
+        if listed:  # a fast move may be over before the list is asked for
+            expect_eq(listed[tp]["adding_replicas"], [spare], "adding replicas")
+            expect_eq(listed[tp]["removing_replicas"], [leader], "removing replicas")
+            expect_eq(listed[tp]["replicas"], target + [leader], "replicas while moving")
+        wait_until(lambda: admin.list_partition_reassignments() == {}, FAULT_DEADLINE, interval=0.1,
+                   what="the move to finish")
+        state["moved_off_leader_at"] = time.monotonic()
+        timing("reassign", move_off_leader_s=state["moved_off_leader_at"] - started)
+    finally:
+        admin.close()
+    wait_moved(cluster, topic, 0, target)
+    state.setdefault("targets", {})[0] = target
+    group = next(e["group"] for e in cluster.checksums(spare) if e["topic"] == topic and e["partition"] == 0)
+    dropped = re.compile(rf"partition group dropped.*\bgroup={group}\b")
+    wait_until(lambda: dropped.search(cluster.nodes[leader].log_text()), FAULT_DEADLINE, interval=0.2,
+               what=f"node {leader} to drop its replica (group {group})")
+    new_leader = cluster.leader_of(topic, 0)
+    expect(new_leader in target, f"leader {new_leader} is one of the new replicas")
+
+
+def wait_forgotten(cluster, dead):
+    """Until every running node names a live controller and no longer lists the dead node (after
+    the broker session timeout, as Kafka does): kafka-python's admin client gives up on a listed
+    broker it cannot connect to instead of trying another."""
+    def forgotten():
+        for i in cluster.running_ids():
+            md = cluster.metadata(i)
+            if md.controller_id < 0 or md.controller_id == dead or dead in md.brokers:
+                raise NotYet(f"node {i} names controller {md.controller_id}, brokers {sorted(md.brokers)}")
+        return True
+
+    wait_until(forgotten, FAULT_DEADLINE, interval=0.2, what=f"node {dead} forgotten")
+
+
+def cancel_stuck_move(cluster, topic, state):
+    target = state["targets"][1]
+    victim = next(i for i in cluster.ids if i not in target)
+    cluster.kill9(victim)
+    state["victim"] = victim
+    wait_forgotten(cluster, victim)
+    leader = wait_until(lambda: (lambda l: l >= 0 and l)(cluster.leader_of(topic, 1)), FAULT_DEADLINE,
+                        what=f"a leader of {topic}/1")
+    stuck = [victim if i == next(n for n in target if n != leader) else i for i in target]
+    print(f"  node {victim} killed; moving partition 1 from {target} to {stuck}, then cancelling", flush=True)
+    admin = KafkaAdminClient(bootstrap_servers=cluster.bootstrap(cluster.running_ids()), request_timeout_ms=30000)
+    try:
+        tp = KafkaTopicPartition(topic, 1)
+        expect_eq(admin.alter_partition_reassignments({tp: stuck}), {tp: None}, "AlterPartitionReassignments answer")
+        listed = wait_until(lambda: admin.list_partition_reassignments().get(tp), FAULT_DEADLINE,
+                            what="the move in the list")
+        expect_eq(listed["adding_replicas"], [victim], "adding replicas of the stuck move")
+        keep_producing(1)  # the learner on the dead node cannot catch up: the move stays listed
+        expect(admin.list_partition_reassignments().get(tp), "the move waiting for a dead node is still listed")
+        started = time.monotonic()
+        expect_eq(admin.alter_partition_reassignments({tp: None}), {tp: None}, "cancel answer")
+        wait_until(lambda: admin.list_partition_reassignments() == {}, FAULT_DEADLINE, interval=0.1,
+                   what="the cancelled move to end")
+        timing("reassign", cancel_s=time.monotonic() - started)
+    finally:
+        admin.close()
+    wait_moved(cluster, topic, 1, target)
+
+
+def replace_dead_replica(cluster, topic, state):
+    victim, target = state["victim"], state["targets"][0]
+    if victim not in target:
+        print(f"  node {victim} holds no replica of partition 0 ({target}): nothing to replace", flush=True)
+    else:
+        replacement = next(i for i in cluster.ids if i not in target)
+        new_target = [replacement if i == victim else i for i in target]
+        print(f"  partition 0: replacing dead node {victim} by {replacement}: {new_target}", flush=True)
+        admin = KafkaAdminClient(bootstrap_servers=cluster.bootstrap(cluster.running_ids()),
+                                 request_timeout_ms=30000)
+        try:
+            tp = KafkaTopicPartition(topic, 0)
+            started = time.monotonic()
+            expect_eq(admin.alter_partition_reassignments({tp: new_target}), {tp: None}, "answer")
+            wait_until(lambda: admin.list_partition_reassignments() == {}, FAULT_DEADLINE, interval=0.1,
+                       what="the move off the dead node to finish")
+            timing("reassign", replace_dead_s=time.monotonic() - started)
+        finally:
+            admin.close()
+        wait_moved(cluster, topic, 0, new_target)
+        state["targets"][0] = new_target
+    cluster.start(victim)
+    for partition, nodes in state["targets"].items():
+        wait_moved(cluster, topic, partition, nodes)
+
+
+def move_and_kill_leader(cluster, topic, state):
+    """The spare node is paused so that the move stops halfway: its learner cannot catch up. The
+    leader is killed then, and the next leader must take the move on from the membership as it
+    stands once the spare resumes."""
+    before = state["replicas"][1]
+    leader = wait_until(lambda: (lambda l: l >= 0 and l)(cluster.leader_of(topic, 1)), FAULT_DEADLINE,
+                        what=f"a leader of {topic}/1")
+    spare = next(i for i in cluster.ids if i not in before)
+    target = [i for i in before if i != leader] + [spare]
+    group = next(e["group"] for e in cluster.checksums(leader) if e["topic"] == topic and e["partition"] == 1)
+    others = [i for i in cluster.ids if i not in (leader, spare)]
+    print(f"  partition 1 (group {group}): replicas {before}, leader {leader}; spare {spare} paused, moving to "
+          f"{target}, kill -9 {leader} once the learner is added, spare resumed", flush=True)
+    cluster.pause(spare)
+    try:
+        answer = cluster.tool("cluster", "reassign", "--bootstrap", cluster.bootstrap(others), "--topic", topic,
+                              "--partition", "1", "--replicas", ",".join(map(str, target)))
+        expect_eq(answer.returncode, 0, f"`rafka cluster reassign` exit code ({answer.stderr.strip()})")
+        learner = re.compile(rf"replica added as a learner group={group} learner={spare}\b")
+        wait_until(lambda: learner.search(cluster.nodes[leader].log_since_last_start()), FAULT_DEADLINE,
+                   interval=0.1, what=f"node {leader} to add node {spare} as a learner")
+        cluster.kill9(leader)
+    finally:
+        cluster.resume(spare)
+    started = time.monotonic()
+
+    def finished():
+        listed = cluster.tool("cluster", "reassignments", "--bootstrap", cluster.bootstrap(others), "--json")
+        return listed.returncode == 0 and json.loads(listed.stdout) == []
+
+    wait_until(finished, FAULT_DEADLINE, interval=0.2, what="the move to finish without the killed leader")
+    timing("reassign", move_with_leader_killed_s=time.monotonic() - started)
+    completed = re.compile(rf"replica move complete group={group}\b")
+    finishers = [i for i in cluster.running_ids() if completed.search(cluster.nodes[i].log_text())]
+    expect(finishers and leader not in finishers, f"the move was completed by {finishers}, not the killed leader")
+    cluster.start(leader)
+    wait_moved(cluster, topic, 1, target)
+    state.setdefault("targets", {})[1] = target
+
+
 SCENARIOS = {
     "leader-kill": (leader_kill, {}),
     "follower-kill": (follower_kill, {}),
@@ -1381,6 +1665,7 @@ SCENARIOS = {
     "rolling-restart": (rolling_restart, {}),
     "elect-leaders": (elect_leaders, {"settings": {"auto_leader_rebalance_enable": False}}),
     "double-outage": (double_outage, {"size": OUTAGE_NODES}),
+    "reassign": (reassign, {"size": MOVE_NODES}),
     "peer-auth": (peer_auth, {"secret": SECRET, "node_settings": {IMPOSTOR: {"cluster_secret": "a-guess"}},
                               "form": form_without_impostor}),
 }

@@ -6,6 +6,8 @@ suite (test_groups.py).
 """
 
 import concurrent.futures
+import logging
+import re
 import sys
 import time
 from contextlib import closing
@@ -17,10 +19,10 @@ from harness import (BASE_TS, Msg, by_partition, expect, expect_eq, make_message
 
 from confluent_kafka import (OFFSET_BEGINNING, OFFSET_END, TIMESTAMP_CREATE_TIME,  # noqa: E402
                              TIMESTAMP_LOG_APPEND_TIME,
-                             Consumer, KafkaError, KafkaException, Producer, TopicPartition)
+                             Consumer, KafkaError, KafkaException, Producer, TopicPartition, libversion)
 from confluent_kafka.admin import (AdminClient, AlterConfigOpType, ConfigEntry,  # noqa: E402
                                    ConfigResource, ConfigSource, NewPartitions, NewTopic,
-                                   ResourceType)
+                                   OffsetSpec, ResourceType)
 
 TIMEOUT = 30  # seconds, for any single client operation
 PARTITIONS = 3
@@ -423,6 +425,20 @@ def check_offsets(bootstrap, R):
             expect(tp.error is None, f"timestamp {ts}: partition error {tp.error}")
             expect_eq(tp.offset, want, f"offset for timestamp {ts} (first message at {first})")
 
+    with R.check("AdminClient.list_offsets: earliest, latest and max_timestamp (ListOffsets v7, KIP-734) "
+                 "name the first record with the largest timestamp"):
+        stamped = "cfk-max-timestamp"
+        create_topic(bootstrap, stamped, 1)
+        # Timestamps rise, fall back, and reach their largest twice: offsets 3 and 5.
+        stamps = [BASE_TS, BASE_TS + 5, BASE_TS + 2, BASE_TS + 9, BASE_TS + 1, BASE_TS + 9]
+        msgs = [Msg(0, b"k", f"v{i}".encode(), [], ts) for i, ts in enumerate(stamps)]
+        check_delivered(produce(bootstrap, stamped, msgs), msgs)
+        tp = TopicPartition(stamped, 0)
+        for spec, want in [(OffsetSpec.earliest(), (0, -1)), (OffsetSpec.latest(), (len(stamps), -1)),
+                           (OffsetSpec.max_timestamp(), (3, BASE_TS + 9))]:
+            got = admin_call(bootstrap, "list_offsets", {tp: spec}, key=tp)
+            expect_eq((got.offset, got.timestamp), want, f"list_offsets {type(spec).__name__}")
+
 
 def check_delete(bootstrap, R):
     with R.check("admin: delete_topics removes the topic from list_topics"):
@@ -494,9 +510,70 @@ def check_idempotence(broker, R):
         verify(read_all(bootstrap, topic, [0, 1]), msgs)
 
 
+# The newest request version librdkafka 2.16 knows of each API, which the broker's ApiVersions must let it
+# use (librdkafka takes the highest version both sides know). A lower maximum on the broker shows here.
+LIBRDKAFKA_NEWEST = {"Produce": 10, "Fetch": 16, "ListOffsets": 7, "Metadata": 13, "OffsetCommit": 9,
+                     "OffsetFetch": 9}
+SENT = re.compile(r"Sent (\w+)Request \(v(\d+),")
+
+
+class SentVersions(logging.Handler):
+    """Collects the version of every request librdkafka logs as sent (debug=protocol)."""
+
+    def __init__(self):
+        super().__init__(logging.DEBUG)
+        self.sent = {}
+
+    def emit(self, record):
+        for api, version in SENT.findall(record.getMessage()):
+            self.sent.setdefault(api, set()).add(int(version))
+
+
+def check_negotiated_versions(bootstrap, R):
+    with R.check("librdkafka negotiates its newest Produce, Fetch, ListOffsets, Metadata, OffsetCommit and "
+                 "OffsetFetch versions"):
+        handler = SentVersions()
+        logger = logging.getLogger("cfk-protocol")
+        logger.propagate = False
+        logger.setLevel(logging.DEBUG)
+        logger.addHandler(handler)
+        try:
+            topic = "cfk-versions"
+            create_topic(bootstrap, topic, 1)
+            msgs = make_messages(topic, 1, 3)
+            check_delivered(produce(bootstrap, topic, msgs, debug="protocol", logger=logger), msgs)
+            consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "rafka-compat-unused",
+                                 "enable.auto.commit": False, "enable.partition.eof": True,
+                                 "debug": "protocol", "logger": logger})
+            with closing(consumer) as c:
+                c.assign([TopicPartition(topic, 0, OFFSET_BEGINNING)])
+                verify(poll_until(c, lambda _m, eofs: 0 in eofs), msgs)
+                c.offsets_for_times([TopicPartition(topic, 0, BASE_TS)], timeout=TIMEOUT)
+                c.poll(0)
+            # A group member: FindCoordinator, JoinGroup, SyncGroup, OffsetFetch, OffsetCommit, LeaveGroup.
+            member = Consumer({"bootstrap.servers": bootstrap, "group.id": "cfk-versions-group",
+                               "auto.offset.reset": "earliest", "enable.auto.commit": False,
+                               "debug": "protocol", "logger": logger})
+            try:
+                member.subscribe([topic])
+                got = poll_until(member, lambda m, _eofs: len(m) >= len(msgs))
+                member.commit(asynchronous=False)
+                [committed] = member.committed([TopicPartition(topic, 0)], timeout=TIMEOUT)
+                expect_eq(committed.offset, got[-1].offset() + 1, "committed offset")
+            finally:
+                member.close()
+        finally:
+            logger.removeHandler(handler)
+        used = {api: max(handler.sent.get(api, {-1})) for api in LIBRDKAFKA_NEWEST}
+        print(f"    librdkafka {libversion()[0]} sent: " + ", ".join(
+            f"{api} v{sorted(versions)}" for api, versions in sorted(handler.sent.items())))
+        expect_eq(used, LIBRDKAFKA_NEWEST, "newest request version librdkafka sent per API")
+
+
 def main(broker, R):
     bootstrap = broker.bootstrap
     check_admin_basics(bootstrap, R)
+    check_negotiated_versions(bootstrap, R)
     check_configs(bootstrap, R)
     check_topic_rules(bootstrap, R)
     check_internal_topic(bootstrap, R)

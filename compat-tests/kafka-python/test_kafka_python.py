@@ -8,6 +8,7 @@ default, an idempotent producer (InitProducerId plus sequence numbers).
 
 import sys
 import time
+import uuid
 from contextlib import closing
 from pathlib import Path
 
@@ -19,6 +20,16 @@ import kafka.errors as Errors  # noqa: E402
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition  # noqa: E402
 from kafka.admin import AlterConfigOp, ConfigResource, ConfigResourceType  # noqa: E402
 from kafka.codec import has_gzip, has_lz4, has_snappy, has_zstd  # noqa: E402
+from kafka.protocol.admin.cluster import DescribeClusterRequest  # noqa: E402
+from kafka.protocol.admin.groups import DescribeGroupsRequest, ListGroupsRequest  # noqa: E402
+from kafka.protocol.consumer.fetch import FetchRequest  # noqa: E402
+from kafka.protocol.consumer.group import (JoinGroupRequest, LeaveGroupRequest, OffsetCommitRequest,  # noqa: E402
+                                           OffsetFetchRequest)
+from kafka.protocol.consumer.offsets import ListOffsetsRequest  # noqa: E402
+from kafka.protocol.metadata import ApiVersionsRequest, FindCoordinatorRequest, MetadataRequest  # noqa: E402
+from kafka.protocol.producer.produce import ProduceRequest  # noqa: E402
+from kafka.protocol.producer.transaction import InitProducerIdRequest  # noqa: E402
+from kafka.record.memory_records import MemoryRecords, MemoryRecordsBuilder  # noqa: E402
 
 TIMEOUT = 30  # seconds, for any single client operation
 PARTITIONS = 3
@@ -254,9 +265,90 @@ def check_log_dirs(broker, R):
         expect_eq(topics, [("kp-codec-none", [1])], "filtered answer")
 
 
+# The broker's newest version of each API (src/protocol/<api>.rs), every one what kafka-protocol 0.18 knows.
+BROKER_NEWEST = {ProduceRequest: 13, FetchRequest: 18, ListOffsetsRequest: 10, MetadataRequest: 13,
+                 OffsetCommitRequest: 9, OffsetFetchRequest: 9, FindCoordinatorRequest: 6, JoinGroupRequest: 8,
+                 LeaveGroupRequest: 5, ListGroupsRequest: 5, DescribeGroupsRequest: 6, InitProducerIdRequest: 5,
+                 DescribeClusterRequest: 2, ApiVersionsRequest: 4}
+
+
+def check_negotiated_versions(bootstrap, R):
+    with R.check("ApiVersions: kafka-python settles on the newest version both sides know of each API"), \
+            closing(new_admin(bootstrap)) as admin:
+        negotiated = admin._manager.broker_version_data  # what ApiVersions told it
+        got = {request.__name__: negotiated.api_version(request) for request in BROKER_NEWEST}
+        expected = {request.__name__: min(newest, request.max_version) for request, newest in BROKER_NEWEST.items()}
+        print("    kafka-python negotiated: " + ", ".join(f"{k} v{v}" for k, v in got.items()))
+        expect_eq(got, expected, "negotiated versions")
+
+
+UNKNOWN_TOPIC_ID = 100
+
+
+def send(admin, request):
+    """One request through kafka-python's own connection and codec; its decoded answer."""
+    return admin._manager.run(admin._manager.send, request)
+
+
+def only(request_class, version, **fields):
+    return request_class(**fields, min_version=version, max_version=version)
+
+
+def check_topic_ids(bootstrap, R):
+    """kafka-python's producer and fetcher stop at Produce v9 and Fetch v12, but its codec knows the
+    newest versions: it sends them here, naming the topic by the id Metadata v13 gave."""
+    with R.check("kafka-python's codec: Metadata v13 gives the topic id; Produce v13 and Fetch v18 name the "
+                 "topic by it; an unknown id is UNKNOWN_TOPIC_ID (100)"), closing(new_admin(bootstrap)) as admin:
+        create_topic(bootstrap, "kp-ids", 1)
+        topic = MetadataRequest.MetadataRequestTopic(name="kp-ids")
+        answer = send(admin, only(MetadataRequest, 13, topics=[topic], allow_auto_topic_creation=False))
+        [described] = answer.topics
+        expect_eq((answer.API_VERSION, answer.error_code, described.error_code), (13, 0, 0), "Metadata v13 answer")
+        topic_id = described.topic_id
+        builder = MemoryRecordsBuilder(magic=2, compression_type=0, batch_size=1 << 20)
+        for i in range(3):
+            builder.append(timestamp=1_700_000_000_000 + i, key=b"k", value=b"v%d" % i)
+        builder.close()
+
+        def produce_by_id(topic_id):
+            data = ProduceRequest.TopicProduceData
+            partition = data.PartitionProduceData(index=0, records=builder.buffer())
+            answer = send(admin, only(ProduceRequest, 13, transactional_id=None, acks=-1, timeout_ms=TIMEOUT * 1000,
+                                      topic_data=[data(topic_id=topic_id, partition_data=[partition])]))
+            [topic] = answer.responses
+            [partition] = topic.partition_responses
+            return topic.topic_id, partition.error_code, partition.base_offset
+
+        def fetch_by_id(topic_id):
+            fetched = FetchRequest.FetchTopic
+            partition = fetched.FetchPartition(partition=0, fetch_offset=0, partition_max_bytes=1 << 20)
+            answer = send(admin, only(FetchRequest, 18, max_wait_ms=0, min_bytes=0, max_bytes=1 << 20,
+                                      isolation_level=0, session_id=0, session_epoch=-1,
+                                      topics=[fetched(topic_id=topic_id, partitions=[partition])],
+                                      forgotten_topics_data=[], rack_id=""))
+            [topic] = answer.responses
+            [partition] = topic.partitions
+            return topic.topic_id, partition
+
+        expect_eq(produce_by_id(topic_id), (topic_id, 0, 0), "Produce v13 by id: (topic id, error, base offset)")
+        got_id, partition = fetch_by_id(topic_id)
+        expect_eq((got_id, partition.error_code, partition.high_watermark), (topic_id, 0, 3), "Fetch v18 by id")
+        records = MemoryRecords(partition.records)
+        values = []
+        while records.has_next():
+            values.extend(record.value for record in records.next_batch())
+        expect_eq(values, [b"v0", b"v1", b"v2"], "values fetched by topic id")
+        unknown = uuid.uuid4()
+        expect_eq(produce_by_id(unknown)[:2], (unknown, UNKNOWN_TOPIC_ID), "Produce v13 to an unknown id")
+        got_id, partition = fetch_by_id(unknown)
+        expect_eq((got_id, partition.error_code), (unknown, UNKNOWN_TOPIC_ID), "Fetch v18 of an unknown id")
+
+
 def main(broker, R):
     with R.check("admin: create topic with 3 partitions, describe_topics shows them with leaders"):
         create_topic(broker.bootstrap, "kp-admin", PARTITIONS)
+    check_negotiated_versions(broker.bootstrap, R)
+    check_topic_ids(broker.bootstrap, R)
     check_configs(broker.bootstrap, R)
     check_internal_topic(broker.bootstrap, R)
     check_codecs(broker.bootstrap, R)

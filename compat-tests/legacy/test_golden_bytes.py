@@ -12,7 +12,10 @@ and a client library cannot hide here.
 Covered: CreateTopics v0/v1, Metadata v0, Produce v0/v1/v2 with message sets
 of magic 0 and 1, Fetch v0 (down-converted to magic 0) and v2 (magic 1),
 ListOffsets v0, OffsetCommit v0/v1 (and the metadata size limit), OffsetFetch
-v0, DescribeConfigs v0, DeleteTopics v0.
+v0, DescribeConfigs v0, DeleteTopics v0. And a few of the newest, flexible
+versions (request header v2, response header v1, compact types): Fetch v13
+and v18 naming the topic by id (a known id, an unknown one), and ListOffsets
+v7 by max timestamp.
 """
 
 import socket
@@ -30,6 +33,7 @@ GROUP = "golden-group"
 CLIENT_ID = "golden-bytes"
 
 PRODUCE, FETCH, LIST_OFFSETS, METADATA = 0, 1, 2, 3
+UNKNOWN_TOPIC_ID = 100
 OFFSET_COMMIT, OFFSET_FETCH, CREATE_TOPICS, DELETE_TOPICS, DESCRIBE_CONFIGS = 8, 9, 19, 20, 32
 TOPIC_ALREADY_EXISTS = 36
 OFFSET_METADATA_TOO_LARGE = 12
@@ -77,6 +81,88 @@ def blob(b):
 def array(items):
     """ARRAY: int32 count, then the items, each already encoded."""
     return i32(len(items)) + b"".join(items)
+
+
+# -- flexible versions: unsigned varints, compact types, tagged fields -----------------------
+def uvarint(v):
+    out = b""
+    while True:
+        byte = v & 0x7F
+        v >>= 7
+        if v:
+            out += bytes([byte | 0x80])
+        else:
+            return out + bytes([byte])
+
+
+def compact_string(s):
+    """COMPACT_(NULLABLE_)STRING: uvarint length + 1 (0 for null), then UTF-8 bytes."""
+    if s is None:
+        return uvarint(0)
+    raw = s.encode()
+    return uvarint(len(raw) + 1) + raw
+
+
+def compact_bytes(b):
+    if b is None:
+        return uvarint(0)
+    return uvarint(len(b) + 1) + b
+
+
+def compact_array(items):
+    """COMPACT_(NULLABLE_)ARRAY: uvarint count + 1 (0 for null), then the items."""
+    if items is None:
+        return uvarint(0)
+    return uvarint(len(items) + 1) + b"".join(items)
+
+
+NO_TAGS = uvarint(0)  # an empty tagged-field section
+
+
+class Reader:
+    """Reads the fields of a flexible answer in order."""
+
+    def __init__(self, raw):
+        self.raw, self.pos = raw, 0
+
+    def take(self, n):
+        out = self.raw[self.pos:self.pos + n]
+        self.pos += n
+        return out
+
+    def fixed(self, fmt):
+        (value,) = struct.unpack_from(">" + fmt, self.raw, self.pos)
+        self.pos += struct.calcsize(">" + fmt)
+        return value
+
+    def uvarint(self):
+        shift = value = 0
+        while True:
+            byte = self.raw[self.pos]
+            self.pos += 1
+            value |= (byte & 0x7F) << shift
+            if not byte & 0x80:
+                return value
+            shift += 7
+
+    def compact_string(self):
+        n = self.uvarint()
+        return None if n == 0 else self.take(n - 1).decode()
+
+    def skip_tags(self):
+        for _ in range(self.uvarint()):
+            self.uvarint()
+            self.take(self.uvarint())
+
+
+def batch_offsets(records):
+    """(base offset, record count) of each v2 batch of a record set."""
+    out, pos = [], 0
+    while pos + 61 <= len(records):
+        base, length = struct.unpack_from(">qi", records, pos)
+        out.append((base, struct.unpack_from(">i", records, pos + 57)[0]))
+        pos += 12 + length
+    return out
 
 
 # -- message sets (magic 0 and 1), as in the guide's "Message sets" --------------------------
@@ -134,6 +220,18 @@ class Wire:
         response = self._read(size)
         expect_eq(struct.unpack_from(">i", response)[0], self.correlation, "correlation id of the answer")
         return response[4:]
+
+    def call_flexible(self, api_key, version, body):
+        """Sends header v2 (v1 + tagged fields) + body; reads response header v1 (tagged fields after the
+        correlation id) and returns the body."""
+        self.correlation += 1
+        frame = i16(api_key) + i16(version) + i32(self.correlation) + string(CLIENT_ID) + NO_TAGS + body
+        self.sock.sendall(i32(len(frame)) + frame)
+        size = struct.unpack(">i", self._read(4))[0]
+        reader = Reader(self._read(size))
+        expect_eq(reader.fixed("i"), self.correlation, "correlation id of the answer")
+        reader.skip_tags()
+        return reader.raw[reader.pos:]
 
     def _read(self, n):
         data = b""
@@ -236,6 +334,82 @@ def list_offsets(wire):
         expect_bytes(ask(timestamp), expected, f"ListOffsets v0 answer for timestamp {timestamp}")
 
 
+def topic_id_and_epoch(wire):
+    """The golden topic's id and its partition's leader epoch, from a Metadata v12 answer."""
+    # topics [topic_id (zero: by name), name], allow_auto_topic_creation, include_topic_authorized_operations
+    request = compact_array([bytes(16) + compact_string(TOPIC) + NO_TAGS]) + boolean(False) + boolean(False) + NO_TAGS
+    answer = Reader(wire.call_flexible(METADATA, 12, request))
+    answer.fixed("i")  # throttle_time_ms
+    for _ in range(answer.uvarint() - 1):  # brokers: node_id, host, port, rack
+        answer.fixed("i"), answer.compact_string(), answer.fixed("i"), answer.compact_string(), answer.skip_tags()
+    answer.compact_string(), answer.fixed("i")  # cluster_id, controller_id
+    expect_eq(answer.uvarint() - 1, 1, "topics in the Metadata v12 answer")
+    expect_eq((answer.fixed("h"), answer.compact_string()), (0, TOPIC), "error code and name of the topic")
+    topic_id = answer.take(16)
+    answer.fixed("?")  # is_internal
+    expect_eq(answer.uvarint() - 1, 1, "partitions of the topic")
+    answer.fixed("h"), answer.fixed("i"), answer.fixed("i")  # error_code, partition_index, leader_id
+    return topic_id, answer.fixed("i")
+
+
+def fetch_partition(fetch_offset=0):
+    """partition, current_leader_epoch, fetch_offset, last_fetched_epoch, log_start_offset, partition_max_bytes."""
+    return i32(0) + i32(-1) + i64(fetch_offset) + i32(-1) + i64(-1) + i32(1 << 20) + NO_TAGS
+
+
+def flexible_fetch_request(version, topic):
+    """replica_id (gone from v15: replica_state is a tagged field left out), max_wait_ms, min_bytes, max_bytes,
+    isolation_level (READ_UNCOMMITTED), session_id, session_epoch, topics, forgotten_topics_data, rack_id."""
+    replica = i32(-1) if version < 15 else b""
+    topics = compact_array([topic + compact_array([fetch_partition()]) + NO_TAGS])
+    return (replica + i32(100) + i32(1) + i32(1 << 20) + i8(0) + i32(0) + i32(-1) + topics + compact_array([])
+            + compact_string("") + NO_TAGS)
+
+
+def fetch_answer(topic, partition):
+    """throttle_time_ms, error_code, session_id (0: no session), one topic, no node endpoints."""
+    return i32(0) + i16(0) + i32(0) + compact_array([topic + compact_array([partition]) + NO_TAGS]) + NO_TAGS
+
+
+def fetched_partition(error, high_watermark, log_start, records):
+    """partition_index, error_code, high_watermark, last_stable_offset, log_start_offset, aborted_transactions
+    (null: READ_UNCOMMITTED, or an error), preferred_read_replica, records."""
+    return (i32(0) + i16(error) + i64(high_watermark) + i64(high_watermark) + i64(log_start) + compact_array(None)
+            + i32(-1) + compact_bytes(records) + NO_TAGS)
+
+
+def fetch_by_topic_id(wire):
+    """Fetch v13+ names the topic by id: the answer is v12's, by name, with the id in place of the name; an
+    unknown id is UNKNOWN_TOPIC_ID with Kafka's invalid offsets (-1) and no records."""
+    topic_id, _ = topic_id_and_epoch(wire)
+    expect(topic_id != bytes(16), "the topic has an id")
+    by_name = Reader(wire.call_flexible(FETCH, 12, flexible_fetch_request(12, compact_string(TOPIC))))
+    by_name.take(4 + 2 + 4 + 1 + len(compact_string(TOPIC)) + 1)  # up to the partition
+    by_name.take(4 + 2 + 8 + 8 + 8 + 1 + 4)  # up to the records
+    records = by_name.take(by_name.uvarint() - 1)
+    # Each message of magic 0 or 1 became a batch of its own when it was converted up.
+    expect_eq(batch_offsets(records), [(i, 1) for i in range(len(VALUES))], "batches of the Fetch v12 answer")
+    for version in (13, 18):
+        answer = wire.call_flexible(FETCH, version, flexible_fetch_request(version, topic_id))
+        expect_bytes(answer, fetch_answer(topic_id, fetched_partition(0, len(VALUES), 0, records)),
+                     f"Fetch v{version} answer by topic id")
+    unknown = bytes(range(1, 17))
+    answer = wire.call_flexible(FETCH, 13, flexible_fetch_request(13, unknown))
+    expect_bytes(answer, fetch_answer(unknown, fetched_partition(UNKNOWN_TOPIC_ID, -1, -1, b"")),
+                 "Fetch v13 answer for an unknown topic id")
+
+
+def list_offsets_max_timestamp(wire):
+    """ListOffsets v7, timestamp -3 (KIP-734): the first record with the largest timestamp, the first of the
+    two produced with magic 1 at CREATE_TIME_MS + 1 (offset 4), in the epoch it was appended in."""
+    _, epoch = topic_id_and_epoch(wire)
+    partition = i32(0) + i32(-1) + i64(-3) + NO_TAGS
+    request = i32(-1) + i8(0) + compact_array([compact_string(TOPIC) + compact_array([partition]) + NO_TAGS]) + NO_TAGS
+    found = i32(0) + i16(0) + i64(CREATE_TIME_MS + 1) + i64(4) + i32(epoch) + NO_TAGS
+    expected = i32(0) + compact_array([compact_string(TOPIC) + compact_array([found]) + NO_TAGS]) + NO_TAGS
+    expect_bytes(wire.call_flexible(LIST_OFFSETS, 7, request), expected, "ListOffsets v7 answer for -3")
+
+
 def offsets(wire):
     commit_v0 = string(GROUP) + array([string(TOPIC) + array([i32(0) + i64(3) + string("m0")])])
     committed = array([string(TOPIC) + array([i32(0) + i16(0)])])
@@ -300,6 +474,8 @@ def main(broker, R):
             ("Fetch v0: every record down-converted to magic 0", lambda: fetch_v0(wire)),
             ("Fetch v2: magic 1 with the producers' timestamps", lambda: fetch_v2(wire)),
             ("ListOffsets v0: latest and earliest", lambda: list_offsets(wire)),
+            ("Fetch v13 and v18: the topic named by id, known and unknown", lambda: fetch_by_topic_id(wire)),
+            ("ListOffsets v7: the record with the largest timestamp", lambda: list_offsets_max_timestamp(wire)),
             ("OffsetCommit v0 and v1, OffsetFetch v0", lambda: offsets(wire)),
             ("OffsetCommit v0: metadata over offset_metadata_max_bytes is refused per partition",
              lambda: offset_metadata_limit(wire)),

@@ -37,13 +37,17 @@ pub(super) struct Founding {
     pub me: NodeId,
     pub gate: Arc<VoteGate>,
     pub peers: Arc<Peers>,
+    /// False for a group whose replicas were reassigned: it was founded when
+    /// created, and its first member now may be one added since.
+    pub may_found: bool,
 }
 
 impl Founding {
     /// Starts founding the group if this node is the designated founder of a
     /// group of several voters (a sole voter's group is founded as it starts).
     pub fn start(self) {
-        let founder = self.members.len() > 1 && self.members.first().map(|(id, _)| *id) == Some(self.me);
+        let founder =
+            self.may_found && self.members.len() > 1 && self.members.first().map(|(id, _)| *id) == Some(self.me);
         if founder {
             tokio::spawn(self.run());
         }

@@ -105,7 +105,7 @@ impl Cluster {
     }
 
     /// A node leadership may be handed to: alive, reachable, not shutting down.
-    fn may_lead(&self, node: NodeId) -> bool {
+    pub(super) fn may_lead(&self, node: NodeId) -> bool {
         node != self.node_id() && self.alive(node) && !self.board.is_draining(node)
     }
 

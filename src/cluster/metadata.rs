@@ -19,6 +19,23 @@ pub struct ClusterState {
     pub next_group: GroupId,
     /// The last idempotent producer id handed out.
     pub last_producer_id: i64,
+    /// Partitions whose replicas are moving, by Raft group.
+    pub reassignments: BTreeMap<GroupId, Reassignment>,
+    /// Groups whose replicas were ever reassigned. None of their replicas
+    /// founds them any more: they were founded at creation, and a replica
+    /// added later may be the first of the list while holding nothing.
+    pub moved: BTreeSet<GroupId>,
+}
+
+/// A partition's replicas on their way from `original` to `target` (Kafka's
+/// AlterPartitionReassignments). Until the partition's leader has changed its
+/// Raft group's voters to `target`, the assignment's `replicas` are `target`
+/// followed by every other node that may still hold a replica, so that each of
+/// them keeps hosting the group.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Reassignment {
+    pub original: Vec<NodeId>,
+    pub target: Vec<NodeId>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -72,7 +89,12 @@ impl ClusterState {
             }
             Command::DeleteTopic { name } => {
                 let topic = self.topics.remove(name).ok_or(ControllerRefusal::UnknownTopic)?;
-                Ok(topic.partitions.iter().map(|p| p.group).collect())
+                let groups: Vec<GroupId> = topic.partitions.iter().map(|p| p.group).collect();
+                for group in &groups {
+                    self.reassignments.remove(group);
+                    self.moved.remove(group);
+                }
+                Ok(groups)
             }
             Command::CreatePartitions { name, replicas } => {
                 let current = self
@@ -98,6 +120,12 @@ impl ClusterState {
                     .map_err(ControllerRefusal::InvalidConfig)?;
                 Ok(Vec::new())
             }
+            Command::ReassignPartition {
+                topic,
+                partition,
+                target,
+            } => self.reassign(topic, *partition, target.as_deref(), voters),
+            Command::CompleteReassignment { group, replicas } => self.complete_reassignment(*group, replicas),
             Command::Append { .. }
             | Command::AppendRequests { .. }
             | Command::AdvanceLogStart { .. }
@@ -106,6 +134,81 @@ impl ClusterState {
             | Command::Group(_)
             | Command::AllocateProducerId => Ok(Vec::new()),
         }
+    }
+
+    /// Starts moving a partition's replicas to `target`, replaces the target
+    /// of a move in progress, or (no target) cancels it: the replicas go back
+    /// to those the move started from. Moving to the replicas a partition
+    /// already has is no move at all.
+    fn reassign(
+        &mut self,
+        topic: &str,
+        partition: i32,
+        target: Option<&[NodeId]>,
+        voters: &BTreeSet<NodeId>,
+    ) -> Result<Vec<GroupId>, ControllerRefusal> {
+        let assignment = self.assignment_mut(topic, partition)?;
+        let group = assignment.group;
+        let current = assignment.replicas.clone();
+        let pending = self.reassignments.get(&group).cloned();
+        let target = match target {
+            Some(target) => {
+                check_assignment(&[target.to_vec()], 1, voters)?;
+                target.to_vec()
+            }
+            None => pending
+                .as_ref()
+                .ok_or(ControllerRefusal::NoReassignmentInProgress)?
+                .original
+                .clone(),
+        };
+        if pending.is_none() && target == current {
+            return Ok(Vec::new());
+        }
+        let original = pending.map_or_else(|| current.clone(), |pending| pending.original);
+        let mut hosts = target.clone();
+        hosts.extend(current.iter().filter(|node| !target.contains(node)));
+        self.assignment_mut(topic, partition)?.replicas = hosts;
+        self.reassignments.insert(group, Reassignment { original, target });
+        self.moved.insert(group);
+        Ok(vec![group])
+    }
+
+    /// Records that a partition's Raft group now has exactly `replicas` as
+    /// voters, the target of its move; refused if the target changed since.
+    fn complete_reassignment(
+        &mut self,
+        group: GroupId,
+        replicas: &[NodeId],
+    ) -> Result<Vec<GroupId>, ControllerRefusal> {
+        let pending = self
+            .reassignments
+            .get(&group)
+            .ok_or(ControllerRefusal::NoReassignmentInProgress)?;
+        if pending.target != replicas {
+            return Err(ControllerRefusal::StaleReassignment);
+        }
+        let assignment = self
+            .topics
+            .values_mut()
+            .flat_map(|topic| topic.partitions.iter_mut())
+            .find(|assignment| assignment.group == group)
+            .ok_or(ControllerRefusal::UnknownTopic)?;
+        assignment.replicas = replicas.to_vec();
+        self.reassignments.remove(&group);
+        Ok(vec![group])
+    }
+
+    fn assignment_mut(&mut self, topic: &str, partition: i32) -> Result<&mut PartitionAssignment, ControllerRefusal> {
+        let partitions = &mut self
+            .topics
+            .get_mut(topic)
+            .ok_or(ControllerRefusal::UnknownTopic)?
+            .partitions;
+        usize::try_from(partition)
+            .ok()
+            .and_then(|index| partitions.get_mut(index))
+            .ok_or(ControllerRefusal::UnknownTopic)
     }
 
     pub fn allocate_producer_id(&mut self) -> i64 {
@@ -135,6 +238,19 @@ impl ClusterState {
                 .enumerate()
                 .map(move |(index, assignment)| (name.as_str(), index as i32, assignment))
         })
+    }
+
+    /// The name of the topic whose id is `id` (requests of Fetch v13+, Produce
+    /// v13 and Metadata v10+ may name topics by id alone). The all-zero id is
+    /// Kafka's "no id" and names nothing.
+    pub fn topic_name_of(&self, id: &[u8; 16]) -> Option<&str> {
+        if *id == [0; 16] {
+            return None;
+        }
+        self.topics
+            .iter()
+            .find(|(_, topic)| topic.id == *id)
+            .map(|(name, _)| name.as_str())
     }
 
     /// The partition whose Raft group is `group`: `(topic, partition, assignment)`.
@@ -177,6 +293,19 @@ mod tests {
 
     fn voters() -> BTreeSet<NodeId> {
         BTreeSet::from([1])
+    }
+
+    #[test]
+    fn topics_are_found_by_id() {
+        let mut state = ClusterState::default();
+        state.apply(&create("a", 1), &voters()).unwrap();
+        assert_eq!(state.topic_name_of(&[1; 16]), Some("a"));
+        assert_eq!(state.topic_name_of(&[2; 16]), None);
+        assert_eq!(state.topic_name_of(&[0; 16]), None);
+        state
+            .apply(&Command::DeleteTopic { name: "a".into() }, &voters())
+            .unwrap();
+        assert_eq!(state.topic_name_of(&[1; 16]), None);
     }
 
     #[test]
@@ -288,5 +417,72 @@ mod tests {
             );
             assert_eq!(state, before, "{command:?} changed the state");
         }
+    }
+
+    #[test]
+    fn a_move_keeps_every_replica_hosted_until_it_completes() {
+        let voters = BTreeSet::from([1, 2, 3, 4]);
+        let mut state = ClusterState::default();
+        let topic = Command::CreateTopic {
+            name: "t".into(),
+            topic_id: [3; 16],
+            replicas: vec![vec![1, 2, 3]],
+            configs: BTreeMap::new(),
+        };
+        state.apply(&topic, &voters).unwrap();
+        let reassign = |target: Option<Vec<NodeId>>| Command::ReassignPartition {
+            topic: "t".into(),
+            partition: 0,
+            target,
+        };
+        assert_eq!(
+            state.apply(&reassign(Some(vec![1, 2, 3])), &voters),
+            Ok(vec![]),
+            "no move"
+        );
+        assert!(state.reassignments.is_empty() && state.moved.is_empty());
+        assert_eq!(
+            state.apply(&reassign(None), &voters),
+            Err(ControllerRefusal::NoReassignmentInProgress)
+        );
+        assert_eq!(state.apply(&reassign(Some(vec![4, 2, 3])), &voters), Ok(vec![1]));
+        assert_eq!(state.topics["t"].partitions[0].replicas, vec![4, 2, 3, 1]);
+        assert!(state.moved.contains(&1));
+        // A new target replaces the old one; nodes of either stay hosts.
+        state.apply(&reassign(Some(vec![2, 3, 1])), &voters).unwrap();
+        assert_eq!(state.topics["t"].partitions[0].replicas, vec![2, 3, 1, 4]);
+        assert_eq!(state.reassignments[&1].original, vec![1, 2, 3]);
+        let stale = Command::CompleteReassignment {
+            group: 1,
+            replicas: vec![4, 2, 3],
+        };
+        assert_eq!(state.apply(&stale, &voters), Err(ControllerRefusal::StaleReassignment));
+        // Cancelling goes back to where the move started.
+        state.apply(&reassign(None), &voters).unwrap();
+        assert_eq!(state.reassignments[&1].target, vec![1, 2, 3]);
+        let done = Command::CompleteReassignment {
+            group: 1,
+            replicas: vec![1, 2, 3],
+        };
+        assert_eq!(state.apply(&done, &voters), Ok(vec![1]));
+        assert_eq!(state.topics["t"].partitions[0].replicas, vec![1, 2, 3]);
+        assert!(state.reassignments.is_empty());
+        assert!(state.moved.contains(&1), "a moved group is never founded again");
+        for bad in [vec![], vec![1, 1, 2], vec![1, 2, 9]] {
+            assert!(matches!(
+                state.apply(&reassign(Some(bad)), &voters),
+                Err(ControllerRefusal::InvalidAssignment(_))
+            ));
+        }
+        let missing = Command::ReassignPartition {
+            topic: "t".into(),
+            partition: 1,
+            target: Some(vec![1]),
+        };
+        assert_eq!(state.apply(&missing, &voters), Err(ControllerRefusal::UnknownTopic));
+        state
+            .apply(&Command::DeleteTopic { name: "t".into() }, &voters)
+            .unwrap();
+        assert!(state.moved.is_empty());
     }
 }

@@ -15,6 +15,7 @@ pub mod peer_service;
 pub mod quiesce;
 #[cfg(test)]
 mod raft_conformance;
+pub mod reassign;
 pub mod rejoin;
 pub mod retention;
 pub mod topic_configs;
@@ -216,7 +217,7 @@ impl Cluster {
         // Ascending ids: the lowest member bootstraps the controller group.
         let voters: Vec<(NodeId, String)> = members.iter().map(|(id, addr)| (*id, addr.clone())).collect();
         let controller_log = GroupLogStore::open(CONTROLLER_GROUP, store.clone(), &cfg.data_dir, state_log_roll())?;
-        let controller = start_group(&cfg, &store, &peers, controller_log, state, &voters).await?;
+        let controller = start_group(&cfg, &store, &peers, controller_log, state, &voters, true).await?;
         gate.group_started(CONTROLLER_GROUP, &controller, voters.len());
         Founding {
             group: CONTROLLER_GROUP,
@@ -225,6 +226,7 @@ impl Cluster {
             me: cfg.node_id,
             gate: Arc::clone(&gate),
             peers: Arc::clone(&peers),
+            may_found: true,
         }
         .start();
         let elected_at = Arc::new(ElectedAt::default());
@@ -265,6 +267,7 @@ impl Cluster {
         tokio::spawn(compaction::run(Arc::clone(&cluster), shutdown.clone()));
         tokio::spawn(Arc::clone(&cluster).watch_quiet_partitions(shutdown.clone()));
         tokio::spawn(Arc::clone(&cluster).balance_leaders(shutdown.clone()));
+        tokio::spawn(Arc::clone(&cluster).drive_reassignments(shutdown.clone()));
         tokio::spawn(Arc::clone(&cluster).announce(shutdown));
         Ok(cluster)
     }
@@ -920,7 +923,8 @@ impl Cluster {
             self.drop_group(*group).await?;
         }
         for (group, (replicas, stores_offsets)) in wanted.iter().filter(|(g, _)| !running.contains(g)) {
-            match self.start_partition(*group, replicas, *stores_offsets).await {
+            let may_found = !metadata.moved.contains(group);
+            match self.start_partition(*group, replicas, *stores_offsets, may_found).await {
                 Ok(handle) => {
                     if let Ok(mut map) = self.partitions.write() {
                         map.insert(*group, Arc::new(handle));
@@ -943,6 +947,7 @@ impl Cluster {
         group: GroupId,
         replicas: &[NodeId],
         stores_offsets: bool,
+        may_found: bool,
     ) -> Result<PartitionHandle, StartError> {
         let roll = match stores_offsets {
             true => offsets_log_roll(&self.cfg),
@@ -962,7 +967,16 @@ impl Cluster {
             .iter()
             .map(|id| (*id, self.members.get(id).cloned().unwrap_or_default()))
             .collect();
-        let raft = start_group(&self.cfg, &self.store, &self.peers, log_store, state, &members).await?;
+        let raft = start_group(
+            &self.cfg,
+            &self.store,
+            &self.peers,
+            log_store,
+            state,
+            &members,
+            may_found,
+        )
+        .await?;
         // Campaigns wait for the quiescence watch to find no live leader (a
         // quiet leader sends no heartbeats to keep a restarted follower still).
         raft.runtime_config().elect(false);
@@ -974,6 +988,7 @@ impl Cluster {
             me: self.node_id(),
             gate: Arc::clone(&self.gate),
             peers: Arc::clone(&self.peers),
+            may_found,
         }
         .start();
         tokio::spawn(leadership::follow(

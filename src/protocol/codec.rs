@@ -173,6 +173,37 @@ mod tests {
         }
     }
 
+    /// Every advertised maximum decodes, and the version after it is refused
+    /// before the body is read: the table is the only gate.
+    #[test]
+    fn every_advertised_maximum_decodes_and_the_next_version_is_refused() {
+        use kafka_protocol::messages::FetchRequest;
+        for (api_key, version) in [(ApiKey::Fetch, 18), (ApiKey::Metadata, 13), (ApiKey::ApiVersions, 4)] {
+            let body = match api_key {
+                ApiKey::Fetch => RequestKind::Fetch(FetchRequest::default()),
+                ApiKey::Metadata => RequestKind::Metadata(MetadataRequest::default()),
+                _ => RequestKind::ApiVersions(ApiVersionsRequest::default()),
+            };
+            let mut buf = request_frame(api_key, version, &body);
+            let frame = take_frame(&mut buf, 1 << 20).unwrap().unwrap();
+            assert!(decode_request(frame).is_ok(), "{api_key:?} v{version}");
+            let mut buf = request_frame(api_key, version, &body);
+            buf[4 + 2..4 + 4].copy_from_slice(&(version + 1).to_be_bytes());
+            let frame = take_frame(&mut buf, 1 << 20).unwrap().unwrap();
+            assert!(
+                matches!(decode_request(frame), Err(DecodeError::UnsupportedVersion { .. })),
+                "{api_key:?} v{}",
+                version + 1
+            );
+        }
+        for (api_key, range) in crate::protocol::SUPPORTED_APIS {
+            assert!(
+                range.max <= api_key.valid_versions().max,
+                "{api_key:?} beyond the crate"
+            );
+        }
+    }
+
     #[test]
     fn rejects_unknown_keys_unsupported_versions_and_garbage() {
         let mut frame = BytesMut::from(&[0x7f, 0x00, 0, 0, 0, 0, 0, 1][..]);

@@ -1,23 +1,40 @@
-//! DescribeGroups: state, protocol and members with their assignments.
+//! DescribeGroups: state, protocol and members with their assignments. From
+//! v6 a group this coordinator does not know is GROUP_ID_NOT_FOUND with a
+//! message (KIP-1043); older versions describe it as an empty "Dead" group.
 
 use kafka_protocol::messages::describe_groups_response::{DescribedGroup, DescribedGroupMember};
 use kafka_protocol::messages::{DescribeGroupsRequest, DescribeGroupsResponse};
 use kafka_protocol::protocol::VersionRange;
 
 use super::{error_message, str_bytes};
-use crate::error::code_of;
+use crate::error::{code_of, BrokerError};
 use crate::group::coordinator::GroupCoordinator;
 
-pub const VERSIONS: VersionRange = VersionRange { min: 0, max: 5 };
+/// The state of a group the coordinator does not know.
+pub(crate) const DEAD: &str = "Dead";
 
-pub async fn handle(groups: &GroupCoordinator, request: DescribeGroupsRequest) -> DescribeGroupsResponse {
+pub const VERSIONS: VersionRange = VersionRange { min: 0, max: 6 };
+
+/// The first version that reports an unknown group as an error.
+const FIRST_NOT_FOUND_VERSION: i16 = 6;
+
+pub async fn handle(groups: &GroupCoordinator, version: i16, request: DescribeGroupsRequest) -> DescribeGroupsResponse {
     let mut described = Vec::with_capacity(request.groups.len());
     for group_id in request.groups {
-        let result = groups.describe(group_id.0.as_str()).await;
+        let result = groups
+            .describe(group_id.0.as_str())
+            .await
+            .and_then(|description| match description.state {
+                DEAD if version >= FIRST_NOT_FOUND_VERSION => Err(BrokerError::GroupIdNotFound),
+                _ => Ok(description),
+            });
         let mut group = DescribedGroup::default()
             .with_group_id(group_id)
             .with_error_code(code_of(&result))
             .with_error_message(error_message(&result));
+        if let Err(BrokerError::GroupIdNotFound) = result {
+            group = group.with_group_state(str_bytes(DEAD));
+        }
         if let Ok(description) = result {
             let members = description
                 .members

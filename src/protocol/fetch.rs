@@ -2,14 +2,19 @@
 //! `min_bytes` are available or `max_wait_ms` passes. A request's leader epoch
 //! is checked first (v9+); from v12 a fetch whose last fetched epoch ended
 //! before its offset is told where its log diverged instead of getting records,
-//! and a refused one is told the current leader and epoch.
+//! and a refused one is told the current leader and epoch (from v16 with the
+//! leader's address, KIP-951). From v13 topics are named by id (KIP-516).
+//! v15 moves the replica id into `replica_state`, v17 adds the replica's
+//! directory id and v18 its high watermark: all three are for follower
+//! brokers, which this broker never is (its replicas follow through Raft), and
+//! a consumer leaves them at their defaults.
 
 use std::time::Duration;
 
 use bytes::Bytes;
 use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
 use kafka_protocol::messages::fetch_response::{
-    EpochEndOffset, FetchableTopicResponse, LeaderIdAndEpoch, PartitionData,
+    EpochEndOffset, FetchableTopicResponse, LeaderIdAndEpoch, NodeEndpoint, PartitionData,
 };
 use kafka_protocol::messages::{BrokerId, FetchRequest, FetchResponse};
 use kafka_protocol::protocol::VersionRange;
@@ -23,13 +28,22 @@ use crate::metrics::METRICS;
 use crate::records::legacy;
 use crate::storage::epochs::{NO_EPOCH, NO_OFFSET};
 
-pub const VERSIONS: VersionRange = VersionRange { min: 0, max: 12 };
+pub const VERSIONS: VersionRange = VersionRange { min: 0, max: 18 };
 
 /// Fetch v0-v3 read message sets of magic 0 or 1, converted from the stored v2 batches.
 const LAST_LEGACY_VERSION: i16 = 3;
 
 /// The first version whose requests carry the last fetched epoch.
 const FIRST_DIVERGENCE_VERSION: i16 = 12;
+
+/// The first version whose topics are named by id.
+const FIRST_TOPIC_ID_VERSION: i16 = 13;
+
+/// The first version that carries the addresses of the leaders it names (KIP-951).
+const FIRST_NODE_ENDPOINTS_VERSION: i16 = 16;
+
+/// The isolation level of a fetch that may read past open transactions.
+const READ_UNCOMMITTED: i8 = 0;
 
 /// Caps a client's wait so that a connection is never parked for long.
 const MAX_WAIT_CAP: Duration = Duration::from_secs(30);
@@ -44,7 +58,8 @@ pub async fn handle(cluster: &Cluster, version: i16, request: FetchRequest) -> F
     } else {
         usize::MAX
     };
-    let mut appends = appends_of(cluster, &request.topics);
+    let requested = resolve(cluster, version, &request.topics);
+    let mut appends = appends_of(cluster, &requested);
     let topics = loop {
         // Marked seen before reading, so an append between the read and the wait still wakes us.
         appends.iter_mut().for_each(|partition| {
@@ -53,7 +68,7 @@ pub async fn handle(cluster: &Cluster, version: i16, request: FetchRequest) -> F
         // Reads touch RocksDB and the log files: off the runtime's async workers,
         // which also run the Raft groups.
         let (topics, bytes, failed) =
-            tokio::task::block_in_place(|| read_topics(cluster, version, &request.topics, max_bytes, legacy_magic));
+            tokio::task::block_in_place(|| read_topics(cluster, version, &requested, max_bytes, legacy_magic));
         if bytes >= min_bytes || failed || Instant::now() >= deadline {
             break topics;
         }
@@ -66,30 +81,97 @@ pub async fn handle(cluster: &Cluster, version: i16, request: FetchRequest) -> F
             _ = tokio::time::sleep_until(deadline) => {}
         }
     };
-    for topic in &topics {
+    for (topic, requested) in topics.iter().zip(&requested) {
         let bytes = topic
             .partitions
             .iter()
             .map(|p| p.records.as_ref().map_or(0, Bytes::len))
             .sum();
-        METRICS.count_topic_bytes(&topic.topic.0, false, bytes);
+        if let Some(name) = &requested.name {
+            METRICS.count_topic_bytes(&super::str_bytes(name.as_str()), false, bytes);
+        }
     }
+    let topics = if request.isolation_level == READ_UNCOMMITTED {
+        without_aborted_transactions(topics)
+    } else {
+        topics
+    };
+    let node_endpoints = if version >= FIRST_NODE_ENDPOINTS_VERSION {
+        node_endpoints(cluster, &topics)
+    } else {
+        Vec::new()
+    };
     // Session id 0: no fetch session is created; the client keeps sending full fetches.
-    FetchResponse::default().with_responses(topics)
+    FetchResponse::default()
+        .with_responses(topics)
+        .with_node_endpoints(node_endpoints)
+}
+
+/// As Kafka: only a READ_COMMITTED fetch of a partition read without error
+/// gets a list of aborted transactions (empty: there are no transactions
+/// here); any other answer carries null.
+fn without_aborted_transactions(mut topics: Vec<FetchableTopicResponse>) -> Vec<FetchableTopicResponse> {
+    topics
+        .iter_mut()
+        .flat_map(|topic| topic.partitions.iter_mut())
+        .for_each(|partition| partition.aborted_transactions = None);
+    topics
+}
+
+/// A requested topic and the name it has here: `None` for an id (v13+) that
+/// names no topic of this cluster.
+struct Requested<'a> {
+    topic: &'a FetchTopic,
+    name: Option<String>,
+}
+
+fn resolve<'a>(cluster: &Cluster, version: i16, topics: &'a [FetchTopic]) -> Vec<Requested<'a>> {
+    let metadata = cluster.metadata();
+    topics
+        .iter()
+        .map(|topic| Requested {
+            topic,
+            name: if version >= FIRST_TOPIC_ID_VERSION {
+                metadata.topic_name_of(topic.topic_id.as_bytes()).map(str::to_string)
+            } else {
+                Some(topic.topic.0.to_string())
+            },
+        })
+        .collect()
 }
 
 /// The offsets of every requested partition this node leads: a long poll wakes
 /// on appends to those, not to every partition of the node.
-fn appends_of(cluster: &Cluster, topics: &[FetchTopic]) -> Vec<watch::Receiver<AppliedPartition>> {
+fn appends_of(cluster: &Cluster, topics: &[Requested]) -> Vec<watch::Receiver<AppliedPartition>> {
     topics
         .iter()
-        .flat_map(|topic| {
+        .filter_map(|requested| Some((requested.name.as_deref()?, requested.topic)))
+        .flat_map(|(name, topic)| {
             topic
                 .partitions
                 .iter()
-                .filter_map(|partition| cluster.led_partition(&topic.topic.0, partition.partition).ok())
+                .filter_map(move |partition| cluster.led_partition(name, partition.partition).ok())
         })
         .map(|handle| handle.applied.clone())
+        .collect()
+}
+
+/// The address of every leader the partitions' `current_leader` names, so a
+/// client sent elsewhere needs no metadata request first (KIP-951).
+fn node_endpoints(cluster: &Cluster, topics: &[FetchableTopicResponse]) -> Vec<NodeEndpoint> {
+    let leaders: Vec<i32> = topics
+        .iter()
+        .flat_map(|topic| &topic.partitions)
+        .map(|partition| partition.current_leader.leader_id.0)
+        .collect();
+    super::leader_endpoints(cluster, &leaders)
+        .into_iter()
+        .map(|(id, host, port)| {
+            NodeEndpoint::default()
+                .with_node_id(BrokerId(id))
+                .with_host(super::str_bytes(host))
+                .with_port(port)
+        })
         .collect()
 }
 
@@ -109,7 +191,7 @@ async fn any_append(partitions: &mut [watch::Receiver<AppliedPartition>]) -> boo
 fn read_topics(
     cluster: &Cluster,
     version: i16,
-    topics: &[FetchTopic],
+    topics: &[Requested],
     max_bytes: usize,
     legacy_magic: Option<i8>,
 ) -> (Vec<FetchableTopicResponse>, usize, bool) {
@@ -118,25 +200,30 @@ fn read_topics(
     let mut failed = false;
     let responses = topics
         .iter()
-        .map(|topic| {
-            let name = topic.topic.0.as_str();
+        .map(|Requested { topic, name }| {
+            let name = name.as_deref();
             let partitions = topic
                 .partitions
                 .iter()
                 .map(|partition| {
                     let budget = remaining.min(partition.partition_max_bytes.max(0) as usize);
-                    let result = read_partition(cluster, version, name, partition, budget, legacy_magic);
+                    let result = match name {
+                        Some(name) => read_partition(cluster, version, name, partition, budget, legacy_magic),
+                        None => Err(BrokerError::UnknownTopicId),
+                    };
                     // A divergence is answered at once, like an error.
                     failed |= result.as_ref().map_or(true, |read| read.diverging.is_some());
                     if let Ok(read) = &result {
                         remaining = remaining.saturating_sub(read.records.len());
                         total += read.records.len();
                     }
-                    partition_data(cluster, name, partition.partition, result)
+                    partition_data(cluster, name.unwrap_or_default(), partition.partition, result)
                 })
                 .collect();
+            // Each version encodes the one of the two it carries.
             FetchableTopicResponse::default()
                 .with_topic(topic.topic.clone())
+                .with_topic_id(topic.topic_id)
                 .with_partitions(partitions)
         })
         .collect();
@@ -239,6 +326,7 @@ fn partition_data(
                 .with_last_stable_offset(-1)
                 .with_log_start_offset(-1)
                 .with_current_leader(current_leader)
+                .with_aborted_transactions(None)
                 .with_records(Some(Bytes::new()));
         }
     };

@@ -1,4 +1,10 @@
 //! FindCoordinator: a group's coordinator is the leader of its `__consumer_offsets` partition.
+//! v5 only adds TRANSACTION_ABORTABLE (KIP-890); v6 adds share-group keys
+//! (KIP-932), which a broker without share groups refuses with
+//! INVALID_REQUEST per key, as Kafka 4 does (3.9, whose share coordinator did
+//! not exist yet, answered the retriable COORDINATOR_NOT_AVAILABLE, which
+//! would have a client retry for ever). Before v6, and for a key type no
+//! version defines, Kafka answers INVALID_REQUEST too.
 
 use kafka_protocol::messages::find_coordinator_response::Coordinator;
 use kafka_protocol::messages::{BrokerId, FindCoordinatorRequest, FindCoordinatorResponse};
@@ -8,9 +14,10 @@ use super::{error_message, str_bytes};
 use crate::cluster::Cluster;
 use crate::error::{code_of, BrokerError};
 
-pub const VERSIONS: VersionRange = VersionRange { min: 0, max: 4 };
+pub const VERSIONS: VersionRange = VersionRange { min: 0, max: 6 };
 
 const KEY_TYPE_GROUP: i8 = 0;
+const KEY_TYPE_TRANSACTION: i8 = 1;
 
 pub async fn handle(cluster: &Cluster, version: i16, request: FindCoordinatorRequest) -> FindCoordinatorResponse {
     if version >= 4 {
@@ -33,10 +40,18 @@ pub async fn handle(cluster: &Cluster, version: i16, request: FindCoordinatorReq
 
 /// `(node id, host, port)` of the coordinator for `key`.
 async fn locate(cluster: &Cluster, key_type: i8, key: &str) -> Result<(i32, String, i32), BrokerError> {
-    if key_type != KEY_TYPE_GROUP {
-        return Err(BrokerError::CoordinatorNotAvailable(
-            "transactions are not supported".into(),
-        ));
+    match key_type {
+        KEY_TYPE_GROUP => {}
+        KEY_TYPE_TRANSACTION => {
+            return Err(BrokerError::CoordinatorNotAvailable(
+                "transactions are not supported".into(),
+            ))
+        }
+        other => {
+            return Err(BrokerError::InvalidRequest(format!(
+                "coordinator key type {other} is not supported (share groups are not)"
+            )))
+        }
     }
     if key.is_empty() {
         return Err(BrokerError::InvalidGroupId);

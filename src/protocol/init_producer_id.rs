@@ -1,4 +1,5 @@
 //! InitProducerId: ids for idempotent producers (transactions are not supported).
+//! v5 only adds TRANSACTION_ABORTABLE (KIP-890), a transactional error.
 
 use kafka_protocol::messages::{InitProducerIdRequest, InitProducerIdResponse, ProducerId};
 use kafka_protocol::protocol::VersionRange;
@@ -6,7 +7,7 @@ use kafka_protocol::protocol::VersionRange;
 use crate::cluster::Cluster;
 use crate::error::BrokerError;
 
-pub const VERSIONS: VersionRange = VersionRange { min: 0, max: 4 };
+pub const VERSIONS: VersionRange = VersionRange { min: 0, max: 5 };
 
 pub async fn handle(cluster: &Cluster, request: InitProducerIdRequest) -> InitProducerIdResponse {
     let result = if request.transactional_id.is_some() {

@@ -1,5 +1,13 @@
 //! JoinGroup: waits until the group's rebalance completes, then answers with
 //! the generation, the chosen protocol and (for the leader) every member.
+//! v8 adds the client's reason for joining (KIP-800), logged.
+//!
+//! v9 is left out: its response adds `SkipAssignment` (KIP-814), with which
+//! Kafka tells a static leader that rejoins a stable group that it is still
+//! the leader but must not run the assignor. The coordinator answers such a
+//! rejoin the way Kafka answers versions before 9 (the old leader id, so the
+//! member does not take itself for the leader), and a v9 client would be told
+//! it is no leader where Kafka would tell it it is one.
 
 use std::net::SocketAddr;
 
@@ -11,7 +19,7 @@ use super::str_bytes;
 use crate::error::BrokerError;
 use crate::group::coordinator::{GroupCoordinator, JoinRequest};
 
-pub const VERSIONS: VersionRange = VersionRange { min: 0, max: 7 };
+pub const VERSIONS: VersionRange = VersionRange { min: 0, max: 8 };
 
 /// KIP-394: from v4 a new member first gets its id with MEMBER_ID_REQUIRED.
 const MEMBER_ID_REQUIRED_SINCE: i16 = 4;
@@ -23,6 +31,9 @@ pub async fn handle(
     peer: SocketAddr,
     request: JoinGroupRequest,
 ) -> JoinGroupResponse {
+    if let Some(reason) = &request.reason {
+        tracing::debug!(group = %request.group_id.0, member = %request.member_id, %reason, "joining");
+    }
     let join = JoinRequest {
         group_id: request.group_id.0.to_string(),
         member_id: request.member_id.to_string(),

@@ -1,5 +1,6 @@
 //! LeaveGroup: one member (v0-2) or a batch of members (v3+) leave at once;
-//! from v3 a static member may be named by its instance id alone.
+//! from v3 a static member may be named by its instance id alone; from v5
+//! each member gives its reason (KIP-800), which is logged.
 
 use kafka_protocol::messages::leave_group_response::MemberResponse;
 use kafka_protocol::messages::{LeaveGroupRequest, LeaveGroupResponse};
@@ -9,7 +10,7 @@ use super::str_bytes;
 use crate::error::code_of;
 use crate::group::coordinator::GroupCoordinator;
 
-pub const VERSIONS: VersionRange = VersionRange { min: 0, max: 4 };
+pub const VERSIONS: VersionRange = VersionRange { min: 0, max: 5 };
 
 const BATCHED_SINCE: i16 = 3;
 
@@ -18,6 +19,11 @@ pub async fn handle(
     version: i16,
     request: LeaveGroupRequest,
 ) -> LeaveGroupResponse {
+    for member in &request.members {
+        if let Some(reason) = &member.reason {
+            tracing::info!(group = %request.group_id.0, member = %member.member_id, %reason, "member leaving");
+        }
+    }
     let leaving: Vec<(String, Option<String>)> = if version >= BATCHED_SINCE {
         request
             .members

@@ -1,5 +1,9 @@
 //! ListOffsets: earliest, latest, or the first offset at or after a timestamp,
-//! with the leader epoch of the offset found (v4+).
+//! with the leader epoch of the offset found (v4+). v7 adds the record with
+//! the largest timestamp (KIP-734), v8 the earliest local offset and v9 the
+//! last tiered offset (KIP-405, KIP-1005); v10 lets a client bound the wait
+//! for offsets in remote storage (KIP-1075), which this broker answers at once
+//! as it has none: its local log is its whole log.
 
 use kafka_protocol::messages::list_offsets_request::ListOffsetsPartition;
 use kafka_protocol::messages::list_offsets_response::{ListOffsetsPartitionResponse, ListOffsetsTopicResponse};
@@ -10,10 +14,13 @@ use crate::cluster::Cluster;
 use crate::error::{code_of, BrokerError};
 use crate::storage::epochs::NO_EPOCH;
 
-pub const VERSIONS: VersionRange = VersionRange { min: 0, max: 6 };
+pub const VERSIONS: VersionRange = VersionRange { min: 0, max: 10 };
 
 const LATEST: i64 = -1;
 const EARLIEST: i64 = -2;
+const MAX_TIMESTAMP: i64 = -3;
+const EARLIEST_LOCAL: i64 = -4;
+const LATEST_TIERED: i64 = -5;
 /// The first version whose responses carry the leader epoch.
 const FIRST_EPOCH_VERSION: i16 = 4;
 
@@ -79,7 +86,18 @@ fn lookup(cluster: &Cluster, topic: &str, partition: &ListOffsetsPartition) -> R
     };
     match partition.timestamp {
         LATEST => Ok(at(-1, offsets.next_offset)),
-        EARLIEST => Ok(at(-1, offsets.log_start_offset)),
+        EARLIEST | EARLIEST_LOCAL => Ok(at(-1, offsets.log_start_offset)),
+        // Nothing is tiered: Kafka answers -1 when remote storage is off.
+        LATEST_TIERED => Ok(Found::NONE),
+        // The first record carrying the largest timestamp, as Kafka picks it.
+        // The partition keeps only the largest timestamp ever appended: once
+        // that record is gone (retention, DeleteRecords) nothing is found.
+        MAX_TIMESTAMP if offsets.max_timestamp < 0 => Ok(Found::NONE),
+        MAX_TIMESTAMP => Ok(handle
+            .log
+            .offset_for_timestamp(offsets.max_timestamp, offsets.log_start_offset)?
+            .filter(|(offset, _)| *offset < offsets.next_offset)
+            .map_or(Found::NONE, |(offset, ts)| at(ts, offset))),
         timestamp if timestamp >= 0 => Ok(handle
             .log
             .offset_for_timestamp(timestamp, offsets.log_start_offset)?

@@ -2,6 +2,7 @@
 //! of supported versions that both request decoding and ApiVersions use.
 
 pub mod alter_configs;
+pub mod alter_partition_reassignments;
 pub mod api_versions;
 pub mod bridge;
 pub mod codec;
@@ -25,6 +26,7 @@ pub mod join_group;
 pub mod leave_group;
 pub mod list_groups;
 pub mod list_offsets;
+pub mod list_partition_reassignments;
 pub mod metadata;
 pub mod offset_commit;
 pub mod offset_delete;
@@ -49,9 +51,8 @@ pub struct Broker {
     pub groups: Arc<GroupCoordinator>,
 }
 
-/// Every API this broker answers, with the versions it speaks. Ranges stop
-/// before versions that address topics only by id, which this broker does not
-/// resolve yet, so clients keep using names.
+/// Every API this broker answers, with the versions it speaks: the newest each
+/// is what `kafka-protocol` knows, unless a handler's file says why not.
 pub const SUPPORTED_APIS: &[(ApiKey, VersionRange)] = &[
     (ApiKey::Produce, produce::VERSIONS),
     (ApiKey::Fetch, fetch::VERSIONS),
@@ -81,6 +82,14 @@ pub const SUPPORTED_APIS: &[(ApiKey, VersionRange)] = &[
     (ApiKey::DescribeLogDirs, describe_log_dirs::VERSIONS),
     (ApiKey::OffsetForLeaderEpoch, offset_for_leader_epoch::VERSIONS),
     (ApiKey::ElectLeaders, elect_leaders::VERSIONS),
+    (
+        ApiKey::AlterPartitionReassignments,
+        alter_partition_reassignments::VERSIONS,
+    ),
+    (
+        ApiKey::ListPartitionReassignments,
+        list_partition_reassignments::VERSIONS,
+    ),
 ];
 
 pub fn supported_versions(api_key: ApiKey) -> Option<VersionRange> {
@@ -154,7 +163,15 @@ pub async fn handle(broker: Arc<Broker>, peer: SocketAddr, request: Request) -> 
         RequestKind::ElectLeaders(req) => {
             ResponseKind::ElectLeaders(elect_leaders::handle(cluster, version, req).await)
         }
-        RequestKind::DescribeCluster(_) => ResponseKind::DescribeCluster(describe_cluster::handle(cluster)),
+        RequestKind::AlterPartitionReassignments(req) => ResponseKind::AlterPartitionReassignments(
+            alter_partition_reassignments::handle(cluster, version, req).await,
+        ),
+        RequestKind::ListPartitionReassignments(req) => {
+            ResponseKind::ListPartitionReassignments(list_partition_reassignments::handle(cluster, req))
+        }
+        RequestKind::DescribeCluster(req) => {
+            ResponseKind::DescribeCluster(describe_cluster::handle(cluster, version, req))
+        }
         RequestKind::FindCoordinator(req) => {
             ResponseKind::FindCoordinator(find_coordinator::handle(cluster, version, req).await)
         }
@@ -166,10 +183,14 @@ pub async fn handle(broker: Arc<Broker>, peer: SocketAddr, request: Request) -> 
         RequestKind::SyncGroup(req) => ResponseKind::SyncGroup(sync_group::handle(groups, req).await),
         RequestKind::Heartbeat(req) => ResponseKind::Heartbeat(heartbeat::handle(groups, req).await),
         RequestKind::LeaveGroup(req) => ResponseKind::LeaveGroup(leave_group::handle(groups, version, req).await),
-        RequestKind::OffsetCommit(req) => ResponseKind::OffsetCommit(offset_commit::handle(cluster, groups, req).await),
+        RequestKind::OffsetCommit(req) => {
+            ResponseKind::OffsetCommit(offset_commit::handle(cluster, groups, version, req).await)
+        }
         RequestKind::OffsetFetch(req) => ResponseKind::OffsetFetch(offset_fetch::handle(groups, version, req).await),
         RequestKind::ListGroups(req) => ResponseKind::ListGroups(list_groups::handle(groups, req).await),
-        RequestKind::DescribeGroups(req) => ResponseKind::DescribeGroups(describe_groups::handle(groups, req).await),
+        RequestKind::DescribeGroups(req) => {
+            ResponseKind::DescribeGroups(describe_groups::handle(groups, version, req).await)
+        }
         RequestKind::DeleteGroups(req) => ResponseKind::DeleteGroups(delete_groups::handle(groups, req).await),
         RequestKind::OffsetDelete(req) => ResponseKind::OffsetDelete(offset_delete::handle(groups, req).await),
         other => {
@@ -179,6 +200,22 @@ pub async fn handle(broker: Arc<Broker>, peer: SocketAddr, request: Request) -> 
         }
     };
     Reply::Send(response)
+}
+
+/// `(node id, host, port)` of each live broker among `leaders` (-1: none),
+/// once each and in id order: the node endpoints of KIP-951 that Fetch v16+
+/// and Produce v10+ send with the leaders their errors name.
+pub(crate) fn leader_endpoints(cluster: &Cluster, leaders: &[i32]) -> Vec<(i32, String, i32)> {
+    let wanted: std::collections::BTreeSet<i32> = leaders.iter().copied().filter(|id| *id >= 0).collect();
+    if wanted.is_empty() {
+        return Vec::new();
+    }
+    cluster
+        .brokers()
+        .into_iter()
+        .map(|(id, host, port)| (id as i32, host, port))
+        .filter(|(id, _, _)| wanted.contains(id))
+        .collect()
 }
 
 pub(crate) fn str_bytes(value: impl Into<String>) -> StrBytes {

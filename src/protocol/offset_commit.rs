@@ -1,4 +1,9 @@
 //! OffsetCommit: committed offsets are replicated by the group's offsets partition.
+//! v9 lets a KIP-848 consumer commit with its member epoch in the generation
+//! field; the request is v8's. Every group here is a classic group, and Kafka
+//! checks a commit to a classic group the same way at v8 and v9, except that a
+//! v9 commit of a generation (or epoch) to a group that does not exist is
+//! GROUP_ID_NOT_FOUND.
 
 use kafka_protocol::messages::offset_commit_response::{OffsetCommitResponsePartition, OffsetCommitResponseTopic};
 use kafka_protocol::messages::{OffsetCommitRequest, OffsetCommitResponse};
@@ -9,11 +14,15 @@ use crate::error::BrokerError;
 use crate::group::coordinator::GroupCoordinator;
 use crate::group::store::CommittedOffset;
 
-pub const VERSIONS: VersionRange = VersionRange { min: 0, max: 8 };
+pub const VERSIONS: VersionRange = VersionRange { min: 0, max: 9 };
+
+/// The first version that reports a group that does not exist as such.
+const FIRST_GROUP_NOT_FOUND_VERSION: i16 = 9;
 
 pub async fn handle(
     cluster: &Cluster,
     groups: &GroupCoordinator,
+    version: i16,
     request: OffsetCommitRequest,
 ) -> OffsetCommitResponse {
     let now = crate::clock::now_ms();
@@ -68,6 +77,16 @@ pub async fn handle(
             )
             .await
     };
+    let result = match result {
+        Err(BrokerError::UnknownMemberId)
+            if version >= FIRST_GROUP_NOT_FOUND_VERSION
+                && request.generation_id_or_member_epoch >= 0
+                && group_unknown(groups, request.group_id.0.as_str()).await =>
+        {
+            Err(BrokerError::GroupIdNotFound)
+        }
+        other => other,
+    };
     if let Err(err) = &result {
         tracing::debug!(group = request.group_id.0.as_str(), error = %err, "offset commit refused");
     }
@@ -97,4 +116,13 @@ pub async fn handle(
         })
         .collect();
     OffsetCommitResponse::default().with_topics(topics)
+}
+
+/// Whether the coordinator knows nothing of `group_id`: no members and no
+/// committed offsets (DescribeGroups' "Dead").
+async fn group_unknown(groups: &GroupCoordinator, group_id: &str) -> bool {
+    groups
+        .describe(group_id)
+        .await
+        .is_ok_and(|description| description.state == super::describe_groups::DEAD)
 }

@@ -1,4 +1,7 @@
-//! OffsetFetch: committed offsets of one group (v1-7) or several (v8).
+//! OffsetFetch: committed offsets of one group (v1-7) or several (v8+). v9
+//! adds a member id and epoch that Kafka checks only for KIP-848 consumer
+//! groups; for a classic group, the only kind here, it ignores them, as this
+//! handler does.
 
 use std::collections::BTreeMap;
 
@@ -13,7 +16,7 @@ use super::str_bytes;
 use crate::group::coordinator::GroupCoordinator;
 use crate::group::store::CommittedOffset;
 
-pub const VERSIONS: VersionRange = VersionRange { min: 0, max: 8 };
+pub const VERSIONS: VersionRange = VersionRange { min: 0, max: 9 };
 
 const MULTI_GROUP_SINCE: i16 = 8;
 

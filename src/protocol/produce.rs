@@ -1,5 +1,9 @@
 //! Produce: validate each partition's batches, replicate them through the
-//! partition's Raft group and answer once they are committed.
+//! partition's Raft group and answer once they are committed. From v10 a
+//! partition refused with NOT_LEADER_OR_FOLLOWER names its current leader, and
+//! the response carries that leader's address (KIP-951); v11 and v12 differ
+//! only in transaction errors (KIP-890), and transactions are refused here; v13
+//! names topics by id (KIP-516).
 
 use std::time::Duration;
 
@@ -7,9 +11,9 @@ use bytes::Bytes;
 use futures::future::join_all;
 use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
 use kafka_protocol::messages::produce_response::{
-    BatchIndexAndErrorMessage, PartitionProduceResponse, TopicProduceResponse,
+    BatchIndexAndErrorMessage, LeaderIdAndEpoch, NodeEndpoint, PartitionProduceResponse, TopicProduceResponse,
 };
-use kafka_protocol::messages::{ProduceRequest, ProduceResponse};
+use kafka_protocol::messages::{BrokerId, ProduceRequest, ProduceResponse};
 use kafka_protocol::protocol::VersionRange;
 
 use super::{error_message, str_bytes};
@@ -19,10 +23,16 @@ use crate::metrics::METRICS;
 use crate::records::legacy;
 use crate::storage::batch::{stamp_log_append_time, validate_produce_records, BatchError, RecordError};
 
-pub const VERSIONS: VersionRange = VersionRange { min: 0, max: 9 };
+pub const VERSIONS: VersionRange = VersionRange { min: 0, max: 13 };
 
 /// Produce v0-v2 carry message sets of magic 0 or 1, converted to a v2 batch.
 const LAST_LEGACY_VERSION: i16 = 2;
+
+/// The first version that names the leader after NOT_LEADER_OR_FOLLOWER (KIP-951).
+const FIRST_CURRENT_LEADER_VERSION: i16 = 10;
+
+/// The first version whose topics are named by id.
+const FIRST_TOPIC_ID_VERSION: i16 = 13;
 
 /// Kafka's default `request.timeout.ms`.
 const DEFAULT_COMMIT_TIMEOUT_MS: u64 = 30_000;
@@ -50,7 +60,62 @@ pub async fn handle(cluster: &Cluster, version: i16, request: ProduceRequest) ->
             .map(|topic| produce_topic(cluster, version, topic, timeout)),
     )
     .await;
-    ProduceResponse::default().with_responses(topics)
+    let node_endpoints = if version >= FIRST_CURRENT_LEADER_VERSION {
+        node_endpoints(cluster, &topics)
+    } else {
+        Vec::new()
+    };
+    ProduceResponse::default()
+        .with_responses(topics)
+        .with_node_endpoints(node_endpoints)
+}
+
+/// The name of a produced topic: v13 names it by id, which must be one of
+/// this cluster's (a topic cannot be auto-created from an id).
+fn topic_name(cluster: &Cluster, version: i16, topic: &TopicProduceData) -> Result<String, BrokerError> {
+    if version < FIRST_TOPIC_ID_VERSION {
+        return Ok(topic.name.0.to_string());
+    }
+    cluster
+        .metadata()
+        .topic_name_of(topic.topic_id.as_bytes())
+        .map(str::to_string)
+        .ok_or(BrokerError::UnknownTopicId)
+}
+
+/// The address of every leader the partitions' `current_leader` names.
+fn node_endpoints(cluster: &Cluster, topics: &[TopicProduceResponse]) -> Vec<NodeEndpoint> {
+    let leaders: Vec<i32> = topics
+        .iter()
+        .flat_map(|topic| &topic.partition_responses)
+        .map(|partition| partition.current_leader.leader_id.0)
+        .collect();
+    super::leader_endpoints(cluster, &leaders)
+        .into_iter()
+        .map(|(id, host, port)| {
+            NodeEndpoint::default()
+                .with_node_id(BrokerId(id))
+                .with_host(str_bytes(host))
+                .with_port(port)
+        })
+        .collect()
+}
+
+/// Where a client refused with NOT_LEADER_OR_FOLLOWER should go: the leader
+/// this node knows of, if any (v10+; the default, -1, says none).
+fn current_leader(cluster: &Cluster, version: i16, topic: &str, partition: i32, refused: bool) -> LeaderIdAndEpoch {
+    if !refused || version < FIRST_CURRENT_LEADER_VERSION {
+        return LeaderIdAndEpoch::default();
+    }
+    cluster
+        .partition_leader(topic, partition)
+        .filter(|view| view.leader != cluster.node_id())
+        .map(|view| {
+            LeaderIdAndEpoch::default()
+                .with_leader_id(BrokerId(view.leader as i32))
+                .with_leader_epoch(view.leader_epoch)
+        })
+        .unwrap_or_default()
 }
 
 /// Whether any partition of the produce failed.
@@ -68,7 +133,10 @@ async fn produce_topic(
     topic: TopicProduceData,
     timeout: Duration,
 ) -> TopicProduceResponse {
-    let name = topic.name.0.to_string();
+    let name = match topic_name(cluster, version, &topic) {
+        Ok(name) => name,
+        Err(refusal) => return reject_topic(topic, refusal.code()),
+    };
     let results = join_all(
         topic
             .partition_data
@@ -84,9 +152,11 @@ async fn produce_topic(
             response
         })
         .collect();
-    METRICS.count_topic_bytes(&topic.name.0, true, appended);
+    METRICS.count_topic_bytes(&str_bytes(name.as_str()), true, appended);
+    // Each version encodes the one of the two it carries.
     TopicProduceResponse::default()
         .with_name(topic.name)
+        .with_topic_id(topic.topic_id)
         .with_partition_responses(partitions)
 }
 
@@ -108,7 +178,9 @@ async fn produce_partition(
         tracing::debug!(topic, partition = data.index, error = %err, "produce refused");
     }
     let (base_offset, log_start_offset, log_append_time) = result.as_ref().map_or((-1, -1, -1), |appended| *appended);
+    let not_leader = matches!(result, Err(BrokerError::NotLeader));
     let response = PartitionProduceResponse::default()
+        .with_current_leader(current_leader(cluster, version, topic, data.index, not_leader))
         .with_index(data.index)
         .with_error_code(code_of(&result))
         .with_error_message(error_message(&result))
@@ -174,23 +246,23 @@ fn legacy_to_batch(version: i16, records: Bytes) -> Result<Bytes, BatchError> {
 }
 
 fn reject_all(topics: Vec<TopicProduceData>, code: i16) -> ProduceResponse {
-    let responses = topics
-        .into_iter()
-        .map(|topic| {
-            let partitions = topic
-                .partition_data
-                .iter()
-                .map(|p| {
-                    PartitionProduceResponse::default()
-                        .with_index(p.index)
-                        .with_error_code(code)
-                        .with_base_offset(-1)
-                })
-                .collect();
-            TopicProduceResponse::default()
-                .with_name(topic.name)
-                .with_partition_responses(partitions)
+    let responses = topics.into_iter().map(|topic| reject_topic(topic, code)).collect();
+    ProduceResponse::default().with_responses(responses)
+}
+
+fn reject_topic(topic: TopicProduceData, code: i16) -> TopicProduceResponse {
+    let partitions = topic
+        .partition_data
+        .iter()
+        .map(|p| {
+            PartitionProduceResponse::default()
+                .with_index(p.index)
+                .with_error_code(code)
+                .with_base_offset(-1)
         })
         .collect();
-    ProduceResponse::default().with_responses(responses)
+    TopicProduceResponse::default()
+        .with_name(topic.name)
+        .with_topic_id(topic.topic_id)
+        .with_partition_responses(partitions)
 }

@@ -51,6 +51,16 @@ pub enum Command {
     /// into one entry (group commit). Each request is checked and appended on
     /// its own, in order, and answered on its own.
     AppendRequests { requests: Vec<Vec<ValidatedBatch>> },
+    /// Controller: move a partition's replicas to `target` (Kafka's
+    /// AlterPartitionReassignments); no target cancels the move in progress.
+    ReassignPartition {
+        topic: String,
+        partition: i32,
+        target: Option<Vec<NodeId>>,
+    },
+    /// Controller: the leader of a moving partition's Raft group reports that
+    /// the group's voters are now `replicas`, the move's target.
+    CompleteReassignment { group: GroupId, replicas: Vec<NodeId> },
     /// Partition: one step of a compaction (`cleanup.policy=compact`). Added
     /// last, so every entry written before it decodes as it did; a node too
     /// old to know it cannot decode an entry that holds one.
@@ -102,7 +112,9 @@ impl Command {
             | Command::DeleteTopic { .. }
             | Command::CreatePartitions { .. }
             | Command::AllocateProducerId
-            | Command::AlterTopicConfigs { .. } => true,
+            | Command::AlterTopicConfigs { .. }
+            | Command::ReassignPartition { .. }
+            | Command::CompleteReassignment { .. } => true,
             Command::Append { .. }
             | Command::AppendRequests { .. }
             | Command::AdvanceLogStart { .. }
@@ -190,6 +202,10 @@ pub enum ControllerRefusal {
     InvalidAssignment(String),
     #[error("invalid config: {0}")]
     InvalidConfig(String),
+    #[error("no reassignment in progress")]
+    NoReassignmentInProgress,
+    #[error("the reassignment's target changed")]
+    StaleReassignment,
 }
 
 /// Why a partition refused an idempotent producer's batch, decided at apply time.

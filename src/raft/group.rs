@@ -76,8 +76,9 @@ pub fn vote_lease(cfg: &BrokerConfig) -> Duration {
 
 /// Starts the group's Raft instance over its opened log. `members` lists the
 /// group's voters, the designated founder first. A group whose only voter is
-/// this node is founded here; a group of several voters is founded by its
-/// first member through [`found`], when the caller has decided it is safe.
+/// this node is founded here, if `may_found`; a group of several voters is
+/// founded by its first member through [`found`], when the caller has decided
+/// it is safe.
 pub async fn start_group(
     cfg: &BrokerConfig,
     store: &Store,
@@ -85,6 +86,7 @@ pub async fn start_group(
     log_store: GroupLogStore,
     state: Box<dyn ReplicatedState>,
     members: &[(NodeId, String)],
+    may_found: bool,
 ) -> Result<Raft, GroupStartError> {
     let group = log_store.group();
     let holds_records = state.records().is_some();
@@ -107,7 +109,9 @@ pub async fn start_group(
     let sole_voter = members.len() == 1 && members[0].0 == cfg.node_id;
     if sole_voter {
         match raft.is_initialized().await.map_err(raft_error)? {
-            false => found(&raft, members).await?,
+            false if may_found => found(&raft, members).await?,
+            // Founded elsewhere: its leader adds this node.
+            false => {}
             // A sole voter need not wait out an election timeout after a restart.
             true => raft.trigger().elect().await.map_err(raft_error)?,
         }

@@ -25,6 +25,7 @@ pub const TAG_COMMITTED: u8 = 2;
 pub const TAG_LAST_PURGED: u8 = 3;
 pub const TAG_APPLIED: u8 = 10;
 pub const TAG_PARTITION: u8 = 12;
+/// The controller's cluster state as first written: unversioned (read, no longer written).
 pub const TAG_CLUSTER: u8 = 13;
 /// Followed by the consumer group's name: one key per group, as stored
 /// before groups carried their metadata (read, no longer written).
@@ -37,11 +38,13 @@ pub const TAG_CHECKPOINT: u8 = 16;
 pub const TAG_LEADER_EPOCHS: u8 = 17;
 /// Followed by the consumer group's name: one key per group, version-tagged.
 pub const TAG_GROUP_STATE: u8 = 18;
+/// The controller's cluster state, version-tagged.
+pub const TAG_CLUSTER_STATE: u8 = 19;
 /// Followed by a log index, big-endian: the cleanable end of the compaction
 /// step that entry applied (a big-endian i64), so that no snapshot is made
 /// from a checkpoint the step would be replayed after without the records
 /// it reads.
-pub const TAG_COMPACTION_STEP: u8 = 19;
+pub const TAG_COMPACTION_STEP: u8 = 20;
 
 pub fn group_u64_key(group: u64, value: u64) -> [u8; 16] {
     let mut key = [0u8; 16];
