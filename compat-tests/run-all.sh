@@ -19,6 +19,7 @@ suite_cmd() {
         kafka-python-groups) cmd=("$PY" "$HERE/kafka-python/test_groups.py") ;;
         kcat-groups) cmd=(bash "$HERE/kcat/test_kcat_groups.sh") ;;
         offsets-records) cmd=("$PY" "$HERE/offsets/test_offsets_records.py") ;;
+        compaction) cmd=("$PY" "$HERE/compaction/test_compaction.py") ;;
         legacy) cmd=("$PY" "$HERE/legacy/test_legacy_clients.py") ;;
         golden) cmd=("$PY" "$HERE/legacy/test_golden_bytes.py") ;;
         durability) cmd=("$PY" "$HERE/durability/test_durability.py") ;;
@@ -34,7 +35,7 @@ total_passed=0 total_failed=0 summary=()
 out=$(mktemp)
 trap 'rm -f "$out"' EXIT
 
-for name in confluent kafka-python kcat confluent-groups kafka-python-groups kcat-groups offsets-records legacy golden durability powercut storage cluster metrics compose; do
+for name in confluent kafka-python kcat confluent-groups kafka-python-groups kcat-groups offsets-records compaction legacy golden durability powercut storage cluster metrics compose; do
     suite_cmd "$name"
     echo "==== $name ===="
     # On timeout the suite gets SIGTERM (it then stops its broker), SIGKILL 30 s later.

@@ -130,6 +130,7 @@ impl ClusterState {
             | Command::AppendRequests { .. }
             | Command::AdvanceLogStart { .. }
             | Command::ExpireProducers { .. }
+            | Command::Compact(_)
             | Command::Group(_)
             | Command::AllocateProducerId => Ok(Vec::new()),
         }

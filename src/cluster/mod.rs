@@ -2,6 +2,7 @@
 //! hosts, and routing of reads and writes to them.
 
 pub mod appender;
+pub mod compaction;
 pub mod controller_state;
 mod founding;
 pub mod handover;
@@ -263,6 +264,7 @@ impl Cluster {
         cluster.reconcile().await?;
         tokio::spawn(Arc::clone(&cluster).follow_metadata(shutdown.clone()));
         tokio::spawn(retention::run(Arc::clone(&cluster), shutdown.clone()));
+        tokio::spawn(compaction::run(Arc::clone(&cluster), shutdown.clone()));
         tokio::spawn(Arc::clone(&cluster).watch_quiet_partitions(shutdown.clone()));
         tokio::spawn(Arc::clone(&cluster).balance_leaders(shutdown.clone()));
         tokio::spawn(Arc::clone(&cluster).drive_reassignments(shutdown.clone()));

@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
-use super::{Cluster, PartitionHandle};
+use super::{compaction, Cluster, PartitionHandle};
 use crate::clock::now_ms;
 use crate::config::BrokerConfig;
 use crate::group::records::live_record_count;
@@ -165,13 +165,19 @@ async fn compact_offsets(cluster: &Cluster, handle: &PartitionHandle) -> Result<
 async fn apply(cluster: &Cluster, handle: &PartitionHandle) -> Result<(), crate::error::BrokerError> {
     if handle.leader() == Some(cluster.node_id()) {
         let now = now_ms();
-        let retention = Retention::of(cluster.config(), &cluster.topic_configs(handle.group));
-        let offsets = handle.offsets();
-        let checkpoints = handle.log.checkpoints()?;
-        let start = retention.log_start(&offsets, &checkpoints, now);
-        if start > offsets.log_start_offset {
-            let moved = cluster.advance_log_start(handle, start).await?;
-            tracing::info!(group = handle.group, log_start = moved, "retention moved the log start");
+        let configs = cluster.topic_configs(handle.group);
+        // `compact` alone keeps every key's newest record however old: only
+        // compaction moves its log start.
+        let (_, delete) = compaction::policies(&configs);
+        if delete {
+            let retention = Retention::of(cluster.config(), &configs);
+            let offsets = handle.offsets();
+            let checkpoints = handle.log.checkpoints()?;
+            let start = retention.log_start(&offsets, &checkpoints, now);
+            if start > offsets.log_start_offset {
+                let moved = cluster.advance_log_start(handle, start).await?;
+                tracing::info!(group = handle.group, log_start = moved, "retention moved the log start");
+            }
         }
         let before = now.saturating_sub(cluster.config().producer_id_expiration_ms);
         if !expired(&handle.log.load_producers()?, before).is_empty() {

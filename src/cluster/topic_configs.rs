@@ -6,7 +6,7 @@
 
 use std::collections::BTreeMap;
 
-use super::retention;
+use super::{compaction, retention};
 use crate::config::BrokerConfig;
 use crate::raft::command::{ConfigChange, ConfigOp};
 
@@ -21,6 +21,8 @@ enum Kind {
     Int { min: i32 },
     /// A 64-bit integer (Kafka's LONG) of at least this value.
     Long { min: i64 },
+    /// A number from 0 to 1 (Kafka's DOUBLE, in that range).
+    Ratio,
 }
 
 /// `(name, kind)` of every known topic config, sorted by name.
@@ -30,8 +32,12 @@ const KNOWN: &[(&str, Kind)] = &[
         "compression.type",
         Kind::OneOf(&["producer", "uncompressed", "gzip", "snappy", "lz4", "zstd"]),
     ),
+    (compaction::DELETE_RETENTION_MS, Kind::Long { min: 0 }),
+    (compaction::MAX_COMPACTION_LAG_MS, Kind::Long { min: 1 }),
     ("max.message.bytes", Kind::Int { min: 0 }),
     ("message.timestamp.type", Kind::OneOf(&["CreateTime", "LogAppendTime"])),
+    (compaction::MIN_CLEANABLE_DIRTY_RATIO, Kind::Ratio),
+    (compaction::MIN_COMPACTION_LAG_MS, Kind::Long { min: 0 }),
     ("min.insync.replicas", Kind::Int { min: 1 }),
     (retention::RETENTION_BYTES, Kind::Long { min: -1 }),
     (retention::RETENTION_MS, Kind::Long { min: -1 }),
@@ -44,9 +50,11 @@ fn kind_of(name: &str) -> Option<&'static Kind> {
 }
 
 /// The default of every known config: the broker's settings they default to
-/// as in Kafka (`message_max_bytes`, the `log_*` retention keys).
+/// as in Kafka (`message_max_bytes`, the `log_*` retention keys), and
+/// Kafka's own for compaction.
 pub fn defaults(cfg: &BrokerConfig) -> Vec<(&'static str, String)> {
-    let retained = retention::topic_defaults(cfg);
+    let mut retained = retention::topic_defaults(cfg);
+    retained.extend(compaction::topic_defaults());
     KNOWN
         .iter()
         .map(|(name, _)| {
@@ -96,6 +104,7 @@ fn validate(name: &str, value: &str) -> Result<(), String> {
         Kind::OneOf(allowed) => allowed.contains(&value),
         Kind::Int { min } => value.parse::<i32>().is_ok_and(|n| n >= *min),
         Kind::Long { min } => value.parse::<i64>().is_ok_and(|n| n >= *min),
+        Kind::Ratio => value.parse::<f64>().is_ok_and(|n| (0.0..=1.0).contains(&n)),
     };
     if valid {
         return Ok(());
@@ -105,6 +114,7 @@ fn validate(name: &str, value: &str) -> Result<(), String> {
         Kind::OneOf(allowed) => format!("one of {}", allowed.join(", ")),
         Kind::Int { min } => format!("an integer of at least {min}"),
         Kind::Long { min } => format!("an integer of at least {min}"),
+        Kind::Ratio => "a number from 0 to 1".to_string(),
     };
     Err(format!("invalid value {value:?} for {name}: expected {expected}"))
 }
@@ -256,6 +266,8 @@ mod tests {
             vec![change("max.message.bytes", ConfigOp::Set("-1".into()))],
             vec![change("max.message.bytes", ConfigOp::Set("3000000000".into()))],
             vec![change("min.insync.replicas", ConfigOp::Set("0".into()))],
+            vec![change("min.cleanable.dirty.ratio", ConfigOp::Set("1.5".into()))],
+            vec![change("delete.retention.ms", ConfigOp::Set("-1".into()))],
             vec![change("message.timestamp.type", ConfigOp::Append("CreateTime".into()))],
             vec![
                 change("compression.type", ConfigOp::Set("gzip".into())),

@@ -61,6 +61,25 @@ pub enum Command {
     /// Controller: the leader of a moving partition's Raft group reports that
     /// the group's voters are now `replicas`, the move's target.
     CompleteReassignment { group: GroupId, replicas: Vec<NodeId> },
+    /// Partition: one step of a compaction (`cleanup.policy=compact`). Added
+    /// last, so every entry written before it decodes as it did; a node too
+    /// old to know it cannot decode an entry that holds one.
+    Compact(Compaction),
+}
+
+/// One step of a compaction: the live records of the partition below `end`
+/// (the cleanable end its leader scanned to), restated as batches of one
+/// record each, in offset order. A compaction too large for one entry is
+/// several steps; only the last moves the log start to `end`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Compaction {
+    /// The log start the leader scanned from: a step applied after the log
+    /// start moved (retention, DeleteRecords) is refused, as it would bring
+    /// back records that went.
+    pub log_start: i64,
+    pub end: i64,
+    pub batches: Vec<ValidatedBatch>,
+    pub last: bool,
 }
 
 /// One config change of [`Command::AlterTopicConfigs`].
@@ -100,6 +119,7 @@ impl Command {
             | Command::AppendRequests { .. }
             | Command::AdvanceLogStart { .. }
             | Command::ExpireProducers { .. }
+            | Command::Compact(_)
             | Command::Group(_) => false,
         }
     }
@@ -113,10 +133,20 @@ impl Command {
         let requests = match self {
             Command::Append { batches } => vec![batches],
             Command::AppendRequests { requests } => requests,
+            // Every restated batch, kept or dropped at apply, at its position.
+            Command::Compact(compaction) => vec![compaction.batches],
             Command::Group(change) => vec![records::batch_of_change(&change).ok().flatten().into_iter().collect()],
             _ => Vec::new(),
         };
         requests.into_iter().flatten()
+    }
+}
+
+impl Command {
+    /// Whether applying the command reads the partition's log: the entries
+    /// applied before it must then be in the store, not only staged.
+    pub fn reads_partition_log(&self) -> bool {
+        matches!(self, Command::Compact(_))
     }
 }
 
@@ -139,6 +169,13 @@ pub enum CommandResponse {
     /// An offsets partition refused a consumer-group change it cannot write
     /// as Kafka records (a name too long for its schema).
     GroupChangeRefused(String),
+    /// A partition applied a compaction step: the restated records it
+    /// appended, those it dropped (a newer record of their key came after
+    /// the scan), and its log start after it.
+    Compacted { kept: u32, dropped: u32, log_start: i64 },
+    /// A partition refused a compaction step (the log start moved since the
+    /// scan, or the step is malformed).
+    CompactionRefused(String),
 }
 
 /// Where a partition appended one produce request's batches.

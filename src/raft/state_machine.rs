@@ -211,6 +211,12 @@ impl GroupStateMachine {
         let mut write = WriteBatch::default();
         let mut responses = Vec::new();
         for entry in entries {
+            if matches!(&entry.payload, EntryPayload::Normal(command) if command.reads_partition_log()) {
+                // Its apply reads what the entries before it wrote, from the
+                // store: they are written first, with the applied id they
+                // reach, as at the end of a call.
+                self.persist(std::mem::take(&mut write))?;
+            }
             // The leader id is (term, node): a new one at every election. The
             // previous applied id is the same on every replica, also after a
             // restart or a snapshot install (both restore it). Term 0 is the
@@ -264,16 +270,13 @@ impl GroupSnapshotBuilder {
         }
     }
 
-    /// The newest checkpoint no record above the log start precedes; the
-    /// current snapshot again when there is no newer one, and an empty one
+    /// The newest checkpoint no record above the log start precedes (nor
+    /// one a later compaction step reads, see
+    /// `PartitionLog::snapshot_checkpoint`); the current snapshot again when there is no newer one, and an empty one
     /// (which openraft ignores) when there is none at all.
     fn build_checkpoint(&self, log: &PartitionLog) -> Result<(SnapshotMeta, std::fs::File), StorageError> {
         let log_start = log.load_offsets()?.log_start_offset;
-        let newest = log
-            .checkpoints()?
-            .into_iter()
-            .rev()
-            .find(|(_, checkpoint)| checkpoint.offsets.next_offset <= log_start);
+        let newest = log.snapshot_checkpoint(log_start)?;
         let current = self.snapshots.current()?;
         let current_index = match &current {
             CurrentSnapshot::Found(meta, _) => meta.last_log_id.map(|id| id.index),

@@ -219,6 +219,13 @@ pub fn check_appendable(batch: &ValidatedBatch) -> Result<(), BatchError> {
     Ok(())
 }
 
+/// Decodes one stored batch off the front of `bytes` (a read's output) with
+/// the same bounded decompression produced batches were validated with.
+pub fn decode_stored(bytes: &mut Bytes) -> Result<kafka_protocol::records::RecordSet, BatchError> {
+    RecordBatchDecoder::decode_with_custom_compression(bytes, Some(&checked_records))
+        .map_err(|err| BatchError::Corrupt(err.to_string()))
+}
+
 /// Decompresses a batch's records (with a cap) and checks their framing before
 /// `kafka-protocol` decodes them: its record decoder sizes the header map from
 /// the count on the wire, and a 320-byte batch found by fuzzing that declared

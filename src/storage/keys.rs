@@ -40,6 +40,11 @@ pub const TAG_LEADER_EPOCHS: u8 = 17;
 pub const TAG_GROUP_STATE: u8 = 18;
 /// The controller's cluster state, version-tagged.
 pub const TAG_CLUSTER_STATE: u8 = 19;
+/// Followed by a log index, big-endian: the cleanable end of the compaction
+/// step that entry applied (a big-endian i64), so that no snapshot is made
+/// from a checkpoint the step would be replayed after without the records
+/// it reads.
+pub const TAG_COMPACTION_STEP: u8 = 20;
 
 pub fn group_u64_key(group: u64, value: u64) -> [u8; 16] {
     let mut key = [0u8; 16];

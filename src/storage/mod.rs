@@ -1,6 +1,7 @@
 //! RocksDB storage: one database per node shared by every Raft group.
 
 pub mod batch;
+pub mod compaction;
 pub mod decompress;
 pub mod epochs;
 pub mod keys;

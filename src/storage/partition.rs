@@ -22,7 +22,8 @@ use serde::{Deserialize, Serialize};
 use super::batch::{check_appendable, set_base_offset, set_partition_leader_epoch, ValidatedBatch};
 use super::epochs::{LeaderEpochs, NO_EPOCH};
 use super::keys::{
-    self, CF_BATCH_INDEX, CF_SM_STATE, CF_TIME_INDEX, TAG_CHECKPOINT, TAG_LEADER_EPOCHS, TAG_PARTITION, TAG_PRODUCER,
+    self, CF_BATCH_INDEX, CF_SM_STATE, CF_TIME_INDEX, TAG_CHECKPOINT, TAG_COMPACTION_STEP, TAG_LEADER_EPOCHS,
+    TAG_PARTITION, TAG_PRODUCER,
 };
 use super::producers::{check, expired, record, Producers, SequenceCheck};
 use super::{StorageError, Store};
@@ -453,13 +454,52 @@ impl PartitionLog {
         Ok(found)
     }
 
-    /// Drops the checkpoints before `index`: they are older than the snapshot.
+    /// Drops the checkpoints, and the records of compaction steps, before
+    /// `index`: they are older than the snapshot.
     pub fn stage_forget_checkpoints_before(&self, write: &mut WriteBatch, index: u64) {
-        write.delete_range_cf(
+        for tag in [TAG_CHECKPOINT, TAG_COMPACTION_STEP] {
+            write.delete_range_cf(
+                self.store.cf(CF_SM_STATE),
+                keys::group_tag_u64_key(self.group, tag, 0).to_vec(),
+                keys::group_tag_u64_key(self.group, tag, index).to_vec(),
+            );
+        }
+    }
+
+    /// Records that entry `index` applied a compaction step that reads the
+    /// records from `end` on.
+    pub fn stage_compaction_step(&self, write: &mut WriteBatch, index: u64, end: i64) {
+        write.put_cf(
             self.store.cf(CF_SM_STATE),
-            keys::group_tag_u64_key(self.group, TAG_CHECKPOINT, 0).to_vec(),
-            keys::group_tag_u64_key(self.group, TAG_CHECKPOINT, index).to_vec(),
+            keys::group_tag_u64_key(self.group, TAG_COMPACTION_STEP, index),
+            end.to_be_bytes(),
         );
+    }
+
+    /// The newest checkpoint a snapshot can be made of with the log start at
+    /// `log_start`: no record at or above the log start precedes it, and no
+    /// compaction step after it reads a record it precedes (a replica that
+    /// installs it replays those steps, and holds no record before it).
+    pub fn snapshot_checkpoint(&self, log_start: i64) -> Result<Option<(u64, Checkpoint)>, StorageError> {
+        let prefix = keys::group_tag_key(self.group, TAG_COMPACTION_STEP);
+        let mut steps = Vec::new();
+        for item in self.store.scan_group(CF_SM_STATE, self.group, &prefix) {
+            let (key, value) = item?;
+            if !key.starts_with(&prefix) {
+                break;
+            }
+            let index = key[prefix.len()..]
+                .try_into()
+                .map(u64::from_be_bytes)
+                .map_err(|_| self.corrupt("bad compaction step key".into()))?;
+            let end = decode_offset(&value).ok_or_else(|| self.corrupt("bad compaction step".into()))?;
+            steps.push((index, end));
+        }
+        Ok(self.checkpoints()?.into_iter().rev().find(|(index, checkpoint)| {
+            let next = checkpoint.offsets.next_offset;
+            let first_step_after = steps.iter().find(|(step, _)| step > index);
+            next <= log_start && first_step_after.is_none_or(|(_, end)| next <= *end)
+        }))
     }
 
     /// Replaces the partition's state with `checkpoint`, taken after entry
@@ -501,11 +541,13 @@ impl PartitionLog {
                 bincode::serialize(state)?,
             );
         }
-        write.delete_range_cf(
-            self.store.cf(CF_SM_STATE),
-            keys::group_tag_key(self.group, TAG_CHECKPOINT).to_vec(),
-            keys::group_tag_key(self.group, TAG_CHECKPOINT + 1).to_vec(),
-        );
+        for tag in [TAG_CHECKPOINT, TAG_COMPACTION_STEP] {
+            write.delete_range_cf(
+                self.store.cf(CF_SM_STATE),
+                keys::group_tag_key(self.group, tag).to_vec(),
+                keys::group_tag_key(self.group, tag + 1).to_vec(),
+            );
+        }
         self.stage_checkpoint(write, index, checkpoint)?;
         self.stage_epochs(write, &checkpoint.epochs)?;
         self.stage_offsets(write, &checkpoint.offsets)
@@ -1121,5 +1163,41 @@ mod tests {
         assert_eq!(log.checkpoints().unwrap(), vec![(1, checkpoint)]);
         assert_ne!(log.checksum(0).unwrap().0, before);
         assert_eq!(log.checksum(0).unwrap().1, 1);
+    }
+
+    /// A snapshot made of a checkpoint taken between a compaction's scan and
+    /// its step would make the replica that installs it replay the step
+    /// without the records from the scan's end that the step reads.
+    #[test]
+    fn no_snapshot_is_made_of_a_checkpoint_a_later_compaction_step_reads_before() {
+        let fixture = Fixture::new();
+        let log = fixture.log(5);
+        let at = |next_offset| Checkpoint {
+            offsets: PartitionOffsets {
+                log_start_offset: 0,
+                next_offset,
+                max_timestamp: -1,
+                appended_bytes: 0,
+            },
+            producers: Producers::new(),
+            replication: Vec::new(),
+            epochs: LeaderEpochs::default(),
+            state: Vec::new(),
+        };
+        let mut write = WriteBatch::default();
+        log.stage_checkpoint(&mut write, 10, &at(100)).unwrap();
+        log.stage_checkpoint(&mut write, 20, &at(200)).unwrap();
+        // Entry 25 compacted up to offset 150, scanned before entry 20.
+        log.stage_compaction_step(&mut write, 25, 150);
+        log.stage_checkpoint(&mut write, 30, &at(300)).unwrap();
+        fixture.store.write_buffered(write).unwrap();
+        let chosen = |log_start| log.snapshot_checkpoint(log_start).unwrap().map(|(index, _)| index);
+        assert_eq!(chosen(250), Some(10), "entry 20's checkpoint precedes offset 150");
+        assert_eq!(chosen(300), Some(30), "entry 30 is after the step");
+        assert_eq!(chosen(99), None);
+        let mut forget = WriteBatch::default();
+        log.stage_forget_checkpoints_before(&mut forget, 30);
+        fixture.store.write_buffered(forget).unwrap();
+        assert_eq!(chosen(300), Some(30));
     }
 }
