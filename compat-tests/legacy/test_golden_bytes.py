@@ -34,7 +34,8 @@ CLIENT_ID = "golden-bytes"
 
 PRODUCE, FETCH, LIST_OFFSETS, METADATA = 0, 1, 2, 3
 UNKNOWN_TOPIC_ID = 100
-OFFSET_COMMIT, OFFSET_FETCH, CREATE_TOPICS, DELETE_TOPICS, DESCRIBE_CONFIGS = 8, 9, 19, 20, 32
+OFFSET_COMMIT, OFFSET_FETCH, CREATE_TOPICS, DELETE_TOPICS, OFFSET_FOR_LEADER_EPOCH, DESCRIBE_CONFIGS = 8, 9, 19, 20, 23, 32
+UNKNOWN_TOPIC_OR_PARTITION = 3
 TOPIC_ALREADY_EXISTS = 36
 OFFSET_METADATA_TOO_LARGE = 12
 OFFSET_METADATA_MAX_BYTES = 4096  # the broker's default offset_metadata_max_bytes, as Kafka's
@@ -334,6 +335,24 @@ def list_offsets(wire):
         expect_bytes(ask(timestamp), expected, f"ListOffsets v0 answer for timestamp {timestamp}")
 
 
+def offset_for_leader_epoch(wire):
+    """v0 and v1 (the versions without the current leader epoch): where the current epoch ends, and
+    an unknown partition's error; v0 answers without the epoch."""
+    _, epoch = topic_id_and_epoch(wire)
+    latest = wire.call(LIST_OFFSETS, 0, i32(-1) + array([string(TOPIC) + array([i32(0) + i64(-1) + i32(1)])]))
+    end = struct.unpack_from(">q", latest, len(latest) - 8)[0]
+    expect(end > 0, f"the golden topic's end offset {end}")
+    request = array([string(TOPIC) + array([i32(0) + i32(epoch), i32(7) + i32(epoch)])])
+    found = i16(0) + i32(0)
+    missing = i16(UNKNOWN_TOPIC_OR_PARTITION) + i32(7)
+    expect_bytes(wire.call(OFFSET_FOR_LEADER_EPOCH, 0, request),
+                 array([string(TOPIC) + array([found + i64(end), missing + i64(-1)])]),
+                 "OffsetForLeaderEpoch v0 answer")
+    expect_bytes(wire.call(OFFSET_FOR_LEADER_EPOCH, 1, request),
+                 array([string(TOPIC) + array([found + i32(epoch) + i64(end), missing + i32(-1) + i64(-1)])]),
+                 "OffsetForLeaderEpoch v1 answer")
+
+
 def topic_id_and_epoch(wire):
     """The golden topic's id and its partition's leader epoch, from a Metadata v12 answer."""
     # topics [topic_id (zero: by name), name], allow_auto_topic_creation, include_topic_authorized_operations
@@ -476,6 +495,7 @@ def main(broker, R):
             ("ListOffsets v0: latest and earliest", lambda: list_offsets(wire)),
             ("Fetch v13 and v18: the topic named by id, known and unknown", lambda: fetch_by_topic_id(wire)),
             ("ListOffsets v7: the record with the largest timestamp", lambda: list_offsets_max_timestamp(wire)),
+            ("OffsetForLeaderEpoch v0 and v1: where the current epoch ends", lambda: offset_for_leader_epoch(wire)),
             ("OffsetCommit v0 and v1, OffsetFetch v0", lambda: offsets(wire)),
             ("OffsetCommit v0: metadata over offset_metadata_max_bytes is refused per partition",
              lambda: offset_metadata_limit(wire)),

@@ -1,7 +1,7 @@
 //! Requests and responses of the versions Kafka 4.0 removed (KIP-896), which
 //! `kafka-protocol` 0.18 no longer decodes: Produce v0-v2, Fetch v0-v3,
 //! ListOffsets v0, OffsetCommit v0-v1, OffsetFetch v0, CreateTopics v0-v1,
-//! DeleteTopics v0, DescribeConfigs v0. Kafka 3.9 still accepts them and
+//! DeleteTopics v0, DescribeConfigs v0, OffsetForLeaderEpoch v0-v1. Kafka 3.9 still accepts them and
 //! clients of Kafka 0.8-0.10 send nothing else.
 //!
 //! `kafka-protocol` 0.15.1, which carries Kafka 3.9's schemas, decodes such a
@@ -79,6 +79,12 @@ fn fill_old_fields(response: &mut legacy::ResponseKind, version: i16) {
         legacy::ResponseKind::CreateTopics(response) if version == 0 => {
             for topic in response.topics.iter_mut() {
                 topic.error_message = Some(Default::default());
+            }
+        }
+        // v0 answers the end offset alone, without the epoch it ends.
+        legacy::ResponseKind::OffsetForLeaderEpoch(response) if version == 0 => {
+            for partition in response.topics.iter_mut().flat_map(|t| t.partitions.iter_mut()) {
+                partition.leader_epoch = -1;
             }
         }
         // v0 flags defaults instead of naming each value's source.
@@ -160,6 +166,13 @@ mod tests {
                 .with_name(StrBytes::from_static_str("retention.ms"))
                 .with_value(Some(StrBytes::from_static_str("1")))
                 .with_config_source(DEFAULT_CONFIG)])]);
+        let epochs = OffsetForLeaderEpochResponse::default().with_topics(vec![
+            offset_for_leader_epoch_response::OffsetForLeaderTopicResult::default()
+                .with_topic(name())
+                .with_partitions(vec![offset_for_leader_epoch_response::EpochEndOffset::default()
+                    .with_leader_epoch(3)
+                    .with_end_offset(9)]),
+        ]);
         let cases = [
             (ApiKey::Produce, ResponseKind::Produce(produce), 0..=2),
             (ApiKey::Fetch, ResponseKind::Fetch(fetch), 0..=3),
@@ -184,6 +197,11 @@ mod tests {
                 ApiKey::DescribeLogDirs,
                 ResponseKind::DescribeLogDirs(DescribeLogDirsResponse::default()),
                 0..=0,
+            ),
+            (
+                ApiKey::OffsetForLeaderEpoch,
+                ResponseKind::OffsetForLeaderEpoch(epochs),
+                0..=1,
             ),
         ];
         for (api_key, response, versions) in cases {

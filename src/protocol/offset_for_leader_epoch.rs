@@ -11,9 +11,9 @@ use crate::cluster::Cluster;
 use crate::error::{code_of, BrokerError};
 use crate::storage::epochs::{NO_EPOCH, NO_OFFSET};
 
-/// Kafka 3.9 speaks v0-v4; v0-v1 (without the current leader epoch) are the
-/// versions `kafka-protocol` 0.18 no longer decodes.
-pub const VERSIONS: VersionRange = VersionRange { min: 2, max: 4 };
+/// Kafka 3.9 speaks v0-v4; v0-v1 (without the current leader epoch, which
+/// replica fetchers of old brokers sent) go through the bridge.
+pub const VERSIONS: VersionRange = VersionRange { min: 0, max: 4 };
 
 pub fn handle(cluster: &Cluster, request: OffsetForLeaderEpochRequest) -> OffsetForLeaderEpochResponse {
     let topics = request
