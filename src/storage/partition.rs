@@ -200,6 +200,9 @@ impl From<CheckpointV2> for Checkpoint {
 /// A log entry's batches, decoded, by entry index.
 type DecodedEntry = (u64, Arc<Vec<Bytes>>);
 
+/// A log index and the value stored under it.
+type IndexedValue = (u64, Box<[u8]>);
+
 #[derive(Clone)]
 pub struct PartitionLog {
     group: u64,
@@ -438,7 +441,15 @@ impl PartitionLog {
 
     /// Every checkpoint, oldest first: `(log index, checkpoint)`.
     pub fn checkpoints(&self) -> Result<Vec<(u64, Checkpoint)>, StorageError> {
-        let prefix = keys::group_tag_key(self.group, TAG_CHECKPOINT);
+        self.indexed_values(TAG_CHECKPOINT, "checkpoint")?
+            .into_iter()
+            .map(|(index, value)| Ok((index, Checkpoint::decode(&value)?)))
+            .collect()
+    }
+
+    /// The values stored under `tag` followed by a log index, in index order.
+    fn indexed_values(&self, tag: u8, what: &str) -> Result<Vec<IndexedValue>, StorageError> {
+        let prefix = keys::group_tag_key(self.group, tag);
         let mut found = Vec::new();
         for item in self.store.scan_group(CF_SM_STATE, self.group, &prefix) {
             let (key, value) = item?;
@@ -448,8 +459,8 @@ impl PartitionLog {
             let index = key[prefix.len()..]
                 .try_into()
                 .map(u64::from_be_bytes)
-                .map_err(|_| self.corrupt("bad checkpoint key".into()))?;
-            found.push((index, Checkpoint::decode(&value)?));
+                .map_err(|_| self.corrupt(format!("bad {what} key")))?;
+            found.push((index, value));
         }
         Ok(found)
     }
@@ -481,20 +492,14 @@ impl PartitionLog {
     /// compaction step after it reads a record it precedes (a replica that
     /// installs it replays those steps, and holds no record before it).
     pub fn snapshot_checkpoint(&self, log_start: i64) -> Result<Option<(u64, Checkpoint)>, StorageError> {
-        let prefix = keys::group_tag_key(self.group, TAG_COMPACTION_STEP);
-        let mut steps = Vec::new();
-        for item in self.store.scan_group(CF_SM_STATE, self.group, &prefix) {
-            let (key, value) = item?;
-            if !key.starts_with(&prefix) {
-                break;
-            }
-            let index = key[prefix.len()..]
-                .try_into()
-                .map(u64::from_be_bytes)
-                .map_err(|_| self.corrupt("bad compaction step key".into()))?;
-            let end = decode_offset(&value).ok_or_else(|| self.corrupt("bad compaction step".into()))?;
-            steps.push((index, end));
-        }
+        let steps = self
+            .indexed_values(TAG_COMPACTION_STEP, "compaction step")?
+            .into_iter()
+            .map(|(index, value)| {
+                let end = decode_offset(&value).ok_or_else(|| self.corrupt("bad compaction step".into()))?;
+                Ok((index, end))
+            })
+            .collect::<Result<Vec<(u64, i64)>, StorageError>>()?;
         Ok(self.checkpoints()?.into_iter().rev().find(|(index, checkpoint)| {
             let next = checkpoint.offsets.next_offset;
             let first_step_after = steps.iter().find(|(step, _)| step > index);
