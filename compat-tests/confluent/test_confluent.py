@@ -354,10 +354,22 @@ def check_log_append_time(bootstrap, R):
         (err, (kind, stamp)), = stamps
         expect(err is None and kind == TIMESTAMP_LOG_APPEND_TIME and before <= stamp <= after,
                f"delivery report timestamp {(err, kind, stamp)}, expected LogAppendTime in [{before}, {after}]")
-        for m in read_all(bootstrap, topic, [0]):
+        stored = read_all(bootstrap, topic, [0])
+        for m in stored:
             kind, stamp = m.timestamp()
             expect(kind == TIMESTAMP_LOG_APPEND_TIME and before <= stamp <= after,
                    f"offset {m.offset()}: timestamp {(kind, stamp)}, expected LogAppendTime in [{before}, {after}]")
+        # Lookups by time use the broker's times too, not the producer's (BASE_TS + i, long past).
+        last = stored[-1]
+        c = Consumer({"bootstrap.servers": bootstrap, "group.id": "cfk-append-time-lookup"})
+        try:
+            [found] = c.offsets_for_times([TopicPartition(topic, 0, last.timestamp()[1])], timeout=TIMEOUT)
+            first_at_last_stamp = next(m.offset() for m in stored if m.timestamp()[1] == last.timestamp()[1])
+            expect_eq(found.offset, first_at_last_stamp, "offsets_for_times at the last append time")
+            [past] = c.offsets_for_times([TopicPartition(topic, 0, BASE_TS)], timeout=TIMEOUT)
+            expect_eq(past.offset, 0, "offsets_for_times at a producer timestamp before every append")
+        finally:
+            c.close()
 
 
 def expect_admin_error(code, *call, **kwargs):

@@ -15,7 +15,7 @@
 use std::sync::{Arc, Mutex};
 
 use bytes::{Bytes, BytesMut};
-use kafka_protocol::records::RecordBatchDecoder;
+use kafka_protocol::records::{Record, RecordBatchDecoder, TimestampType};
 use rocksdb::WriteBatch;
 use serde::{Deserialize, Serialize};
 
@@ -669,12 +669,19 @@ impl PartitionLog {
             set_base_offset(&mut batch, base);
             let set =
                 RecordBatchDecoder::decode(&mut Bytes::from(batch)).map_err(|err| self.corrupt(err.to_string()))?;
+            // A LogAppendTime batch's records carry the producer's times; what
+            // counts, as clients read them, is the batch's max timestamp: the
+            // broker's time of the append.
+            let effective = |record: &Record| match record.timestamp_type {
+                TimestampType::LogAppend => location.max_timestamp,
+                TimestampType::Creation => record.timestamp,
+            };
             if let Some(record) = set
                 .records
                 .iter()
-                .find(|r| r.timestamp >= timestamp && r.offset >= log_start)
+                .find(|r| effective(r) >= timestamp && r.offset >= log_start)
             {
-                return Ok(Some((record.offset, record.timestamp)));
+                return Ok(Some((record.offset, effective(record))));
             }
         }
         Ok(None)
