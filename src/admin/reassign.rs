@@ -56,7 +56,7 @@ pub fn reassign(bootstrap: &str, wanted: &Move<'_>, json: bool) -> anyhow::Resul
     };
     if let Some(limit) = wanted.wait {
         let deadline = Instant::now() + limit;
-        while !ongoing(&mut client, wanted.topic, wanted.partition)?.is_empty() {
+        while moving(&mut client, wanted.topic, wanted.partition)? {
             if Instant::now() >= deadline {
                 anyhow::bail!("{}/{}: still {what} after {limit:?}", wanted.topic, wanted.partition);
             }
@@ -163,13 +163,10 @@ fn list_ongoing(client: &mut AdminClient) -> anyhow::Result<Vec<OngoingTopicReas
     Ok(answer.topics)
 }
 
-/// The replicas of `topic`/`partition` while it moves; empty once it does not.
-fn ongoing(client: &mut AdminClient, topic: &str, partition: i32) -> anyhow::Result<Vec<i32>> {
+/// Whether `topic`/`partition` is still moving.
+fn moving(client: &mut AdminClient, topic: &str, partition: i32) -> anyhow::Result<bool> {
     Ok(list_ongoing(client)?
-        .into_iter()
+        .iter()
         .filter(|t| t.name.0.as_str() == topic)
-        .flat_map(|t| t.partitions)
-        .filter(|p| p.partition_index == partition)
-        .flat_map(|p| p.replicas.into_iter().map(|id| id.0))
-        .collect())
+        .any(|t| t.partitions.iter().any(|p| p.partition_index == partition)))
 }

@@ -253,6 +253,11 @@ impl ClusterState {
             .map(|(name, _)| name.as_str())
     }
 
+    /// The assignment of `topic`'s partition `partition`.
+    pub fn assignment(&self, topic: &str, partition: i32) -> Option<&PartitionAssignment> {
+        self.topics.get(topic)?.partitions.get(usize::try_from(partition).ok()?)
+    }
+
     /// The partition whose Raft group is `group`: `(topic, partition, assignment)`.
     pub fn partition_of_group(&self, group: GroupId) -> Option<(&str, i32, &PartitionAssignment)> {
         self.partitions().find(|(_, _, assignment)| assignment.group == group)

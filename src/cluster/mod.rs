@@ -400,22 +400,11 @@ impl Cluster {
 
     /// The voters a leader sees caught up: alive, and close to the end of its log.
     fn in_sync(&self, metrics: &RaftMetrics<NodeId, BasicNode>) -> Vec<NodeId> {
-        let last = metrics.last_log_index.unwrap_or(0);
-        let matched = |id: &NodeId| {
-            metrics
-                .replication
-                .as_ref()
-                .and_then(|replication| replication.get(id).cloned().flatten())
-                .map(|log_id| log_id.index)
-        };
         metrics
             .membership_config
             .membership()
             .voter_ids()
-            .filter(|id| {
-                *id == self.node_id()
-                    || (self.board.is_live(*id) && matched(id).is_some_and(|index| index + ISR_MAX_LAG_ENTRIES >= last))
-            })
+            .filter(|id| *id == self.node_id() || (self.board.is_live(*id) && close_behind(metrics, *id)))
             .collect()
     }
 
@@ -785,12 +774,12 @@ impl Cluster {
 
     /// The local handle of `topic`'s partition `index`.
     pub fn partition(&self, topic: &str, index: i32) -> Result<Arc<PartitionHandle>, BrokerError> {
-        let metadata = self.metadata();
-        let assignment = usize::try_from(index)
-            .ok()
-            .and_then(|i| metadata.topics.get(topic)?.partitions.get(i))
-            .ok_or(BrokerError::UnknownTopicOrPartition)?;
-        self.partition_by_group(assignment.group).ok_or(BrokerError::NotLeader)
+        let group = self
+            .metadata()
+            .assignment(topic, index)
+            .ok_or(BrokerError::UnknownTopicOrPartition)?
+            .group;
+        self.partition_by_group(group).ok_or(BrokerError::NotLeader)
     }
 
     /// The local handle of a partition this node leads; reads and writes go only to leaders.
@@ -1492,6 +1481,17 @@ impl Cluster {
 }
 
 /// A ticker for periodic node work: a tick missed while the runtime was busy is skipped, not made up.
+/// Whether the leader whose metrics these are has replicated to `node` up to
+/// within [`ISR_MAX_LAG_ENTRIES`] of the end of its log.
+fn close_behind(metrics: &RaftMetrics<NodeId, BasicNode>, node: NodeId) -> bool {
+    let last = metrics.last_log_index.unwrap_or(0);
+    metrics
+        .replication
+        .as_ref()
+        .and_then(|replication| replication.get(&node).cloned().flatten())
+        .is_some_and(|matched| matched.index + ISR_MAX_LAG_ENTRIES >= last)
+}
+
 fn skipping_interval(period: Duration) -> tokio::time::Interval {
     let mut ticker = tokio::time::interval(period);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);

@@ -28,7 +28,7 @@ use openraft::{BasicNode, ChangeMembers};
 use tokio_util::sync::CancellationToken;
 
 use super::handover::HAND_OVER_TIMEOUT;
-use super::{skipping_interval, Cluster, ISR_MAX_LAG_ENTRIES};
+use super::{close_behind, skipping_interval, Cluster};
 use crate::error::BrokerError;
 use crate::raft::command::Command;
 use crate::raft::{GroupId, NodeId, Raft};
@@ -89,9 +89,8 @@ impl Cluster {
     /// How many replicas a partition has, or had before its move began.
     pub fn replication_factor_of(&self, topic: &str, partition: i32) -> Result<usize, BrokerError> {
         let metadata = self.metadata();
-        let assignment = usize::try_from(partition)
-            .ok()
-            .and_then(|index| metadata.topics.get(topic)?.partitions.get(index))
+        let assignment = metadata
+            .assignment(topic, partition)
             .ok_or(BrokerError::UnknownTopicOrPartition)?;
         Ok(match metadata.reassignments.get(&assignment.group) {
             Some(moving) => moving.original.len(),
@@ -178,7 +177,8 @@ impl Cluster {
         if voters != goal {
             let joining: Vec<NodeId> = goal.difference(&voters).copied().collect();
             self.add_learners(group, raft, &joining).await?;
-            self.wait_learners_caught_up(group, target, &joining, deadline).await?;
+            self.wait_learners_caught_up(group, raft, target, &joining, deadline)
+                .await?;
             if !goal.contains(&self.node_id()) {
                 let successor = target
                     .iter()
@@ -234,18 +234,18 @@ impl Cluster {
         Ok(())
     }
 
-    /// Waits until every learner of `joining` is within the in-sync lag of the
-    /// leader's log, so that making it a voter does not stall commits. Stops
+    /// Waits until every learner of `joining` is close behind the leader's log
+    /// (within the in-sync lag), so that making it a voter does not stall commits. Stops
     /// early when the move gets another target (one that waits for a dead
     /// node can be cancelled).
     async fn wait_learners_caught_up(
         &self,
         group: GroupId,
+        raft: &Raft,
         target: &[NodeId],
         joining: &[NodeId],
         deadline: Instant,
     ) -> Result<(), MoveError> {
-        let raft = &self.partition_by_group(group).ok_or(MoveError::NotLeader)?.raft;
         loop {
             let retargeted = self
                 .metadata()
@@ -261,18 +261,10 @@ impl Cluster {
                 if metrics.current_leader != Some(self.node_id()) {
                     return Err(MoveError::NotLeader);
                 }
-                let last = metrics.last_log_index.unwrap_or(0);
                 joining
                     .iter()
-                    .filter(|node| {
-                        let matched = metrics
-                            .replication
-                            .as_ref()
-                            .and_then(|replication| replication.get(node).cloned().flatten())
-                            .map(|log_id| log_id.index);
-                        matched.is_none_or(|index| index + ISR_MAX_LAG_ENTRIES < last)
-                    })
                     .copied()
+                    .filter(|node| !close_behind(&metrics, *node))
                     .collect()
             };
             if behind.is_empty() {

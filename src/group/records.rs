@@ -10,10 +10,9 @@
 //! never stored apart from the command that produced them.
 
 use bytes::{BufMut, Bytes, BytesMut};
-use kafka_protocol::records::{Compression, Record, RecordBatchEncoder, RecordEncodeOptions, TimestampType};
 
 use super::store::{CommittedOffset, GroupCommand, GroupMetadata, StoredGroup};
-use crate::storage::batch::ValidatedBatch;
+use crate::storage::batch::{broker_batch, BrokerRecord, ValidatedBatch};
 
 /// Key version of an offset commit (Kafka's `OffsetCommitKey`).
 const OFFSET_COMMIT_KEY_VERSION: i16 = 1;
@@ -202,42 +201,17 @@ pub fn batch_of(records: &[OffsetsRecord]) -> Option<ValidatedBatch> {
     if records.is_empty() {
         return None;
     }
-    let records: Vec<Record> = records
+    let records = records
         .iter()
-        .enumerate()
-        .map(|(index, record)| Record {
-            transactional: false,
-            control: false,
-            delete_horizon: false,
-            partition_leader_epoch: -1,
-            producer_id: -1,
-            producer_epoch: -1,
-            timestamp_type: TimestampType::Creation,
-            offset: index as i64,
-            // The encoder keeps records in one batch while offset and
-            // sequence advance together; the batch's base sequence stays -1.
-            sequence: index as i32 - 1,
+        .map(|record| BrokerRecord {
             timestamp: record.timestamp,
             key: Some(record.key.clone()),
             value: record.value.clone(),
             headers: Default::default(),
         })
         .collect();
-    let mut bytes = BytesMut::new();
-    let options = RecordEncodeOptions {
-        version: 2,
-        compression: Compression::None,
-    };
     // Encoding uncompressed records into memory cannot fail.
-    RecordBatchEncoder::encode(&mut bytes, &records, &options).ok()?;
-    Some(ValidatedBatch {
-        bytes: bytes.freeze(),
-        record_count: records.len() as i64,
-        max_timestamp: records.iter().map(|r| r.timestamp).max().unwrap_or(-1),
-        producer_id: -1,
-        producer_epoch: -1,
-        base_sequence: -1,
-    })
+    broker_batch(records).ok()
 }
 
 /// The batch `change` writes to its offsets partition, if any.

@@ -81,9 +81,8 @@ async fn elect(
     deadline: Instant,
 ) -> Result<(), BrokerError> {
     let metadata = cluster.metadata();
-    let assignment = usize::try_from(partition)
-        .ok()
-        .and_then(|index| metadata.topics.get(topic)?.partitions.get(index))
+    let assignment = metadata
+        .assignment(topic, partition)
         .ok_or(BrokerError::UnknownTopicOrPartition)?;
     match election_type {
         PREFERRED => {

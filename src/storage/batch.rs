@@ -5,8 +5,12 @@
 //! compressed batch stays compressed. The base offset, which the CRC does not
 //! cover, is filled in when a batch is served.
 
-use bytes::{Buf, Bytes};
-use kafka_protocol::records::{Compression, RecordBatchDecoder};
+use bytes::{Buf, Bytes, BytesMut};
+use kafka_protocol::indexmap::IndexMap;
+use kafka_protocol::protocol::StrBytes;
+use kafka_protocol::records::{
+    Compression, Record, RecordBatchDecoder, RecordBatchEncoder, RecordEncodeOptions, TimestampType,
+};
 use serde::{Deserialize, Serialize};
 
 use super::decompress::decompress;
@@ -88,6 +92,57 @@ pub struct ValidatedBatch {
     pub producer_id: i64,
     pub producer_epoch: i16,
     pub base_sequence: i32,
+}
+
+/// A record the broker writes on its own behalf: a consumer-group change in
+/// `__consumer_offsets`, or a record a compaction restates.
+pub struct BrokerRecord {
+    pub timestamp: i64,
+    pub key: Option<Bytes>,
+    pub value: Option<Bytes>,
+    pub headers: IndexMap<StrBytes, Option<Bytes>>,
+}
+
+/// The uncompressed v2 batch of `records`, written by no producer and in no
+/// transaction, with create-time timestamps, offsets from 0 and no leader
+/// epoch: a read stamps both, as for produced batches.
+pub fn broker_batch(records: Vec<BrokerRecord>) -> Result<ValidatedBatch, BatchError> {
+    let records: Vec<Record> = records
+        .into_iter()
+        .enumerate()
+        .map(|(index, record)| Record {
+            transactional: false,
+            control: false,
+            delete_horizon: false,
+            partition_leader_epoch: -1,
+            producer_id: -1,
+            producer_epoch: -1,
+            timestamp_type: TimestampType::Creation,
+            offset: index as i64,
+            // The encoder keeps records in one batch while offset and
+            // sequence advance together; the batch's base sequence stays -1.
+            sequence: index as i32 - 1,
+            timestamp: record.timestamp,
+            key: record.key,
+            value: record.value,
+            headers: record.headers,
+        })
+        .collect();
+    let mut bytes = BytesMut::new();
+    let options = RecordEncodeOptions {
+        version: 2,
+        compression: Compression::None,
+    };
+    RecordBatchEncoder::encode(&mut bytes, &records, &options)
+        .map_err(|err| BatchError::Corrupt(format!("cannot encode the broker's records: {err}")))?;
+    Ok(ValidatedBatch {
+        bytes: bytes.freeze(),
+        record_count: records.len() as i64,
+        max_timestamp: records.iter().map(|r| r.timestamp).max().unwrap_or(-1),
+        producer_id: -1,
+        producer_epoch: -1,
+        base_sequence: -1,
+    })
 }
 
 impl ValidatedBatch {

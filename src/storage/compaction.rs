@@ -19,10 +19,10 @@
 use std::collections::{HashMap, HashSet};
 use std::hash::{DefaultHasher, Hasher};
 
-use bytes::{Buf, Bytes, BytesMut};
-use kafka_protocol::records::{Compression, Record, RecordBatchEncoder, RecordEncodeOptions, TimestampType};
+use bytes::{Buf, Bytes};
+use kafka_protocol::records::Record;
 
-use super::batch::{decode_stored, ValidatedBatch};
+use super::batch::{broker_batch, decode_stored, BrokerRecord, ValidatedBatch};
 use super::partition::PartitionLog;
 use super::StorageError;
 
@@ -289,36 +289,13 @@ pub fn restate(
 /// `record` as a batch of its own, uncompressed, written by no producer:
 /// its key, value, headers and timestamp as they were.
 pub fn restated_batch(record: &Record) -> Result<ValidatedBatch, ScanError> {
-    let restated = Record {
-        transactional: false,
-        control: false,
-        delete_horizon: false,
-        partition_leader_epoch: -1,
-        producer_id: -1,
-        producer_epoch: -1,
-        timestamp_type: TimestampType::Creation,
-        offset: 0,
-        sequence: -1,
+    let restated = BrokerRecord {
         timestamp: record.timestamp,
         key: record.key.clone(),
         value: record.value.clone(),
         headers: record.headers.clone(),
     };
-    let mut bytes = BytesMut::new();
-    let options = RecordEncodeOptions {
-        version: 2,
-        compression: Compression::None,
-    };
-    RecordBatchEncoder::encode(&mut bytes, std::iter::once(&restated), &options)
-        .map_err(|err| ScanError::Undecodable(format!("cannot encode a restated record: {err}")))?;
-    Ok(ValidatedBatch {
-        bytes: bytes.freeze(),
-        record_count: 1,
-        max_timestamp: record.timestamp,
-        producer_id: -1,
-        producer_epoch: -1,
-        base_sequence: -1,
-    })
+    broker_batch(vec![restated]).map_err(|err| ScanError::Undecodable(format!("cannot restate a record: {err}")))
 }
 
 /// The key of a batch a compaction restates, which must hold exactly one
@@ -357,6 +334,8 @@ pub fn survivors(keys: &[Bytes], newer: &HashSet<Bytes>) -> Vec<bool> {
 
 #[cfg(test)]
 mod tests {
+    use kafka_protocol::records::TimestampType;
+
     use super::*;
 
     const NOW: i64 = 1_000_000;
