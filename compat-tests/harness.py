@@ -413,3 +413,17 @@ def run_suite(suite, body, **broker_kwargs):
     except Exception:  # noqa: BLE001 - a crash in the body is one more failure
         results.record("suite ran to completion", False, traceback.format_exc(limit=5))
     results.finish()
+
+
+def run_parts(suite, *parts):
+    """Run each `part(results)` in turn (each starts and stops its own brokers), print the totals, exit.
+    A part that crashes counts as one more failure; the next part still runs."""
+    exit_on_sigterm()
+    results = Results(suite)
+    for part in parts:
+        try:
+            part(results)
+        except Exception as exc:  # noqa: BLE001 - a crash in one part is one more failure
+            results.record(f"{part.__name__} ran to completion", False, repr(exc))
+        results.broker = None
+    results.finish()

@@ -13,7 +13,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "cluster"))
-from harness import Broker, Results, exit_on_sigterm, expect, expect_eq, wait_until  # noqa: E402
+from harness import Broker, expect, expect_eq, run_parts, wait_until  # noqa: E402
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, Producer, TopicPartition  # noqa: E402
 from confluent_kafka.admin import AdminClient, NewTopic  # noqa: E402
@@ -236,17 +236,5 @@ def three_nodes(R):
             c.wait_replicas_agree(topic, timeout=120)
 
 
-def main():
-    exit_on_sigterm()
-    results = Results(SUITE)
-    for part in (single_node, three_nodes):
-        try:
-            part(results)
-        except Exception as exc:  # noqa: BLE001 - a crash in one part is one more failure
-            results.record(f"{part.__name__} ran to completion", False, repr(exc))
-        results.broker = None
-    results.finish()
-
-
 if __name__ == "__main__":
-    main()
+    run_parts(SUITE, single_node, three_nodes)
